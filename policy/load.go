@@ -1,0 +1,312 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Set is a validated collection of policies, in a deterministic order
+// (namespace, then name).
+type Set struct {
+	Authorization []*AuthorizationPolicy
+	Egress        []*EgressPolicy
+}
+
+// Len is the number of policies in the set.
+func (s *Set) Len() int { return len(s.Authorization) + len(s.Egress) }
+
+func (s *Set) sort() {
+	sort.SliceStable(s.Authorization, func(i, j int) bool {
+		a, b := s.Authorization[i].Metadata, s.Authorization[j].Metadata
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+	sort.SliceStable(s.Egress, func(i, j int) bool {
+		a, b := s.Egress[i].Metadata, s.Egress[j].Metadata
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+}
+
+// LoadOptions control how documents are read.
+type LoadOptions struct {
+	// DefaultNamespace is used for documents without metadata.namespace.
+	// Empty means "default", as kubectl.
+	DefaultNamespace string
+	// SkipUnknownKinds ignores documents of other kinds (for example the
+	// workloads of a dev folder or a Namespace in the same file) instead of
+	// reporting them.
+	SkipUnknownKinds bool
+}
+
+// IsPolicyFile reports whether a path looks like a YAML policy file.
+func IsPolicyFile(path string) bool {
+	ext := strings.ToLower(filepath.Ext(path))
+	return ext == ".yaml" || ext == ".yml" || ext == ".json"
+}
+
+// LoadPaths reads every YAML file named by paths (files, or directories
+// walked recursively for *.yaml, *.yml and *.json) and returns the
+// validated set. Any error rejects everything: no partial set is returned.
+func LoadPaths(opts LoadOptions, paths ...string) (*Set, error) {
+	var files []string
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		if !st.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.IsDir() && IsPolicyFile(path) {
+				files = append(files, path)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+	}
+	sort.Strings(files)
+	set := &Set{}
+	var errs ErrorList
+	var other []error
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			other = append(other, fmt.Errorf("policy: %w", err))
+			continue
+		}
+		s, err := Parse(f, data, opts)
+		if err != nil {
+			if l := AsErrorList(err); l != nil {
+				errs = append(errs, l...)
+				continue
+			}
+			other = append(other, err)
+			continue
+		}
+		set.Authorization = append(set.Authorization, s.Authorization...)
+		set.Egress = append(set.Egress, s.Egress...)
+	}
+	if len(other) > 0 {
+		return nil, errors.Join(append(other, nilIfEmpty(errs))...)
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	if dup := set.duplicates(); len(dup) > 0 {
+		return nil, dup
+	}
+	set.sort()
+	return set, nil
+}
+
+func nilIfEmpty(l ErrorList) error {
+	if len(l) == 0 {
+		return nil
+	}
+	return l
+}
+
+// duplicates reports two objects of the same kind with the same
+// namespace/name, which would silently shadow each other.
+func (s *Set) duplicates() ErrorList {
+	var errs ErrorList
+	seen := map[string]*Positions{}
+	check := func(kind string, m ObjectMeta, pos *Positions) {
+		key := kind + "/" + m.Namespace + "/" + m.Name
+		if first, ok := seen[key]; ok {
+			errs = append(errs, pos.Errorf("metadata.name", "duplicate %s %s/%s (first defined at %s)", kind, m.Namespace, m.Name, first.Of("metadata.name")))
+			return
+		}
+		seen[key] = pos
+	}
+	for _, p := range s.Authorization {
+		check(KindAuthorizationPolicy, p.Metadata, p.Pos)
+	}
+	for _, p := range s.Egress {
+		check(KindEgressPolicy, p.Metadata, p.Pos)
+	}
+	errs.sortErrors()
+	return errs
+}
+
+// Parse decodes and validates every document in one file's content. The
+// whole file is rejected if any document is invalid.
+func Parse(file string, data []byte, opts LoadOptions) (*Set, error) {
+	if opts.DefaultNamespace == "" {
+		opts.DefaultNamespace = "default"
+	}
+	set := &Set{}
+	var errs ErrorList
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			errs = append(errs, yamlSyntaxError(file, err))
+			break
+		}
+		if len(doc.Content) == 0 {
+			continue
+		}
+		root := doc.Content[0]
+		if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+			continue // an empty document between separators
+		}
+		if err := parseDocument(file, root, opts, set); err != nil {
+			errs = append(errs, AsErrorList(err)...)
+		}
+	}
+	if len(errs) > 0 {
+		errs.sortErrors()
+		return nil, errs
+	}
+	return set, nil
+}
+
+// parseDocument decodes one document, dispatching on apiVersion and kind.
+func parseDocument(file string, root *yaml.Node, opts LoadOptions, set *Set) error {
+	var tm TypeMeta
+	var apiNode, kindNode *yaml.Node = root, root
+	if root.Kind != yaml.MappingNode {
+		return ErrorList{{Pos: Position{File: file, Line: root.Line, Column: root.Column}, Msg: "expected a Kubernetes object (a mapping with apiVersion and kind), got " + kindName(root)}}
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		switch root.Content[i].Value {
+		case "apiVersion":
+			apiNode = root.Content[i+1]
+			tm.APIVersion = apiNode.Value
+		case "kind":
+			kindNode = root.Content[i+1]
+			tm.Kind = kindNode.Value
+		}
+	}
+	pos := func(n *yaml.Node) Position { return Position{File: file, Line: n.Line, Column: n.Column} }
+	switch tm.Kind {
+	case KindAuthorizationPolicy:
+		switch tm.APIVersion {
+		case GroupVersion, IstioV1, IstioV1beta1:
+		default:
+			return ErrorList{{Pos: pos(apiNode), Field: "apiVersion", Msg: fmt.Sprintf("unsupported apiVersion %q for AuthorizationPolicy (want %s, %s or %s)", tm.APIVersion, GroupVersion, IstioV1, IstioV1beta1)}}
+		}
+		d := newDecoder(file, root)
+		p := &AuthorizationPolicy{}
+		d.decode(root, reflectValue(p), "")
+		p.Pos = d.pos
+		if len(d.errs) > 0 {
+			return d.errs
+		}
+		if p.Metadata.Namespace == "" {
+			p.Metadata.Namespace = opts.DefaultNamespace
+		}
+		if errs := validateAuthorizationPolicy(p); len(errs) > 0 {
+			return errs
+		}
+		set.Authorization = append(set.Authorization, p)
+	case KindEgressPolicy:
+		if tm.APIVersion != GroupVersion {
+			return ErrorList{{Pos: pos(apiNode), Field: "apiVersion", Msg: fmt.Sprintf("unsupported apiVersion %q for EgressPolicy (want %s)", tm.APIVersion, GroupVersion)}}
+		}
+		d := newDecoder(file, root)
+		p := &EgressPolicy{}
+		d.decode(root, reflectValue(p), "")
+		p.Pos = d.pos
+		if len(d.errs) > 0 {
+			return d.errs
+		}
+		if p.Metadata.Namespace == "" {
+			p.Metadata.Namespace = opts.DefaultNamespace
+		}
+		if errs := validateEgressPolicy(p); len(errs) > 0 {
+			return errs
+		}
+		set.Egress = append(set.Egress, p)
+	case "":
+		return ErrorList{{Pos: pos(root), Field: "kind", Msg: "missing kind"}}
+	default:
+		if opts.SkipUnknownKinds {
+			return nil
+		}
+		return ErrorList{{Pos: pos(kindNode), Field: "kind", Msg: fmt.Sprintf("unsupported kind %q (want %s or %s)", tm.Kind, KindAuthorizationPolicy, KindEgressPolicy)}}
+	}
+	return nil
+}
+
+// validateMeta checks the metadata every kind shares.
+func validateMeta(m ObjectMeta, pos *Positions) ErrorList {
+	var errs ErrorList
+	if m.Name == "" {
+		errs = append(errs, pos.Errorf("metadata.name", "required"))
+	} else if msg := dns1123Subdomain(m.Name); msg != "" {
+		errs = append(errs, pos.Errorf("metadata.name", "%s", msg))
+	}
+	if msg := dns1123Label(m.Namespace); msg != "" {
+		errs = append(errs, pos.Errorf("metadata.namespace", "%s", msg))
+	}
+	return errs
+}
+
+// dns1123Label returns why s is not a valid DNS-1123 label ("" if valid).
+func dns1123Label(s string) string {
+	if len(s) == 0 || len(s) > 63 {
+		return fmt.Sprintf("%q must be 1 to 63 characters", s)
+	}
+	for i, c := range s {
+		alnum := (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+		if !alnum && !(c == '-' && i > 0 && i < len(s)-1) {
+			return fmt.Sprintf("%q must consist of lower case alphanumeric characters or '-', and start and end with an alphanumeric character", s)
+		}
+	}
+	return ""
+}
+
+// dns1123Subdomain returns why s is not a valid DNS-1123 subdomain.
+func dns1123Subdomain(s string) string {
+	if len(s) > 253 {
+		return fmt.Sprintf("%q must be no more than 253 characters", s)
+	}
+	for _, l := range strings.Split(s, ".") {
+		if msg := dns1123Label(l); msg != "" {
+			return fmt.Sprintf("%q must be a lower case RFC 1123 subdomain", s)
+		}
+	}
+	return ""
+}
+
+// yamlSyntaxError converts a yaml.v3 error ("yaml: line 3: ...") into a
+// positioned FieldError.
+func yamlSyntaxError(file string, err error) *FieldError {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 1
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if i := strings.Index(rest, ":"); i > 0 {
+			if _, e := fmt.Sscanf(rest[:i], "%d", &line); e == nil {
+				msg = strings.TrimSpace(rest[i+1:])
+			}
+		}
+	}
+	return &FieldError{Pos: Position{File: file, Line: line, Column: 1}, Msg: "invalid YAML: " + msg}
+}

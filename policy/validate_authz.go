@@ -1,0 +1,6 @@
+package policy
+
+// validateAuthorizationPolicy checks an AuthorizationPolicy after decoding.
+func validateAuthorizationPolicy(p *AuthorizationPolicy) ErrorList {
+	return validateMeta(p.Metadata, p.Pos)
+}
