@@ -1,0 +1,560 @@
+package policy
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Target is the workload a policy set is compiled for.
+type Target struct {
+	Namespace string
+	Labels    map[string]string
+}
+
+// CompileOptions configure compilation.
+type CompileOptions struct {
+	// RootNamespace holds mesh-wide policies. Default DefaultRootNamespace.
+	RootNamespace string
+	// TrustDomain turns Istio principals ("td/ns/x/sa/y") into SPIFFE IDs
+	// and builds service-account principals. Default DefaultTrustDomain.
+	TrustDomain string
+}
+
+func (o CompileOptions) withDefaults() CompileOptions {
+	if o.RootNamespace == "" {
+		o.RootNamespace = DefaultRootNamespace
+	}
+	if o.TrustDomain == "" {
+		o.TrustDomain = DefaultTrustDomain
+	}
+	return o
+}
+
+// ForWorkload returns the AuthorizationPolicies that apply to a workload:
+// those of its namespace and of the root namespace whose selector matches
+// its labels, in the set's order.
+func (s *Set) ForWorkload(namespace string, labels map[string]string, rootNamespace string) []*AuthorizationPolicy {
+	if rootNamespace == "" {
+		rootNamespace = DefaultRootNamespace
+	}
+	var out []*AuthorizationPolicy
+	for _, p := range s.Authorization {
+		if p.Metadata.Namespace != namespace && p.Metadata.Namespace != rootNamespace {
+			continue
+		}
+		if p.Spec.Selector.Matches(labels) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// RBACConfig is one compiled RBAC filter configuration: the Envoy
+// config.rbac.v3.RBAC with its action (DENY, ALLOW, or AUDIT as shadow
+// rules) and the policies it came from.
+type RBACConfig struct {
+	// Action is the kordon action this config enforces.
+	Action Action
+	// Rules is the Envoy RBAC config. For AUDIT it carries only
+	// shadow_rules, which never change a decision.
+	Rules *rbacconfig.RBAC
+}
+
+// Compiled is the RBAC for one workload, in the order a proxy must apply
+// the filters: DENY, then ALLOW, then AUDIT. A missing action has no entry.
+type Compiled struct {
+	// HTTP configs for the HTTP RBAC filter (envoy.filters.http.rbac).
+	HTTP []RBACConfig
+	// Network configs for the network RBAC filter (envoy.filters.network.rbac)
+	// in TCP-only contexts: HTTP-only fields make ALLOW rules match
+	// nothing and are dropped from DENY rules (both fail closed).
+	Network []RBACConfig
+}
+
+// Compile builds the RBAC configs for target from every applicable policy
+// of set. The output is deterministic and validated with ValidateAll.
+func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
+	opts = opts.withDefaults()
+	applicable := set.ForWorkload(target.Namespace, target.Labels, opts.RootNamespace)
+	byAction := map[Action][]*AuthorizationPolicy{}
+	for _, p := range applicable {
+		a := p.Spec.Action
+		if a == "" {
+			a = ActionAllow
+		}
+		byAction[a] = append(byAction[a], p)
+	}
+	out := &Compiled{}
+	for _, action := range []Action{ActionDeny, ActionAllow, ActionAudit} {
+		ps := byAction[action]
+		if len(ps) == 0 {
+			continue
+		}
+		for _, tcp := range []bool{false, true} {
+			policies := map[string]*rbacconfig.Policy{}
+			for _, p := range ps {
+				c := &ruleCompiler{opts: opts, policyNS: p.Metadata.Namespace, tcp: tcp, action: action}
+				for i := range p.Spec.Rules {
+					pol, ok := c.rule(&p.Spec.Rules[i])
+					if !ok {
+						continue
+					}
+					policies[RuleName(p.Metadata.Namespace, p.Metadata.Name, i)] = pol
+				}
+			}
+			cfg := RBACConfig{Action: action}
+			switch action {
+			case ActionDeny:
+				cfg.Rules = &rbacconfig.RBAC{Action: rbacconfig.RBAC_DENY, Policies: policies}
+			case ActionAllow:
+				cfg.Rules = &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: policies}
+			case ActionAudit:
+				// Shadow rules only: evaluated and reported, never enforced.
+				cfg.Rules = &rbacconfig.RBAC{Action: rbacconfig.RBAC_LOG, Policies: policies}
+			}
+			if err := cfg.Rules.ValidateAll(); err != nil {
+				return nil, fmt.Errorf("policy: compiled RBAC is invalid: %w", err)
+			}
+			if tcp {
+				out.Network = append(out.Network, cfg)
+			} else {
+				out.HTTP = append(out.HTTP, cfg)
+			}
+		}
+	}
+	return out, nil
+}
+
+// RuleName is the Envoy policy name of rule i of namespace/name, in
+// Istio's format.
+func RuleName(namespace, name string, i int) string {
+	return fmt.Sprintf("ns[%s]-policy[%s]-rule[%d]", namespace, name, i)
+}
+
+// ruleCompiler turns one rule into an Envoy Policy.
+type ruleCompiler struct {
+	opts     CompileOptions
+	policyNS string
+	tcp      bool
+	action   Action
+}
+
+// rule compiles r. ok is false when the rule must be left out: in a TCP
+// context an ALLOW (or AUDIT) rule that uses HTTP-only fields can never
+// match, so it is omitted (fail closed).
+func (c *ruleCompiler) rule(r *Rule) (*rbacconfig.Policy, bool) {
+	if c.tcp && c.action != ActionDeny && ruleUsesHTTP(r) {
+		return nil, false
+	}
+	var principals []*rbacconfig.Principal
+	var permissions []*rbacconfig.Permission
+
+	if len(r.From) > 0 {
+		var ors []*rbacconfig.Principal
+		for _, f := range r.From {
+			ors = append(ors, c.source(f.Source))
+		}
+		principals = append(principals, orIDs(ors))
+	}
+	if len(r.To) > 0 {
+		var ors []*rbacconfig.Permission
+		for _, t := range r.To {
+			ors = append(ors, c.operation(t.Operation))
+		}
+		permissions = append(permissions, orRules(ors))
+	}
+	for _, cond := range r.When {
+		wk, arg, _ := lookupWhenKey(cond.Key)
+		if c.tcp && wk.httpOnly {
+			continue // DENY in TCP: drop HTTP-only parts (deny more)
+		}
+		if wk.kind == condPrincipal {
+			principals = append(principals, c.conditionPrincipal(cond, arg))
+		} else {
+			permissions = append(permissions, c.conditionPermission(cond, arg))
+		}
+	}
+	return &rbacconfig.Policy{Permissions: []*rbacconfig.Permission{andRules(permissions)}, Principals: []*rbacconfig.Principal{andIDs(principals)}}, true
+}
+
+// ruleUsesHTTP reports whether a rule has any HTTP-only field.
+func ruleUsesHTTP(r *Rule) bool {
+	for _, f := range r.From {
+		if s := f.Source; s != nil && (len(s.RequestPrincipals) > 0 || len(s.NotRequestPrincipals) > 0) {
+			return true
+		}
+	}
+	for _, t := range r.To {
+		if o := t.Operation; o != nil && (len(o.Hosts)+len(o.NotHosts)+len(o.Methods)+len(o.NotMethods)+len(o.Paths)+len(o.NotPaths)) > 0 {
+			return true
+		}
+	}
+	for _, w := range r.When {
+		if wk, _, ok := lookupWhenKey(w.Key); ok && wk.httpOnly {
+			return true
+		}
+	}
+	return false
+}
+
+// source compiles one `from.source`: fields ANDed, values ORed.
+func (c *ruleCompiler) source(s *Source) *rbacconfig.Principal {
+	var ands []*rbacconfig.Principal
+	add := func(vals []string, neg bool, f func(string) *rbacconfig.Principal) {
+		if len(vals) == 0 {
+			return
+		}
+		var ors []*rbacconfig.Principal
+		for _, v := range vals {
+			ors = append(ors, f(v))
+		}
+		p := orIDs(ors)
+		if neg {
+			p = notID(p)
+		}
+		ands = append(ands, p)
+	}
+	add(s.Principals, false, c.principal)
+	add(s.NotPrincipals, true, c.principal)
+	if !c.tcp {
+		add(s.RequestPrincipals, false, requestPrincipal)
+		add(s.NotRequestPrincipals, true, requestPrincipal)
+	}
+	add(s.Namespaces, false, c.namespace)
+	add(s.NotNamespaces, true, c.namespace)
+	add(s.ServiceAccounts, false, c.serviceAccount)
+	add(s.NotServiceAccounts, true, c.serviceAccount)
+	add(s.IPBlocks, false, directRemoteIP)
+	add(s.NotIPBlocks, true, directRemoteIP)
+	add(s.RemoteIPBlocks, false, remoteIP)
+	add(s.NotRemoteIPBlocks, true, remoteIP)
+	return andIDs(ands)
+}
+
+// operation compiles one `to.operation`.
+func (c *ruleCompiler) operation(o *Operation) *rbacconfig.Permission {
+	var ands []*rbacconfig.Permission
+	add := func(vals []string, neg bool, f func(string) *rbacconfig.Permission) {
+		if len(vals) == 0 {
+			return
+		}
+		var ors []*rbacconfig.Permission
+		for _, v := range vals {
+			ors = append(ors, f(v))
+		}
+		p := orRules(ors)
+		if neg {
+			p = notRule(p)
+		}
+		ands = append(ands, p)
+	}
+	if !c.tcp {
+		add(o.Hosts, false, hostPermission)
+		add(o.NotHosts, true, hostPermission)
+		add(o.Methods, false, methodPermission)
+		add(o.NotMethods, true, methodPermission)
+		add(o.Paths, false, pathPermission)
+		add(o.NotPaths, true, pathPermission)
+	}
+	add(o.Ports, false, portPermission)
+	add(o.NotPorts, true, portPermission)
+	return andRules(ands)
+}
+
+func (c *ruleCompiler) conditionPrincipal(cond Condition, arg string) *rbacconfig.Principal {
+	var f func(string) *rbacconfig.Principal
+	switch {
+	case strings.HasPrefix(cond.Key, "request.auth.claims["):
+		f = func(v string) *rbacconfig.Principal { return authnMetadata("request.auth.claims", arg, v) }
+	case cond.Key == "source.ip":
+		f = directRemoteIP
+	case cond.Key == "remote.ip":
+		f = remoteIP
+	case cond.Key == "source.namespace":
+		f = c.namespace
+	case cond.Key == "source.principal":
+		f = c.principal
+	case cond.Key == "source.serviceAccount":
+		f = c.serviceAccount
+	default: // request.auth.principal / audiences / presenter
+		f = func(v string) *rbacconfig.Principal { return authnMetadata(cond.Key, "", v) }
+	}
+	return valuesPrincipal(cond, f)
+}
+
+func valuesPrincipal(cond Condition, f func(string) *rbacconfig.Principal) *rbacconfig.Principal {
+	var ands []*rbacconfig.Principal
+	if len(cond.Values) > 0 {
+		var ors []*rbacconfig.Principal
+		for _, v := range cond.Values {
+			ors = append(ors, f(v))
+		}
+		ands = append(ands, orIDs(ors))
+	}
+	if len(cond.NotValues) > 0 {
+		var ors []*rbacconfig.Principal
+		for _, v := range cond.NotValues {
+			ors = append(ors, f(v))
+		}
+		ands = append(ands, notID(orIDs(ors)))
+	}
+	return andIDs(ands)
+}
+
+func (c *ruleCompiler) conditionPermission(cond Condition, arg string) *rbacconfig.Permission {
+	var f func(string) *rbacconfig.Permission
+	switch cond.Key {
+	case "destination.ip":
+		f = func(v string) *rbacconfig.Permission {
+			return &rbacconfig.Permission{Rule: &rbacconfig.Permission_DestinationIp{DestinationIp: cidr(v)}}
+		}
+	case "destination.port":
+		f = portPermission
+	case "connection.sni":
+		f = func(v string) *rbacconfig.Permission {
+			return &rbacconfig.Permission{Rule: &rbacconfig.Permission_RequestedServerName{RequestedServerName: stringMatch(v, false)}}
+		}
+	default: // request.headers[NAME]
+		name := strings.ToLower(arg)
+		f = func(v string) *rbacconfig.Permission {
+			return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: headerMatch(name, v, false)}}
+		}
+	}
+	var ands []*rbacconfig.Permission
+	if len(cond.Values) > 0 {
+		var ors []*rbacconfig.Permission
+		for _, v := range cond.Values {
+			ors = append(ors, f(v))
+		}
+		ands = append(ands, orRules(ors))
+	}
+	if len(cond.NotValues) > 0 {
+		var ors []*rbacconfig.Permission
+		for _, v := range cond.NotValues {
+			ors = append(ors, f(v))
+		}
+		ands = append(ands, notRule(orRules(ors)))
+	}
+	return andRules(ands)
+}
+
+// principal matches an Istio principal ("td/ns/x/sa/y", wildcards allowed)
+// against the peer certificate's URI SAN.
+func (c *ruleCompiler) principal(v string) *rbacconfig.Principal {
+	if v == "*" {
+		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: ".+"}}})
+	}
+	switch {
+	case strings.HasSuffix(v, "*"):
+		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: spiffePrefix(strings.TrimSuffix(v, "*"))}})
+	case strings.HasPrefix(v, "*"):
+		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: strings.TrimPrefix(v, "*")}})
+	}
+	return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: spiffePrefix(v)}})
+}
+
+func spiffePrefix(v string) string {
+	if strings.HasPrefix(v, "spiffe://") {
+		return v
+	}
+	return "spiffe://" + v
+}
+
+// namespace matches every principal of a namespace by regex on the SAN, as
+// istiod does.
+func (c *ruleCompiler) namespace(v string) *rbacconfig.Principal {
+	var re string
+	switch {
+	case v == "*":
+		re = `.*/ns/[^/]+/.*`
+	case strings.HasSuffix(v, "*"):
+		re = `.*/ns/` + regexp.QuoteMeta(strings.TrimSuffix(v, "*")) + `[^/]*/.*`
+	case strings.HasPrefix(v, "*"):
+		re = `.*/ns/[^/]*` + regexp.QuoteMeta(strings.TrimPrefix(v, "*")) + `/.*`
+	default:
+		re = `.*/ns/` + regexp.QuoteMeta(v) + `/.*`
+	}
+	return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}})
+}
+
+// serviceAccount matches "ns/name" (or "name" in the policy's namespace).
+func (c *ruleCompiler) serviceAccount(v string) *rbacconfig.Principal {
+	ns, name, ok := strings.Cut(v, "/")
+	if !ok {
+		ns, name = c.policyNS, v
+	}
+	id := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", c.opts.TrustDomain, ns, name)
+	return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}})
+}
+
+func authenticated(m *matcherv3.StringMatcher) *rbacconfig.Principal {
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Authenticated_{Authenticated: &rbacconfig.Principal_Authenticated{PrincipalName: m}}}
+}
+
+// requestPrincipal matches the JWT principal from Istio's authn metadata.
+// grpc-go never matches metadata principals, so such ALLOW rules fail
+// closed there.
+func requestPrincipal(v string) *rbacconfig.Principal {
+	return authnMetadata("request.auth.principal", "", v)
+}
+
+// authnMetadata matches a value that a JWT authentication filter stored in
+// the "istio_authn" dynamic metadata, as istiod emits it.
+func authnMetadata(key, claim, v string) *rbacconfig.Principal {
+	path := []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: key}}}
+	if claim != "" {
+		for _, part := range strings.Split(claim, "][") {
+			path = append(path, &matcherv3.MetadataMatcher_PathSegment{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: part}})
+		}
+	}
+	m := &matcherv3.MetadataMatcher{
+		Filter: "istio_authn",
+		Path:   path,
+		Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(v, false)}},
+	}
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Metadata{Metadata: m}}
+}
+
+func directRemoteIP(v string) *rbacconfig.Principal {
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_DirectRemoteIp{DirectRemoteIp: cidr(v)}}
+}
+
+func remoteIP(v string) *rbacconfig.Principal {
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_RemoteIp{RemoteIp: cidr(v)}}
+}
+
+func cidr(v string) *corev3.CidrRange {
+	p, err := parseCIDR(v)
+	if err != nil {
+		// Validation rejects bad CIDRs before compilation; reaching this is
+		// a programming error, and an unmatchable range fails closed only
+		// for ALLOW, so refuse loudly instead.
+		panic(fmt.Sprintf("policy: unvalidated CIDR %q reached the compiler", v))
+	}
+	return &corev3.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))}
+}
+
+// hostPermission matches the :authority header case-insensitively, with or
+// without a port, as istiod does.
+func hostPermission(v string) *rbacconfig.Permission {
+	m := headerMatch(":authority", v, true)
+	if v == "*" || strings.HasSuffix(v, "*") {
+		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: m}}
+	}
+	withPort := &routev3.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+		MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: hostPortRegex(v)}},
+	}}}
+	return orRules([]*rbacconfig.Permission{
+		{Rule: &rbacconfig.Permission_Header{Header: m}},
+		{Rule: &rbacconfig.Permission_Header{Header: withPort}},
+	})
+}
+
+// hostPortRegex matches host:port, case-insensitively.
+func hostPortRegex(v string) string {
+	if strings.HasPrefix(v, "*") {
+		return `(?i).*` + regexp.QuoteMeta(strings.TrimPrefix(v, "*")) + `:[0-9]+`
+	}
+	return `(?i)` + regexp.QuoteMeta(v) + `:[0-9]+`
+}
+
+func methodPermission(v string) *rbacconfig.Permission {
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: headerMatch(":method", v, false)}}
+}
+
+func pathPermission(v string) *rbacconfig.Permission {
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_UrlPath{UrlPath: &matcherv3.PathMatcher{Rule: &matcherv3.PathMatcher_Path{Path: stringMatch(v, false)}}}}
+}
+
+func portPermission(v string) *rbacconfig.Permission {
+	p, err := parsePort(v)
+	if err != nil {
+		panic(fmt.Sprintf("policy: unvalidated port %q reached the compiler", v))
+	}
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_DestinationPort{DestinationPort: p}}
+}
+
+// stringMatch turns an Istio value (exact, prefix*, *suffix, *) into a
+// StringMatcher. "*" means present and non-empty.
+func stringMatch(v string, ignoreCase bool) *matcherv3.StringMatcher {
+	m := &matcherv3.StringMatcher{IgnoreCase: ignoreCase}
+	switch {
+	case v == "*":
+		m.IgnoreCase = false
+		m.MatchPattern = &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: ".+"}}
+	case strings.HasSuffix(v, "*"):
+		m.MatchPattern = &matcherv3.StringMatcher_Prefix{Prefix: strings.TrimSuffix(v, "*")}
+	case strings.HasPrefix(v, "*"):
+		m.MatchPattern = &matcherv3.StringMatcher_Suffix{Suffix: strings.TrimPrefix(v, "*")}
+	default:
+		m.MatchPattern = &matcherv3.StringMatcher_Exact{Exact: v}
+	}
+	return m
+}
+
+func headerMatch(name, v string, ignoreCase bool) *routev3.HeaderMatcher {
+	if v == "*" {
+		return &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}}
+	}
+	return &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: stringMatch(v, ignoreCase)}}
+}
+
+func orIDs(ids []*rbacconfig.Principal) *rbacconfig.Principal {
+	if len(ids) == 1 {
+		return ids[0]
+	}
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_OrIds{OrIds: &rbacconfig.Principal_Set{Ids: ids}}}
+}
+
+func andIDs(ids []*rbacconfig.Principal) *rbacconfig.Principal {
+	switch len(ids) {
+	case 0:
+		return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Any{Any: true}}
+	case 1:
+		return ids[0]
+	}
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_AndIds{AndIds: &rbacconfig.Principal_Set{Ids: ids}}}
+}
+
+func notID(p *rbacconfig.Principal) *rbacconfig.Principal {
+	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_NotId{NotId: p}}
+}
+
+func orRules(rs []*rbacconfig.Permission) *rbacconfig.Permission {
+	if len(rs) == 1 {
+		return rs[0]
+	}
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_OrRules{OrRules: &rbacconfig.Permission_Set{Rules: rs}}}
+}
+
+func andRules(rs []*rbacconfig.Permission) *rbacconfig.Permission {
+	switch len(rs) {
+	case 0:
+		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Any{Any: true}}
+	case 1:
+		return rs[0]
+	}
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_AndRules{AndRules: &rbacconfig.Permission_Set{Rules: rs}}}
+}
+
+func notRule(p *rbacconfig.Permission) *rbacconfig.Permission {
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_NotRule{NotRule: p}}
+}
+
+// PolicyNames returns the sorted names of the Envoy policies in c.
+func (c RBACConfig) PolicyNames() []string {
+	names := make([]string, 0, len(c.Rules.GetPolicies()))
+	for n := range c.Rules.GetPolicies() {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

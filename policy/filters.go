@@ -1,0 +1,133 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Envoy filter names.
+const (
+	HTTPRBACFilterName    = "envoy.filters.http.rbac"
+	NetworkRBACFilterName = "envoy.filters.network.rbac"
+)
+
+// HTTPConfig returns the envoy.extensions.filters.http.rbac.v3.RBAC
+// message for c: AUDIT configs become shadow rules (reported, never
+// enforced); DENY and ALLOW configs become enforced rules.
+func (c RBACConfig) HTTPConfig() *rbachttp.RBAC {
+	if c.Action == ActionAudit {
+		return &rbachttp.RBAC{ShadowRules: c.Rules, ShadowRulesStatPrefix: "kordon_audit_"}
+	}
+	return &rbachttp.RBAC{Rules: c.Rules}
+}
+
+// NetworkConfig returns the envoy.extensions.filters.network.rbac.v3.RBAC
+// message for c.
+func (c RBACConfig) NetworkConfig() *rbacnet.RBAC {
+	prefix := "kordon_" + string(c.Action) + "_"
+	if c.Action == ActionAudit {
+		return &rbacnet.RBAC{ShadowRules: c.Rules, StatPrefix: prefix, ShadowRulesStatPrefix: "kordon_audit_"}
+	}
+	return &rbacnet.RBAC{Rules: c.Rules, StatPrefix: prefix}
+}
+
+// HTTPFilters wraps the HTTP configs as HttpConnectionManager filters, in
+// the order a proxy must apply them (DENY, ALLOW, AUDIT).
+func (c *Compiled) HTTPFilters() ([]*hcmv3.HttpFilter, error) {
+	var out []*hcmv3.HttpFilter
+	for _, cfg := range c.HTTP {
+		msg := cfg.HTTPConfig()
+		if err := msg.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("policy: http rbac: %w", err)
+		}
+		a, err := anypb.New(msg)
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		out = append(out, &hcmv3.HttpFilter{Name: HTTPRBACFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}})
+	}
+	return out, nil
+}
+
+// NetworkFilters wraps the network configs as listener filters.
+func (c *Compiled) NetworkFilters() ([]*listenerv3.Filter, error) {
+	var out []*listenerv3.Filter
+	for _, cfg := range c.Network {
+		msg := cfg.NetworkConfig()
+		if err := msg.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("policy: network rbac: %w", err)
+		}
+		a, err := anypb.New(msg)
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		out = append(out, &listenerv3.Filter{Name: NetworkRBACFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}})
+	}
+	return out, nil
+}
+
+// FiltersJSON renders {"httpFilters": [...], "networkFilters": [...]} with
+// each item an Envoy HttpFilter / Filter in protojson, indented and with
+// sorted keys so the output is byte-for-byte deterministic.
+func (c *Compiled) FiltersJSON() ([]byte, error) {
+	hf, err := c.HTTPFilters()
+	if err != nil {
+		return nil, err
+	}
+	nf, err := c.NetworkFilters()
+	if err != nil {
+		return nil, err
+	}
+	doc := struct {
+		HTTPFilters    []json.RawMessage `json:"httpFilters"`
+		NetworkFilters []json.RawMessage `json:"networkFilters"`
+	}{HTTPFilters: []json.RawMessage{}, NetworkFilters: []json.RawMessage{}}
+	for _, f := range hf {
+		b, err := stableJSON(f)
+		if err != nil {
+			return nil, err
+		}
+		doc.HTTPFilters = append(doc.HTTPFilters, b)
+	}
+	for _, f := range nf {
+		b, err := stableJSON(f)
+		if err != nil {
+			return nil, err
+		}
+		doc.NetworkFilters = append(doc.NetworkFilters, b)
+	}
+	raw, err := json.Marshal(doc)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, raw, "", "  "); err != nil {
+		return nil, err
+	}
+	out.WriteByte('\n')
+	return out.Bytes(), nil
+}
+
+// stableJSON marshals m with protojson and re-encodes it through
+// encoding/json, which sorts object keys and drops protojson's
+// deliberately unstable whitespace.
+func stableJSON(m proto.Message) (json.RawMessage, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return json.Marshal(v)
+}
