@@ -1,0 +1,82 @@
+package policy
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+// goldenTarget is the proxy of Istio's own builder tests.
+var goldenTarget = Target{Namespace: "foo", Labels: map[string]string{"app": "httpbin", "version": "v1"}}
+
+func TestCompileGolden(t *testing.T) {
+	t.Parallel()
+	ins, err := filepath.Glob("testdata/*-in.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ins) < 40 {
+		t.Fatalf("want at least 40 golden cases, have %d", len(ins))
+	}
+	for _, in := range ins {
+		name := strings.TrimSuffix(filepath.Base(in), "-in.yaml")
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			set, err := LoadPaths(LoadOptions{}, in)
+			if err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			c, err := Compile(set, goldenTarget, CompileOptions{})
+			if err != nil {
+				t.Fatalf("compile: %v", err)
+			}
+			got, err := c.FiltersJSON()
+			if err != nil {
+				t.Fatalf("render: %v", err)
+			}
+			golden := filepath.Join("testdata", name+"-out.json")
+			if *update {
+				if err := os.WriteFile(golden, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./policy -update)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("compiled output differs from %s (run go test ./policy -update and review the diff)\ngot:\n%s", golden, got)
+			}
+		})
+	}
+}
+
+func TestCompileDeterministic(t *testing.T) {
+	t.Parallel()
+	set, err := LoadPaths(LoadOptions{}, "testdata/deny-allow-audit-combined-in.yaml", "testdata/root-namespace-mesh-wide-in.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first []byte
+	for i := 0; i < 5; i++ {
+		c, err := Compile(set, goldenTarget, CompileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := c.FiltersJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = b
+		} else if !bytes.Equal(first, b) {
+			t.Fatal("compilation is not deterministic")
+		}
+	}
+}
