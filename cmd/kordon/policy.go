@@ -214,4 +214,3 @@ answer is exactly what a proxy enforces). Exit 0 for ALLOW, 2 for DENY, 1 on err
 	f.BoolVar(&tcp, "tcp", false, "evaluate the network (TCP) RBAC instead of HTTP")
 	return cmd
 }
-
