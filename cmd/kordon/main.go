@@ -34,6 +34,7 @@ func newRootCmd() *cobra.Command {
 var subcommands = []func() *cobra.Command{
 	newPolicyCmd,
 	newVersionCmd,
+	newDevCmd,
 }
 
 func main() {

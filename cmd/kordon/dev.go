@@ -1,0 +1,378 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/kordon-dev/kordon/internal/authdns"
+	"github.com/kordon-dev/kordon/internal/devconfig"
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/kordon-dev/kordon/policy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+)
+
+// devOptions are the flags of kordon dev.
+type devOptions struct {
+	configDir     string
+	dnsListen     string
+	httpListen    string
+	xdsListen     string
+	upstreams     []string
+	upstreamZones string
+	stateDir      string
+	addrFile      string
+	queryLog      string
+	logLevel      string
+	pollInterval  time.Duration
+}
+
+func newDevCmd() *cobra.Command {
+	var o devOptions
+	cmd := &cobra.Command{
+		Use:   "dev --config DIR",
+		Short: "Run kordon in one process with no cluster: workloads and policies from a folder, everything on loopback",
+		Long: `kordon dev runs the DNS guard, the alert feed, metrics and health endpoints in
+one process. Workloads (workloads.yaml) and policies (AuthorizationPolicy and
+EgressPolicy YAML) come from --config DIR, which is watched: a change is applied
+live, a bad file is reported with file:line:col and the last good state stays.
+
+A DNS query is attributed to a workload by its source address: give each
+workload an address on 127.0.0.0/8 and query with dig -b 127.0.0.X.
+
+Every address may use port 0; the addresses in use are printed at start.`,
+		Example: `  kordon dev --config examples/dev --upstream-zones examples/upstream/zones.yaml
+  dig -b 127.0.0.10 @127.0.0.1 -p 5353 api.shop.example
+  curl -s 127.0.0.1:9080/v1/alerts`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runDev(ctx, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.configDir, "config", "", "folder with workloads.yaml and policy YAML (required)")
+	f.StringVar(&o.httpListen, "http-listen", "127.0.0.1:9080", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/config")
+	f.StringSliceVar(&o.upstreams, "upstream", nil, "upstream DNS server IP:PORT (repeatable)")
+	f.StringVar(&o.upstreamZones, "upstream-zones", "", "serve this zone file (internal/authdns) on a free loopback port and use it as the upstream")
+	f.StringVar(&o.stateDir, "state-dir", "", "folder for state kept across restarts (alert log, CA); default: a temporary folder removed at exit")
+	f.StringVar(&o.addrFile, "addr-file", "", "write the addresses in use (dns=, http=, ...) to this file once ready")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.DurationVar(&o.pollInterval, "poll-interval", devconfig.DefaultInterval, "how often --config is checked for changes")
+	_ = cmd.MarkFlagRequired("config")
+	cmd.AddCommand(newDevUpstreamCmd(), newDevExfilSimCmd())
+	return cmd
+}
+
+// runDev starts everything, prints where it listens and blocks until ctx
+// is done, then shuts down.
+func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
+	d, err := startDev(ctx, o, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	d.printSummary(stdout)
+	<-ctx.Done()
+	fmt.Fprintln(stdout, "kordon dev: shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return d.Shutdown(shutdownCtx)
+}
+
+// devServer is what kordon dev runs, wired together.
+type devServer struct {
+	opts     devOptions
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	registry *workload.Registry
+	watcher  *devconfig.Watcher
+
+	stateDir     string
+	removeState  bool
+	upstream     *authdns.Server
+	upstreamAddr []string
+	httpSrv      *http.Server
+	httpAddr     net.Addr
+
+	ready   atomic.Bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closers []func(context.Context) error
+}
+
+// startDev starts every component and returns once all listen and the
+// config is applied. On error everything already started is stopped.
+func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *devServer, err error) {
+	level := new(slog.LevelVar)
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	d := &devServer{
+		opts:     o,
+		log:      slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})),
+		reg:      prometheus.NewRegistry(),
+		registry: workload.NewRegistry(),
+	}
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.cancel = cancel
+	defer func() {
+		if err != nil {
+			shutdownCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			_ = d.Shutdown(shutdownCtx)
+		}
+	}()
+
+	if err := d.openStateDir(); err != nil {
+		return d, err
+	}
+	if err := d.startUpstream(); err != nil {
+		return d, err
+	}
+	d.watcher, err = devconfig.New(devconfig.Config{
+		Dir:        o.configDir,
+		Interval:   o.pollInterval,
+		Apply:      d.apply,
+		Logger:     d.log,
+		Registerer: d.reg,
+	})
+	if err != nil {
+		return d, err
+	}
+	if err := d.startHTTP(); err != nil {
+		return d, err
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		_ = d.watcher.Run(runCtx)
+	}()
+	d.ready.Store(true)
+	if o.addrFile != "" {
+		if err := writeAddrFile(o.addrFile, d.addrs()); err != nil {
+			return d, err
+		}
+	}
+	return d, nil
+}
+
+// apply makes a loaded snapshot current in every component. It runs before
+// the snapshot is current; an error rejects it.
+func (d *devServer) apply(s *devconfig.Snapshot) error {
+	d.registry.Replace(s.Workloads)
+	return nil
+}
+
+func (d *devServer) openStateDir() error {
+	if d.opts.stateDir != "" {
+		if err := os.MkdirAll(d.opts.stateDir, 0o700); err != nil {
+			return fmt.Errorf("--state-dir: %w", err)
+		}
+		d.stateDir = d.opts.stateDir
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "kordon-dev-")
+	if err != nil {
+		return err
+	}
+	d.stateDir, d.removeState = dir, true
+	return nil
+}
+
+// startUpstream runs the embedded authoritative server when
+// --upstream-zones is set.
+func (d *devServer) startUpstream() error {
+	d.upstreamAddr = append(d.upstreamAddr, d.opts.upstreams...)
+	if d.opts.upstreamZones == "" {
+		return nil
+	}
+	zones, err := authdns.LoadConfig(d.opts.upstreamZones)
+	if err != nil {
+		return err
+	}
+	srv, err := authdns.New(authdns.Config{Zones: zones, Logger: d.log, Registerer: d.reg})
+	if err != nil {
+		return err
+	}
+	addr, err := srv.Listen("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	d.upstream = srv
+	d.closers = append(d.closers, srv.Shutdown)
+	d.upstreamAddr = append(d.upstreamAddr, addr.String())
+	return nil
+}
+
+func (d *devServer) startHTTP() error {
+	l, err := net.Listen("tcp", d.opts.httpListen)
+	if err != nil {
+		return fmt.Errorf("--http-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !d.ready.Load() {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+	mux.HandleFunc("GET /v1/config", d.serveConfig)
+	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	d.httpAddr = l.Addr()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.httpSrv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("http server stopped", "err", err.Error())
+		}
+	}()
+	d.closers = append(d.closers, d.httpSrv.Shutdown)
+	return nil
+}
+
+// configStatus is what GET /v1/config returns.
+type configStatus struct {
+	Dir       string               `json:"dir"`
+	Digest    string               `json:"digest"`
+	LoadedAt  time.Time            `json:"loadedAt"`
+	Files     []string             `json:"files"`
+	Workloads []*workload.Workload `json:"workloads"`
+	Policies  []string             `json:"policies"`
+	// Error is why the folder's latest content was rejected ("" when it
+	// is the one in force).
+	Error string `json:"error,omitempty"`
+}
+
+func (d *devServer) serveConfig(w http.ResponseWriter, _ *http.Request) {
+	s := d.watcher.Current()
+	st := configStatus{Dir: s.Dir, Digest: s.Digest, LoadedAt: s.LoadedAt, Files: s.Files, Workloads: s.Workloads, Policies: policyNames(s.Policies)}
+	if err := d.watcher.LastError(); err != nil {
+		st.Error = err.Error()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(st)
+}
+
+// policyNames lists "Kind namespace/name" for every policy of a set.
+func policyNames(set *policy.Set) []string {
+	var out []string
+	for _, p := range set.Authorization {
+		out = append(out, fmt.Sprintf("AuthorizationPolicy %s/%s", p.Metadata.Namespace, p.Metadata.Name))
+	}
+	for _, p := range set.Egress {
+		out = append(out, fmt.Sprintf("EgressPolicy %s/%s", p.Metadata.Namespace, p.Metadata.Name))
+	}
+	return out
+}
+
+// addrs are the addresses in use, by component.
+func (d *devServer) addrs() map[string]string {
+	m := map[string]string{}
+	if d.httpAddr != nil {
+		m["http"] = d.httpAddr.String()
+	}
+	return m
+}
+
+// printSummary writes the start-up summary: what listens where, the
+// workloads and the policies in force.
+func (d *devServer) printSummary(w io.Writer) {
+	s := d.watcher.Current()
+	fmt.Fprintf(w, "kordon dev: config %s (digest %s), state in %s\n", s.Dir, s.ShortDigest(), d.stateDir)
+	fmt.Fprintf(w, "workloads (%d):\n", len(s.Workloads))
+	for _, wl := range s.Workloads {
+		ips := make([]string, len(wl.IPs))
+		for i, ip := range wl.IPs {
+			ips[i] = ip.String()
+		}
+		fmt.Fprintf(w, "  %-24s %-16s sa=%-14s %s\n", wl.Key(), strings.Join(ips, ","), wl.ServiceAccount, labelString(wl.Labels))
+	}
+	fmt.Fprintf(w, "AuthorizationPolicies (%d):\n", len(s.Policies.Authorization))
+	for _, p := range s.Policies.Authorization {
+		action := p.Spec.Action
+		if action == "" {
+			action = policy.ActionAllow
+		}
+		fmt.Fprintf(w, "  %-36s %s\n", p.Metadata.Namespace+"/"+p.Metadata.Name, action)
+	}
+	fmt.Fprintf(w, "EgressPolicies (%d):\n", len(s.Policies.Egress))
+	for _, p := range s.Policies.Egress {
+		mode := p.Spec.Mode
+		if mode == "" {
+			mode = policy.EgressEnforce
+		}
+		extra := ""
+		if p.Spec.Detection != nil && p.Spec.Detection.Action != "" {
+			extra = ", on detection: " + p.Spec.Detection.Action
+		}
+		fmt.Fprintf(w, "  %-36s %s, %d allow, %d deny%s\n", p.Metadata.Namespace+"/"+p.Metadata.Name, mode, len(p.Spec.Allow), len(p.Spec.Deny), extra)
+	}
+	fmt.Fprintln(w, "listening:")
+	if d.upstream != nil {
+		fmt.Fprintf(w, "  %-12s %s (authoritative, zones from %s)\n", "upstream", d.upstreamAddr[len(d.upstreamAddr)-1], d.opts.upstreamZones)
+	}
+	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/config)\n", "http", d.httpAddr)
+	fmt.Fprintf(w, "watching %s for changes every %s\n", s.Dir, d.opts.pollInterval)
+	fmt.Fprintln(w, "ready")
+}
+
+func labelString(l map[string]string) string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + l[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+// Shutdown stops every component, in reverse order of start.
+func (d *devServer) Shutdown(ctx context.Context) error {
+	d.ready.Store(false)
+	if d.cancel != nil {
+		d.cancel()
+	}
+	var errs []error
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		if err := d.closers[i](ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.closers = nil
+	d.wg.Wait()
+	if d.removeState {
+		if err := os.RemoveAll(d.stateDir); err != nil {
+			errs = append(errs, err)
+		}
+		d.removeState = false
+	}
+	return errors.Join(errs...)
+}

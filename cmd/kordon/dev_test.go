@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// copyDir copies the regular files of src into a new temporary folder.
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// devHarness is kordon dev started in-process on :0 ports.
+type devHarness struct {
+	d      *devServer
+	dir    string
+	stderr *lockedBuffer
+	stdout *lockedBuffer
+}
+
+func startDevHarness(t *testing.T) *devHarness {
+	t.Helper()
+	h := &devHarness{dir: copyDir(t, "../../examples/dev"), stderr: &lockedBuffer{}, stdout: &lockedBuffer{}}
+	o := devOptions{
+		configDir:     h.dir,
+		httpListen:    "127.0.0.1:0",
+		upstreamZones: "../../examples/upstream/zones.yaml",
+		stateDir:      t.TempDir(),
+		addrFile:      filepath.Join(t.TempDir(), "addrs"),
+		logLevel:      "info",
+		pollInterval:  20 * time.Millisecond,
+	}
+	d, err := startDev(context.Background(), o, h.stdout, h.stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.d = d
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := d.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	return h
+}
+
+func (h *devHarness) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + h.d.httpAddr.String() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func (h *devHarness) config(t *testing.T) configStatus {
+	t.Helper()
+	code, body := h.get(t, "/v1/config")
+	if code != http.StatusOK {
+		t.Fatalf("/v1/config: %d %s", code, body)
+	}
+	var st configStatus
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// waitFor polls cond until it holds or 10 seconds pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestDevStartsServesAndSummarises(t *testing.T) {
+	h := startDevHarness(t)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, body := h.get(t, path); code != http.StatusOK || body != "ok\n" {
+			t.Errorf("%s: %d %q", path, code, body)
+		}
+	}
+	code, metrics := h.get(t, "/metrics")
+	if code != http.StatusOK || !strings.Contains(metrics, "kordon_devconfig_config_valid 1") {
+		t.Errorf("/metrics: %d, config_valid missing:\n%.400s", code, metrics)
+	}
+	st := h.config(t)
+	if len(st.Workloads) != 5 || len(st.Policies) != 9 || st.Error != "" {
+		t.Errorf("config: %d workloads, %d policies, error %q", len(st.Workloads), len(st.Policies), st.Error)
+	}
+	addrs, err := os.ReadFile(h.d.opts.addrFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "http=" + h.d.httpAddr.String() + "\n"; !strings.Contains(string(addrs), want) {
+		t.Errorf("addr file %q lacks %q", addrs, want)
+	}
+	var out bytes.Buffer
+	h.d.printSummary(&out)
+	for _, want := range []string{
+		"workloads (5):",
+		"shop/report-worker       127.0.0.13       sa=report-worker  app=report-worker,tier=batch",
+		"AuthorizationPolicies (5):",
+		"kordon-system/deny-batch-to-pci      DENY",
+		"EgressPolicies (4):",
+		"shop/batch-watch                     Enforce, 0 allow, 1 deny, on detection: Quarantine",
+		"shop/checkout-egress                 Audit, 2 allow, 0 deny",
+		"http://" + h.d.httpAddr.String(),
+		"upstream",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestDevReloadsLiveAndKeepsLastGood(t *testing.T) {
+	h := startDevHarness(t)
+	first := h.config(t)
+	egress := filepath.Join(h.dir, "egress.yaml")
+	good, err := os.ReadFile(egress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(good), "  allow:\n  - api.paygate.example\n  deny:", "  alow:\n  - api.paygate.example\n  deny:", 1)
+	if bad == string(good) {
+		t.Fatal("test edit did not apply")
+	}
+	if err := os.WriteFile(egress, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the rejection", func() bool { return h.config(t).Error != "" })
+	st := h.config(t)
+	if !strings.Contains(st.Error, egress+`:25:3: spec.alow: unknown field (did you mean "allow"?)`) {
+		t.Errorf("error %q lacks the position", st.Error)
+	}
+	if st.Digest != first.Digest {
+		t.Error("a bad file replaced the config in force")
+	}
+	if !strings.Contains(h.stderr.String(), "config rejected, last good config stays in force") {
+		t.Errorf("no rejection log line:\n%s", h.stderr.String())
+	}
+	if code, _ := h.get(t, "/readyz"); code != http.StatusOK {
+		t.Error("not ready after a rejected change: the last good config is still in force")
+	}
+
+	fixed := strings.Replace(string(good), "api.shop.example\n", "api.shop.example\n  - fonts.shop.example\n", 1)
+	if err := os.WriteFile(egress, []byte(fixed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reload", func() bool { s := h.config(t); return s.Error == "" && s.Digest != first.Digest })
+	if !strings.Contains(h.stderr.String(), `"msg":"config reloaded"`) {
+		t.Errorf("no reload log line:\n%s", h.stderr.String())
+	}
+}
+
+func TestDevShutdownReleasesEverything(t *testing.T) {
+	h := startDevHarness(t)
+	addr := h.d.httpAddr.String()
+	state := h.d.stateDir
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.d.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("%s still accepts connections after shutdown", addr)
+	}
+	if _, err := os.Stat(state); err != nil {
+		t.Errorf("--state-dir removed: %v", err)
+	}
+}
+
+func TestDevBadConfigFailsAtStart(t *testing.T) {
+	dir := copyDir(t, "../../examples/dev")
+	if err := os.WriteFile(filepath.Join(dir, "workloads.yaml"), []byte("- name: a\n  ips: [not-an-ip]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := startDev(context.Background(), devOptions{configDir: dir, httpListen: "127.0.0.1:0", logLevel: "info"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "workloads.yaml:2:9: [0]: ips[0]: invalid IP address \"not-an-ip\"") {
+		t.Fatalf("err = %v", err)
+	}
+}
