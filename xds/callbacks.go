@@ -1,0 +1,251 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// callbacks hooks the go-control-plane server: authentication on stream
+// open, node binding and ACK/NACK accounting on requests, nonce recording
+// on responses.
+func (s *Server) callbacks() serverv3.Callbacks {
+	return serverv3.CallbackFuncs{
+		StreamOpenFunc:      s.onStreamOpen,
+		DeltaStreamOpenFunc: s.onStreamOpen,
+		StreamClosedFunc:    s.onStreamClosed,
+		DeltaStreamClosedFunc: func(id int64, n *corev3.Node) {
+			s.onStreamClosed(id, n)
+		},
+		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
+			var names []string
+			if req.GetTypeUrl() == resourcev3.ListenerType {
+				names = req.GetResourceNames()
+			}
+			return s.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), names)
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+			s.onResponse(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+		},
+		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+			var names []string
+			if req.GetTypeUrl() == resourcev3.ListenerType {
+				names = req.GetResourceNamesSubscribe()
+			}
+			return s.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), names)
+		},
+		StreamDeltaResponseFunc: func(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+			s.onResponse(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+		},
+	}
+}
+
+func (s *Server) onStreamOpen(ctx context.Context, id int64, _ string) error {
+	st := &stream{nonces: map[string]sent{}}
+	if s.cfg.Authenticator != nil {
+		ident, err := s.cfg.Authenticator.Authenticate(ctx)
+		if err != nil {
+			if !s.cfg.AllowUnauthenticated {
+				s.metrics.authFailures.WithLabelValues("unauthenticated").Inc()
+				s.log.Warn("xds stream refused", "stream_id", id, "reason", "unauthenticated", "error", err)
+				return status.Error(codes.Unauthenticated, err.Error())
+			}
+		} else {
+			st.identity = &ident
+		}
+	}
+	s.mu.Lock()
+	s.streams[id] = st
+	s.mu.Unlock()
+	s.metrics.streams.Inc()
+	return nil
+}
+
+func (s *Server) onStreamClosed(id int64, _ *corev3.Node) {
+	s.mu.Lock()
+	st := s.streams[id]
+	delete(s.streams, id)
+	var gone string
+	if st != nil && st.nodeID != "" {
+		if n := s.nodes[st.nodeID]; n != nil {
+			delete(n.streams, id)
+			if len(n.streams) == 0 {
+				delete(s.nodes, st.nodeID)
+				gone = st.nodeID
+			}
+		}
+	}
+	s.metrics.nodes.Set(float64(len(s.nodes)))
+	s.mu.Unlock()
+	if st != nil {
+		s.metrics.streams.Dec()
+	}
+	if gone != "" {
+		s.cache.ClearSnapshot(gone)
+		s.updateStatus(gone, func(ns *NodeStatus) { ns.Connected = false; ns.Streams = 0 })
+	} else if st != nil && st.nodeID != "" {
+		s.updateStatus(st.nodeID, func(ns *NodeStatus) { ns.Streams-- })
+	}
+}
+
+// bind attaches a stream to the node it names after checking that the
+// authenticated identity owns that node.
+func (s *Server) bind(id int64, st *stream, n *corev3.Node) (*node, error) {
+	nodeID := n.GetId()
+	ns, pod, ok := strings.Cut(nodeID, "/")
+	if !ok || ns == "" || pod == "" || strings.Contains(pod, "/") {
+		s.metrics.authFailures.WithLabelValues("unknown_node").Inc()
+		return nil, status.Errorf(codes.InvalidArgument, "xds: node id %q is not <namespace>/<pod>", nodeID)
+	}
+	w, ok := s.cfg.Registry.ByPod(ns, pod)
+	if !ok {
+		s.metrics.authFailures.WithLabelValues("unknown_node").Inc()
+		return nil, status.Errorf(codes.NotFound, "xds: no workload %s", nodeID)
+	}
+	if st.identity != nil {
+		if err := authorize(*st.identity, ns, pod, w.ServiceAccount); err != nil {
+			s.metrics.authFailures.WithLabelValues("forbidden_node").Inc()
+			return nil, status.Error(codes.PermissionDenied, err.Error())
+		}
+		if st.identity.SPIFFEID != "" && st.identity.SPIFFEID != w.SPIFFEID(s.cfg.TrustDomain) {
+			s.metrics.authFailures.WithLabelValues("forbidden_node").Inc()
+			return nil, status.Error(codes.PermissionDenied, ErrForbiddenNode.Error())
+		}
+	}
+	kind := nodeKind(n)
+	s.mu.Lock()
+	nd := s.nodes[nodeID]
+	if nd == nil {
+		nd = &node{id: nodeID, kind: kind, streams: map[int64]bool{}, requested: map[string]bool{}}
+		s.nodes[nodeID] = nd
+	}
+	nd.streams[id] = true
+	st.nodeID = nodeID
+	count := len(nd.streams)
+	s.metrics.nodes.Set(float64(len(s.nodes)))
+	s.mu.Unlock()
+	spiffe := w.SPIFFEID(s.cfg.TrustDomain)
+	s.updateStatus(nodeID, func(ns *NodeStatus) {
+		ns.Kind, ns.SPIFFEID, ns.Connected, ns.Streams = nd.kind, spiffe, true, count
+	})
+	return nd, nil
+}
+
+func (s *Server) onRequest(id int64, n *corev3.Node, typeURL, nonce string, errDetail *rpcstatus.Status, listenerNames []string) error {
+	s.mu.Lock()
+	st := s.streams[id]
+	s.mu.Unlock()
+	if st == nil {
+		return errors.New("xds: unknown stream")
+	}
+	var nd *node
+	if st.nodeID == "" {
+		if n.GetId() == "" {
+			s.metrics.authFailures.WithLabelValues("no_node").Inc()
+			return status.Error(codes.InvalidArgument, "xds: first request carries no node id")
+		}
+		var err error
+		if nd, err = s.bind(id, st, n); err != nil {
+			s.log.Warn("xds stream refused", "stream_id", id, "node_id", n.GetId(), "reason", err.Error())
+			return err
+		}
+	} else {
+		// A stream stays bound to its node: switching node IDs would
+		// bypass the check above.
+		if n.GetId() != "" && n.GetId() != st.nodeID {
+			s.metrics.authFailures.WithLabelValues("forbidden_node").Inc()
+			return status.Errorf(codes.PermissionDenied, "xds: stream is bound to node %s", st.nodeID)
+		}
+		s.mu.Lock()
+		nd = s.nodes[st.nodeID]
+		s.mu.Unlock()
+		if nd == nil {
+			return errors.New("xds: node is gone")
+		}
+	}
+	if nonce != "" {
+		s.recordReply(st, nd.id, nonce, errDetail)
+	}
+	// Build for the Listener names this node asks for before the cache
+	// looks at the request, so the first answer carries them.
+	fresh := false
+	s.mu.Lock()
+	for _, name := range listenerNames {
+		if !nd.requested[name] {
+			nd.requested[name] = true
+			fresh = true
+		}
+	}
+	s.mu.Unlock()
+	nd.mu.Lock()
+	first := nd.gen == 0
+	nd.mu.Unlock()
+	if fresh || first {
+		s.rebuild(context.Background(), nd.id)
+	}
+	return nil
+}
+
+func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcstatus.Status) {
+	s.mu.Lock()
+	out, ok := st.nonces[nonce]
+	delete(st.nonces, nonce)
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	now := s.now()
+	short := shortType(out.typeURL)
+	if errDetail != nil {
+		msg := errDetail.GetMessage()
+		s.metrics.nacks.WithLabelValues(short).Inc()
+		s.log.Warn("xds config rejected by node", "node_id", nodeID, "version", out.version, "type_url", out.typeURL, "error", msg)
+		s.updateStatus(nodeID, func(ns *NodeStatus) {
+			t := ns.typ(out.typeURL)
+			t.Nacked, t.NackedAt, t.NackError = out.version, now, msg
+			t.Nacks++
+		})
+		return
+	}
+	s.metrics.acks.WithLabelValues(short).Inc()
+	s.updateStatus(nodeID, func(ns *NodeStatus) {
+		t := ns.typ(out.typeURL)
+		t.Acked, t.AckedAt = out.version, now
+		t.Acks++
+	})
+}
+
+func (s *Server) onResponse(id int64, typeURL, nonce, version string) {
+	s.mu.Lock()
+	st := s.streams[id]
+	if st == nil {
+		s.mu.Unlock()
+		return
+	}
+	// Nonces of superseded responses are never answered; forget them so
+	// the map stays bounded.
+	for k, v := range st.nonces {
+		if v.typeURL == typeURL {
+			delete(st.nonces, k)
+		}
+	}
+	st.nonces[nonce] = sent{typeURL: typeURL, version: version}
+	nodeID := st.nodeID
+	s.mu.Unlock()
+	if nodeID == "" {
+		return
+	}
+	now := s.now()
+	s.updateStatus(nodeID, func(ns *NodeStatus) {
+		t := ns.typ(typeURL)
+		t.Sent, t.SentAt = version, now
+	})
+}
