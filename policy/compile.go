@@ -354,16 +354,26 @@ func (c *ruleCompiler) principal(v string) *rbacconfig.Principal {
 	}
 	switch {
 	case strings.HasSuffix(v, "*"):
-		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: spiffePrefix(strings.TrimSuffix(v, "*"))}})
+		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: c.spiffeID(strings.TrimSuffix(v, "*"))}})
 	case strings.HasPrefix(v, "*"):
-		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: strings.TrimPrefix(v, "*")}})
+		// As istiod: the SAN must still be a SPIFFE ID, so a DNS SAN or a
+		// non-SPIFFE URI SAN ending in the suffix does not match.
+		re := "spiffe://.*" + regexp.QuoteMeta(strings.TrimPrefix(v, "*"))
+		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}})
 	}
-	return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: spiffePrefix(v)}})
+	return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: c.spiffeID(v)}})
 }
 
-func spiffePrefix(v string) string {
+// spiffeID turns an Istio principal into a SPIFFE ID. Like istiod, the
+// trust domain "cluster.local" in a policy stands for the local trust
+// domain, so policies written for Istio's default keep matching (and DENY
+// policies keep denying) under a configured trust domain.
+func (c *ruleCompiler) spiffeID(v string) string {
 	if strings.HasPrefix(v, "spiffe://") {
 		return v
+	}
+	if rest, ok := strings.CutPrefix(v, DefaultTrustDomain+"/"); ok {
+		return "spiffe://" + c.opts.TrustDomain + "/" + rest
 	}
 	return "spiffe://" + v
 }

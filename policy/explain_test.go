@@ -30,6 +30,7 @@ func TestExplainSemantics(t *testing.T) {
 		policies string
 		target   Target
 		req      Request
+		opts     CompileOptions
 		allowed  bool
 		rule     string
 	}{
@@ -72,6 +73,12 @@ func TestExplainSemantics(t *testing.T) {
   rules: [{to: [{operation: {methods: ["DELETE"], ports: ["8080"]}}]}]`), req: Request{TCP: true, Port: 8080}, allowed: false, rule: "ns[foo]-policy[p]-rule[0]"},
 		{name: "request principal", policies: ap("foo", "p", `rules: [{from: [{source: {requestPrincipals: ["issuer/*"]}}]}]`), req: Request{RequestPrincipal: "issuer/alice"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
 		{name: "service account", policies: ap("foo", "p", `rules: [{from: [{source: {serviceAccounts: ["shop/frontend"]}}]}]`), req: Request{Principal: frontend}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
+		{name: "cluster.local in a DENY stands for the local trust domain", policies: ap("foo", "p", `action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/worker"]}}]}]`), opts: CompileOptions{TrustDomain: "example.org"}, req: Request{Principal: "spiffe://example.org/ns/shop/sa/worker"}, allowed: false, rule: "ns[foo]-policy[p]-rule[0]"},
+		{name: "cluster.local prefix under another trust domain", policies: ap("foo", "p", `rules: [{from: [{source: {principals: ["cluster.local/ns/shop/*"]}}]}]`), opts: CompileOptions{TrustDomain: "example.org"}, req: Request{Principal: "spiffe://example.org/ns/shop/sa/worker"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
+		{name: "cluster.local source.principal under another trust domain", policies: ap("foo", "p", `rules: [{when: [{key: source.principal, values: ["cluster.local/ns/shop/sa/worker"]}]}]`), opts: CompileOptions{TrustDomain: "example.org"}, req: Request{Principal: "spiffe://example.org/ns/shop/sa/worker"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
+		{name: "foreign trust domains are kept", policies: ap("foo", "p", `rules: [{from: [{source: {principals: ["other.td/ns/shop/sa/worker"]}}]}]`), opts: CompileOptions{TrustDomain: "example.org"}, req: Request{Principal: "spiffe://example.org/ns/shop/sa/worker"}, allowed: false},
+		{name: "principal suffix needs a SPIFFE ID", policies: ap("foo", "p", `rules: [{from: [{source: {principals: ["*/sa/admin"]}}]}]`), req: Request{Principal: "https://evil.example/sa/admin"}, allowed: false},
 		{name: "source.ip and notValues", policies: ap("foo", "p", `rules: [{when: [{key: source.ip, values: ["10.0.0.0/8"], notValues: ["10.9.0.0/16"]}]}]`), req: Request{SourceIP: netip.MustParseAddr("10.9.1.1")}, allowed: false},
 	}
 	for _, tc := range cases {
@@ -85,7 +92,7 @@ func TestExplainSemantics(t *testing.T) {
 			if target.Namespace == "" {
 				target = fooHTTPBin
 			}
-			d, err := Explain(set, target, tc.req, CompileOptions{})
+			d, err := Explain(set, target, tc.req, tc.opts)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -322,10 +322,39 @@ func validateCondition(pos *Positions, path string, c *Condition) ErrorList {
 		errs = append(errs, pos.Errorf(path+".key", "unknown key %q (supported: request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, source.serviceAccount, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], destination.ip, destination.port, connection.sni)", c.Key))
 		return errs
 	}
+	if msg := checkWhenArg(c.Key); msg != "" {
+		errs = append(errs, pos.Errorf(path+".key", "%s", msg))
+	}
 	if len(c.Values) == 0 && len(c.NotValues) == 0 {
 		errs = append(errs, pos.Errorf(path, "values or notValues must be set"))
 	}
 	errs = append(errs, checkValues(pos, path+".values", c.Values, wk.check)...)
 	errs = append(errs, checkValues(pos, path+".notValues", c.NotValues, wk.check)...)
 	return errs
+}
+
+// checkWhenArg validates the bracketed argument of request.headers[NAME]
+// and request.auth.claims[A][B]. Header names that the proxyless gRPC data
+// plane refuses (grpc-*, :scheme) are rejected: a refused update would
+// leave the previous policy in force. Names with NUL, CR or LF and empty
+// claim path segments would make the compiled RBAC invalid.
+func checkWhenArg(key string) string {
+	if h, ok := bracketArg(key, "request.headers"); ok {
+		lower := strings.ToLower(h)
+		switch {
+		case strings.ContainsAny(h, "\x00\r\n"):
+			return fmt.Sprintf("invalid header name %q", h)
+		case strings.HasPrefix(lower, "grpc-") || lower == ":scheme":
+			return fmt.Sprintf("header %q cannot be matched: gRPC data planes reject RBAC header matchers on grpc-* and :scheme", h)
+		}
+		return ""
+	}
+	if c, ok := bracketArg(key, "request.auth.claims"); ok {
+		for _, part := range strings.Split(c, "][") {
+			if part == "" {
+				return fmt.Sprintf("invalid claim path %q: empty claim name", c)
+			}
+		}
+	}
+	return ""
 }
