@@ -129,10 +129,40 @@ func build(in *buildInput, version func(hash string) string) (*built, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds: snapshot: %w", err)
 	}
-	if err := snap.Consistent(); err != nil {
+	if err := consistent(rs); err != nil {
 		return nil, fmt.Errorf("xds: inconsistent snapshot: %w", err)
 	}
 	return &built{snapshot: snap, hash: hash, namespaces: deps, counts: counts}, nil
+}
+
+// consistent runs Snapshot.Consistent over rs. go-control-plane follows
+// RDS references only from filter chains, so for the check each client
+// (API) Listener is shown as a filter-chain Listener carrying the same
+// HttpConnectionManager; its RouteConfiguration is then required too.
+func consistent(rs resources) error {
+	view := resources{}
+	for t, list := range rs {
+		if t != resourcev3.ListenerType {
+			view[t] = list
+			continue
+		}
+		for _, r := range list {
+			l := r.(*listenerv3.Listener)
+			if l.GetApiListener() == nil {
+				view.add(t, l)
+				continue
+			}
+			view.add(t, &listenerv3.Listener{Name: l.Name, FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+				Name:       wellknown.HTTPConnectionManager,
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: l.GetApiListener().GetApiListener()},
+			}}}}})
+		}
+	}
+	snap, err := cachev3.NewSnapshot("check", view)
+	if err != nil {
+		return err
+	}
+	return snap.Consistent()
 }
 
 // validator is what every Envoy proto generated with PGV implements.
@@ -575,4 +605,3 @@ func rootSecret(bundles map[string][]byte) *tlsv3.Secret {
 		CustomValidatorConfig: &corev3.TypedExtensionConfig{Name: spiffeValidatorName, TypedConfig: mustAny(cfg)},
 	}}}
 }
-
