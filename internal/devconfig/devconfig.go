@@ -1,6 +1,7 @@
 // Package devconfig loads the folder `kordon dev` runs from: a
-// workloads.yaml (the workload registry of dev mode) and any number of
-// policy YAML files (AuthorizationPolicy, EgressPolicy), and watches it for
+// workloads.yaml (the workload registry of dev mode), an optional
+// services.yaml (named sets of workloads on a port, for xDS) and any number
+// of policy YAML files (AuthorizationPolicy, EgressPolicy), and watches it for
 // changes. A folder that fails to load is reported with file:line:col and
 // the last good snapshot stays in force.
 package devconfig
@@ -32,6 +33,8 @@ type Snapshot struct {
 	Dir string
 	// Workloads come from workloads.yaml, sorted by namespace/name.
 	Workloads []*workload.Workload
+	// Services come from the optional services.yaml.
+	Services []Service
 	// Policies are every AuthorizationPolicy and EgressPolicy of the other
 	// files, validated as a whole.
 	Policies *policy.Set
@@ -77,6 +80,15 @@ func load(dir string, files []string, digest string, now time.Time) (*Snapshot, 
 			snap.Workloads = append(snap.Workloads, ws...)
 			continue
 		}
+		if isServicesFile(f) {
+			svcs, err := loadServices(path)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			snap.Services = append(snap.Services, svcs...)
+			continue
+		}
 		policyPaths = append(policyPaths, path)
 	}
 	if len(policyPaths) > 0 {
@@ -93,6 +105,10 @@ func load(dir string, files []string, digest string, now time.Time) (*Snapshot, 
 	}
 	sort.Slice(snap.Workloads, func(i, j int) bool { return snap.Workloads[i].Key() < snap.Workloads[j].Key() })
 	return snap, nil
+}
+
+func isServicesFile(rel string) bool {
+	return rel == ServicesFile || rel == "services.yml"
 }
 
 func isWorkloadsFile(rel string) bool {

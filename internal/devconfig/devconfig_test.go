@@ -98,6 +98,9 @@ func TestLoadExamples(t *testing.T) {
 	if got, want := strings.Join(names, " "), "shop/catalog shop/checkout shop/frontend shop/payments shop/report-worker"; got != want {
 		t.Errorf("workloads %q, want %q", got, want)
 	}
+	if len(snap.Services) != 3 {
+		t.Errorf("%d services, want 3", len(snap.Services))
+	}
 	if len(snap.Policies.Authorization) != 5 || len(snap.Policies.Egress) != 4 {
 		t.Errorf("policies: %d authorization, %d egress; want 5 and 4", len(snap.Policies.Authorization), len(snap.Policies.Egress))
 	}
@@ -355,4 +358,33 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+func TestServices(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, in, want string
+	}{
+		{name: "ok", in: "- name: pay\n  namespace: shop\n  port: 8082\n  selector: {app: pay}\n"},
+		{name: "unknown field", in: "- name: pay\n  prot: 1\n", want: "s.yaml:2:3: [0]: prot: unknown field"},
+		{name: "bad protocol", in: "- name: pay\n  port: 1\n  protocol: udp\n  selector: {a: b}\n", want: "s.yaml:3:13: [0]: protocol: \"udp\" is not one of grpc, http, tcp"},
+		{name: "port zero", in: "- name: pay\n  port: 0\n  selector: {a: b}\n", want: "s.yaml:2:9: [0]: port: 0 is not between 1 and 65535"},
+		{name: "no selector", in: "- name: pay\n  port: 80\n", want: "s.yaml:1:3: [0]: selector: required (a service without one would select every workload of its namespace)"},
+		{name: "duplicate", in: "- {name: a, port: 1, selector: {a: b}}\n- {name: a, port: 2, selector: {a: b}}\n", want: "s.yaml:2:3: [1]: duplicate service default/a (first at line 1)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			svcs, err := parseServices("s.yaml", []byte(tc.in))
+			if tc.want == "" {
+				if err != nil || len(svcs) != 1 || svcs[0].Protocol != "grpc" {
+					t.Fatalf("svcs %+v err %v", svcs, err)
+				}
+				return
+			}
+			if err == nil || err.Error() != tc.want {
+				t.Errorf("error:\n%v\nwant:\n%s", err, tc.want)
+			}
+		})
+	}
 }
