@@ -1,0 +1,161 @@
+package dnsguard
+
+import (
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// cacheKey identifies an answer: lower-cased name, type, class and the DO
+// bit (DNSSEC records differ).
+type cacheKey struct {
+	name   string
+	qtype  uint16
+	qclass uint16
+	do     bool
+}
+
+type cacheEntry struct {
+	msg     *dns.Msg
+	stored  time.Time
+	expires time.Time
+}
+
+// cache is a sharded positive and negative answer cache with TTL bounds
+// and stale retention for serve-stale (RFC 8767).
+type cache struct {
+	shards   [cacheShards]cacheShard
+	seed     maphash.Seed
+	perShard int
+	minTTL   time.Duration
+	maxTTL   time.Duration
+	negTTL   time.Duration
+	stale    time.Duration
+}
+
+const cacheShards = 64
+
+type cacheShard struct {
+	mu sync.Mutex
+	m  map[cacheKey]*cacheEntry
+}
+
+func newCache(size int, minTTL, maxTTL, negTTL, stale time.Duration) *cache {
+	c := &cache{seed: maphash.MakeSeed(), perShard: max(size/cacheShards, 1), minTTL: minTTL, maxTTL: maxTTL, negTTL: negTTL, stale: stale}
+	for i := range c.shards {
+		c.shards[i].m = make(map[cacheKey]*cacheEntry)
+	}
+	return c
+}
+
+func (c *cache) shard(k cacheKey) *cacheShard {
+	return &c.shards[maphash.String(c.seed, k.name)%cacheShards]
+}
+
+// get returns a copy of the cached answer with TTLs decremented, or, when
+// allowStale, an expired one within the stale window with TTL 30 s.
+func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (*dns.Msg, bool) {
+	s := c.shard(k)
+	s.mu.Lock()
+	e, ok := s.m[k]
+	s.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	if now.Before(e.expires) {
+		m := e.msg.Copy()
+		age := uint32(now.Sub(e.stored) / time.Second)
+		for _, rrs := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+			for _, rr := range rrs {
+				h := rr.Header()
+				if h.Rrtype == dns.TypeOPT {
+					continue
+				}
+				if h.Ttl > age {
+					h.Ttl -= age
+				} else {
+					h.Ttl = 0
+				}
+			}
+		}
+		return m, true
+	}
+	if allowStale && now.Before(e.expires.Add(c.stale)) {
+		m := e.msg.Copy()
+		for _, rrs := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+			for _, rr := range rrs {
+				if rr.Header().Rrtype != dns.TypeOPT {
+					rr.Header().Ttl = 30 // RFC 8767 section 4
+				}
+			}
+		}
+		return m, true
+	}
+	return nil, false
+}
+
+// put stores m if it is cacheable: NOERROR with answers (positive) or
+// NXDOMAIN/NODATA (negative, TTL from the SOA minimum, RFC 2308).
+func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
+	if m.Truncated {
+		return
+	}
+	var ttl time.Duration
+	switch {
+	case m.Rcode == dns.RcodeSuccess && len(m.Answer) > 0:
+		minTTL := ^uint32(0)
+		for _, rr := range m.Answer {
+			minTTL = min(minTTL, rr.Header().Ttl)
+		}
+		ttl = time.Duration(minTTL) * time.Second
+		ttl = min(max(ttl, c.minTTL), c.maxTTL)
+	case m.Rcode == dns.RcodeNameError || (m.Rcode == dns.RcodeSuccess && len(m.Answer) == 0):
+		ttl = c.negTTL
+		for _, rr := range m.Ns {
+			if soa, ok := rr.(*dns.SOA); ok {
+				ttl = min(time.Duration(min(soa.Hdr.Ttl, soa.Minttl))*time.Second, c.negTTL)
+			}
+		}
+	default:
+		return // SERVFAIL, REFUSED: never cached
+	}
+	if ttl <= 0 {
+		return
+	}
+	stored := m.Copy()
+	stored.Id = 0
+	s := c.shard(k)
+	s.mu.Lock()
+	if len(s.m) >= c.perShard {
+		// Evict: expired entries first, else an arbitrary one (map order
+		// is random), which bounds memory without LRU bookkeeping.
+		evicted := false
+		for key, e := range s.m {
+			if now.After(e.expires.Add(c.stale)) {
+				delete(s.m, key)
+				evicted = true
+			}
+		}
+		if !evicted {
+			for key := range s.m {
+				delete(s.m, key)
+				break
+			}
+		}
+	}
+	s.m[k] = &cacheEntry{msg: stored, stored: now, expires: now.Add(ttl)}
+	s.mu.Unlock()
+}
+
+// len counts entries (for tests and metrics).
+func (c *cache) len() int {
+	n := 0
+	for i := range c.shards {
+		c.shards[i].mu.Lock()
+		n += len(c.shards[i].m)
+		c.shards[i].mu.Unlock()
+	}
+	return n
+}

@@ -1,0 +1,326 @@
+package dnsguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// ErrNoHealthyUpstream is returned when every upstream failed.
+var ErrNoHealthyUpstream = errors.New("dnsguard: no healthy upstream")
+
+// upstream is one forwarding target with a pool of connected UDP sockets.
+// Each socket has one reader goroutine that hands responses to waiting
+// queries by message ID, so many queries share few sockets (no socket per
+// query) and each query gets a random ID. Sockets are replaced after a
+// number of queries so the source port keeps changing (RFC 5452).
+type upstream struct {
+	addr    string
+	timeout time.Duration
+
+	mu    sync.Mutex
+	conns []*udpConn
+	next  uint32
+
+	// fails counts consecutive failures; healthy is derived from it.
+	fails   atomic.Int32
+	maxFail int32
+}
+
+// udpConn is one pooled socket.
+type udpConn struct {
+	conn    *net.UDPConn
+	mu      sync.Mutex
+	pending map[uint16]chan *dns.Msg
+	used    int
+	closed  bool
+}
+
+const (
+	poolSize        = 4
+	queriesPerSock  = 4096
+	maxUDPResponse  = 65535
+	defaultMaxFails = 3
+)
+
+func newUpstream(addr string, timeout time.Duration) (*upstream, error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(addr, "53")
+	}
+	if _, err := net.ResolveUDPAddr("udp", addr); err != nil {
+		return nil, fmt.Errorf("dnsguard: upstream %q: %w", addr, err)
+	}
+	return &upstream{addr: addr, timeout: timeout, conns: make([]*udpConn, poolSize), maxFail: defaultMaxFails}, nil
+}
+
+func (u *upstream) healthy() bool { return u.fails.Load() < u.maxFail }
+
+// acquire returns a pooled socket with a fresh random query ID registered
+// on it, replacing worn-out sockets. Registering under the socket's lock
+// means a socket being retired is never closed under a query.
+func (u *upstream) acquire() (*udpConn, uint16, chan *dns.Msg, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	i := int(u.next % uint32(len(u.conns)))
+	u.next++
+	ch := make(chan *dns.Msg, 1)
+	c := u.conns[i]
+	if c != nil {
+		c.mu.Lock()
+		if c.used < queriesPerSock && !c.closed {
+			c.used++
+			id := c.register(ch)
+			c.mu.Unlock()
+			return c, id, ch, nil
+		}
+		c.mu.Unlock()
+		c.retire()
+	}
+	raddr, err := net.ResolveUDPAddr("udp", u.addr)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	nc, err := net.DialUDP("udp", nil, raddr)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	c = &udpConn{conn: nc, pending: map[uint16]chan *dns.Msg{}, used: 1}
+	id := c.register(ch)
+	u.conns[i] = c
+	go c.readLoop()
+	return c, id, ch, nil
+}
+
+// register picks a random unused ID for ch; c.mu must be held.
+func (c *udpConn) register(ch chan *dns.Msg) uint16 {
+	for {
+		id := uint16(rand.Uint32())
+		if _, taken := c.pending[id]; !taken {
+			c.pending[id] = ch
+			return id
+		}
+	}
+}
+
+// retire closes the socket once no query waits on it.
+func (c *udpConn) retire() {
+	c.mu.Lock()
+	c.closed = true
+	idle := len(c.pending) == 0
+	c.mu.Unlock()
+	if idle {
+		c.conn.Close()
+	}
+}
+
+func (c *udpConn) readLoop() {
+	buf := make([]byte, maxUDPResponse)
+	for {
+		n, err := c.conn.Read(buf)
+		if err != nil {
+			c.mu.Lock()
+			c.closed = true
+			for id, ch := range c.pending {
+				close(ch)
+				delete(c.pending, id)
+			}
+			c.mu.Unlock()
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(buf[:n]); err != nil {
+			continue // garbage or spoofing attempt: ignore, the query times out
+		}
+		c.mu.Lock()
+		ch, ok := c.pending[m.Id]
+		if ok {
+			delete(c.pending, m.Id)
+		}
+		closeNow := c.closed && len(c.pending) == 0
+		c.mu.Unlock()
+		if ok {
+			ch <- m
+		}
+		if closeNow {
+			c.conn.Close()
+			return
+		}
+	}
+}
+
+// exchange sends q (whose ID it overwrites) and waits for the matching
+// answer. A truncated answer is retried over TCP.
+func (u *upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	c, id, ch, err := u.acquire()
+	if err != nil {
+		return nil, err
+	}
+	q.Id = id
+	wire, err := q.Pack()
+	if err != nil {
+		c.forget(id)
+		return nil, err
+	}
+	if _, err := c.conn.Write(wire); err != nil {
+		c.forget(id)
+		return nil, err
+	}
+	timer := time.NewTimer(u.timeout)
+	defer timer.Stop()
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			return nil, errors.New("dnsguard: upstream socket closed")
+		}
+		if !sameQuestion(q, m) {
+			return nil, errors.New("dnsguard: upstream answered a different question")
+		}
+		if m.Truncated {
+			return u.exchangeTCP(ctx, q)
+		}
+		return m, nil
+	case <-timer.C:
+		c.forget(id)
+		return nil, fmt.Errorf("dnsguard: upstream %s: timeout after %s", u.addr, u.timeout)
+	case <-ctx.Done():
+		c.forget(id)
+		return nil, ctx.Err()
+	}
+}
+
+func (c *udpConn) forget(id uint16) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+}
+
+func (u *upstream) exchangeTCP(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	cl := &dns.Client{Net: "tcp", Timeout: u.timeout}
+	q.Id = dns.Id()
+	m, _, err := cl.ExchangeContext(ctx, q, u.addr)
+	if err != nil {
+		return nil, err
+	}
+	if !sameQuestion(q, m) {
+		return nil, errors.New("dnsguard: upstream answered a different question")
+	}
+	return m, nil
+}
+
+func sameQuestion(q, m *dns.Msg) bool {
+	if len(q.Question) != 1 || len(m.Question) != 1 {
+		return len(q.Question) == len(m.Question)
+	}
+	a, b := q.Question[0], m.Question[0]
+	return a.Qtype == b.Qtype && a.Qclass == b.Qclass && strings.EqualFold(a.Name, b.Name)
+}
+
+func (u *upstream) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for i, c := range u.conns {
+		if c != nil {
+			c.conn.Close()
+			u.conns[i] = nil
+		}
+	}
+}
+
+// forwarder tries healthy upstreams in order, failing over on error, and
+// probes unhealthy ones in the background.
+type forwarder struct {
+	ups     []*upstream
+	metrics *metrics
+}
+
+func newForwarder(addrs []string, timeout time.Duration, m *metrics) (*forwarder, error) {
+	f := &forwarder{metrics: m}
+	for _, a := range addrs {
+		u, err := newUpstream(a, timeout)
+		if err != nil {
+			return nil, err
+		}
+		f.ups = append(f.ups, u)
+	}
+	return f, nil
+}
+
+// forward sends q to the first healthy upstream, then the others. It
+// returns the answer and the upstream that gave it.
+func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, error) {
+	if f == nil || len(f.ups) == 0 {
+		return nil, "", ErrNoHealthyUpstream
+	}
+	var lastErr error = ErrNoHealthyUpstream
+	// First pass: healthy upstreams; second pass: the rest, so a full
+	// outage still gets tried rather than refused outright.
+	for pass := 0; pass < 2; pass++ {
+		for _, u := range f.ups {
+			if u.healthy() != (pass == 0) {
+				continue
+			}
+			m, err := u.exchange(ctx, q.Copy())
+			if err == nil {
+				if u.fails.Swap(0) >= u.maxFail {
+					f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(1)
+				}
+				f.metrics.upstreamRequests.WithLabelValues(u.addr, "ok").Inc()
+				return m, u.addr, nil
+			}
+			lastErr = err
+			f.metrics.upstreamRequests.WithLabelValues(u.addr, "error").Inc()
+			if u.fails.Add(1) == u.maxFail {
+				f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(0)
+			}
+			if ctx.Err() != nil {
+				return nil, "", ctx.Err()
+			}
+		}
+	}
+	return nil, "", lastErr
+}
+
+// healthCheck probes unhealthy upstreams with a root NS query so they
+// return to service without waiting for real traffic to fail over.
+func (f *forwarder) healthCheck(ctx context.Context, every time.Duration) {
+	if f == nil || len(f.ups) == 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, u := range f.ups {
+			if u.healthy() {
+				continue
+			}
+			q := new(dns.Msg)
+			q.SetQuestion(".", dns.TypeNS)
+			if _, err := u.exchange(ctx, q); err == nil {
+				u.fails.Store(0)
+				f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(1)
+			}
+		}
+	}
+}
+
+func (f *forwarder) close() {
+	if f == nil {
+		return
+	}
+	for _, u := range f.ups {
+		u.close()
+	}
+}

@@ -1,0 +1,47 @@
+package dnsguard
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are dnsguard's Prometheus collectors (namespace kordon,
+// subsystem dnsguard). They are registered on the Registerer of Config.
+type metrics struct {
+	queries          *prometheus.CounterVec
+	duration         prometheus.Histogram
+	cacheHits        prometheus.Counter
+	cacheMisses      prometheus.Counter
+	cacheStale       prometheus.Counter
+	upstreamHealthy  *prometheus.GaugeVec
+	upstreamRequests *prometheus.CounterVec
+	logDropped       prometheus.Counter
+	rateLimited      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	const ns, sub = "kordon", "dnsguard"
+	m := &metrics{
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "queries_total",
+			Help: "DNS queries answered, by verdict (allowed, blocked, audit, quarantined) and response code."}, []string{"verdict", "rcode"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
+			Help: "Time to answer a query.", Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
+		cacheHits:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cache_hits_total", Help: "Answers served from the cache."}),
+		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cache_misses_total", Help: "Queries forwarded because the cache had no fresh answer."}),
+		cacheStale:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cache_stale_served_total", Help: "Expired answers served because every upstream failed (RFC 8767)."}),
+		upstreamHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "upstream_healthy",
+			Help: "1 if the upstream is in service, 0 after consecutive failures."}, []string{"upstream"}),
+		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "upstream_requests_total",
+			Help: "Queries sent upstream, by upstream and result (ok, error)."}, []string{"upstream", "result"}),
+		logDropped:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "querylog_dropped_total", Help: "Query log records dropped because the writer fell behind."}),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimited_total", Help: "Queries refused by the per-client rate limit."}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.rateLimited} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

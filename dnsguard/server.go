@@ -1,0 +1,624 @@
+package dnsguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/kordon-dev/kordon/policy"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// UnknownClientPolicy says what to do with queries from IPs the registry
+// does not know.
+type UnknownClientPolicy string
+
+// Unknown client policies.
+const (
+	// UnknownAllow resolves everything for unknown clients (still logged,
+	// and still subject to mesh-wide deny lists and root-namespace policies
+	// without selectors).
+	UnknownAllow UnknownClientPolicy = "allow"
+	// UnknownDeny resolves only in-cluster names for unknown clients.
+	UnknownDeny UnknownClientPolicy = "deny"
+	// UnknownRefuse answers REFUSED to unknown clients.
+	UnknownRefuse UnknownClientPolicy = "refuse"
+)
+
+// Config configures a Server. The zero value of every optional field has a
+// documented default.
+type Config struct {
+	// Registry attributes source IPs to workloads. Required.
+	Registry *workload.Registry
+	// Upstreams are "ip:port" resolvers tried in order with failover.
+	Upstreams []string
+	// ClusterDNS receives in-cluster names (*.ClusterDomain); empty means
+	// the Upstreams.
+	ClusterDNS []string
+	// ClusterDomain is the cluster DNS domain (default cluster.local).
+	ClusterDomain string
+	// RootNamespace holds mesh-wide EgressPolicies (default kordon-system).
+	RootNamespace string
+	// TrustDomain builds clients' SPIFFE IDs (default cluster.local).
+	TrustDomain string
+	// Node is this node's name, recorded in events.
+	Node string
+	// UnknownClients is the policy for IPs not in the registry (default allow).
+	UnknownClients UnknownClientPolicy
+	// BlockRcode is the response code for blocked names: dns.RcodeNameError
+	// (default) or dns.RcodeRefused.
+	BlockRcode int
+	// Blocklist is a mesh-wide deny list (hosts or domain-list files);
+	// nil for none. Replaceable with SetBlocklist.
+	Blocklist *Blocklist
+	// Inspector watches traffic (the exfiltration detector); optional.
+	Inspector Inspector
+	// QueryLog receives one JSON object per query; nil disables logging.
+	QueryLog io.Writer
+	// QueryLogBuffer bounds queued log records (default 65536).
+	QueryLogBuffer int
+	// Timeout per upstream attempt (default 2s).
+	Timeout time.Duration
+	// CacheSize is the maximum number of cached answers (default 100000).
+	CacheSize int
+	// MinTTL and MaxTTL bound positive cache TTLs (defaults 0 and 1h);
+	// NegativeTTL caps negative caching (default 5m, RFC 2308).
+	MinTTL, MaxTTL, NegativeTTL time.Duration
+	// ServeStale is how long expired answers may be served when every
+	// upstream fails (RFC 8767; default 1 day; negative disables).
+	ServeStale time.Duration
+	// RateLimit is queries per second allowed per client IP (0: off) with
+	// RateBurst tokens.
+	RateLimit float64
+	RateBurst int
+	// HealthCheckInterval probes failed upstreams (default 2s).
+	HealthCheckInterval time.Duration
+	// Metrics registers the Prometheus collectors; nil skips registration.
+	Metrics prometheus.Registerer
+	// Logger receives operational logs (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Server is the filtering resolver. It implements dns.Handler.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	metrics   *metrics
+	fwd       *forwarder
+	clusterFw *forwarder
+	cache     *cache
+	qlog      *queryLog
+	limiter   *rateLimiter
+
+	egress    atomic.Pointer[egressState]
+	blocklist atomic.Pointer[Blocklist]
+
+	mu      sync.Mutex
+	servers []*dns.Server
+	cancel  context.CancelFunc
+	closed  bool
+}
+
+// egressState is the compiled policy set plus a per-workload cache of
+// WorkloadEgress, valid for one registry version.
+type egressState struct {
+	ix        *policy.EgressIndex
+	regVer    uint64
+	byWL      sync.Map // *workload.Workload -> *policy.WorkloadEgress
+	unknownWL *policy.WorkloadEgress
+}
+
+var _ dns.Handler = (*Server)(nil)
+
+// New validates cfg, fills defaults and builds a Server. Call
+// ListenAndServe or Serve to answer queries, and Close when done.
+func New(cfg Config) (*Server, error) {
+	if cfg.Registry == nil {
+		return nil, errors.New("dnsguard: Config.Registry is required")
+	}
+	if len(cfg.Upstreams) == 0 {
+		return nil, errors.New("dnsguard: at least one upstream is required")
+	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = "cluster.local"
+	}
+	if cfg.RootNamespace == "" {
+		cfg.RootNamespace = policy.DefaultRootNamespace
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = policy.DefaultTrustDomain
+	}
+	switch cfg.UnknownClients {
+	case "":
+		cfg.UnknownClients = UnknownAllow
+	case UnknownAllow, UnknownDeny, UnknownRefuse:
+	default:
+		return nil, fmt.Errorf("dnsguard: unknown-clients policy %q (want allow, deny or refuse)", cfg.UnknownClients)
+	}
+	switch cfg.BlockRcode {
+	case 0:
+		cfg.BlockRcode = dns.RcodeNameError
+	case dns.RcodeNameError, dns.RcodeRefused:
+	default:
+		return nil, fmt.Errorf("dnsguard: block rcode must be NXDOMAIN or REFUSED, got %s", dns.RcodeToString[cfg.BlockRcode])
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = 100000
+	}
+	if cfg.MaxTTL <= 0 {
+		cfg.MaxTTL = time.Hour
+	}
+	if cfg.NegativeTTL <= 0 {
+		cfg.NegativeTTL = 5 * time.Minute
+	}
+	if cfg.ServeStale == 0 {
+		cfg.ServeStale = 24 * time.Hour
+	} else if cfg.ServeStale < 0 {
+		cfg.ServeStale = 0
+	}
+	if cfg.QueryLogBuffer <= 0 {
+		cfg.QueryLogBuffer = 65536
+	}
+	if cfg.HealthCheckInterval <= 0 {
+		cfg.HealthCheckInterval = 2 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("dnsguard: metrics: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m}
+	if s.fwd, err = newForwarder(cfg.Upstreams, cfg.Timeout, m); err != nil {
+		return nil, err
+	}
+	s.clusterFw = s.fwd
+	if len(cfg.ClusterDNS) > 0 {
+		if s.clusterFw, err = newForwarder(cfg.ClusterDNS, cfg.Timeout, m); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range []*forwarder{s.fwd, s.clusterFw} {
+		for _, u := range f.ups {
+			m.upstreamHealthy.WithLabelValues(u.addr).Set(1)
+		}
+	}
+	s.cache = newCache(cfg.CacheSize, cfg.MinTTL, cfg.MaxTTL, cfg.NegativeTTL, cfg.ServeStale)
+	if cfg.QueryLog != nil {
+		s.qlog = newQueryLog(cfg.QueryLog, cfg.QueryLogBuffer, m.logDropped.Inc)
+	}
+	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
+	if cfg.Blocklist != nil {
+		s.blocklist.Store(cfg.Blocklist)
+	}
+	if err := s.SetPolicies(nil); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// SetPolicies swaps the EgressPolicies in force (nil: none). In-flight
+// queries finish with the old set; the swap is atomic.
+func (s *Server) SetPolicies(set *policy.Set) error {
+	ix, err := policy.CompileEgress(set, policy.EgressOptions{RootNamespace: s.cfg.RootNamespace, ClusterDomain: s.cfg.ClusterDomain})
+	if err != nil {
+		return err
+	}
+	s.egress.Store(s.newEgressState(ix))
+	return nil
+}
+
+func (s *Server) newEgressState(ix *policy.EgressIndex) *egressState {
+	return &egressState{ix: ix, regVer: s.cfg.Registry.Version(), unknownWL: ix.ForWorkload("", nil)}
+}
+
+// SetBlocklist swaps the mesh-wide deny list (nil: none).
+func (s *Server) SetBlocklist(b *Blocklist) { s.blocklist.Store(b) }
+
+// egressFor returns the policy in force for a workload (nil: unknown).
+func (s *Server) egressFor(w *workload.Workload) (*egressState, *policy.WorkloadEgress) {
+	st := s.egress.Load()
+	if v := s.cfg.Registry.Version(); v != st.regVer {
+		// Workloads changed (labels may select other policies): start a
+		// fresh per-workload cache. Racing swaps are harmless: each state
+		// is internally consistent.
+		fresh := s.newEgressState(st.ix)
+		if s.egress.CompareAndSwap(st, fresh) {
+			st = fresh
+		} else {
+			st = s.egress.Load()
+		}
+	}
+	if w == nil {
+		return st, st.unknownWL
+	}
+	if we, ok := st.byWL.Load(w); ok {
+		return st, we.(*policy.WorkloadEgress)
+	}
+	we := st.ix.ForWorkload(w.Namespace, w.Labels)
+	st.byWL.Store(w, we)
+	return st, we
+}
+
+// ServeDNS answers one query. It never panics on malformed input: the
+// miekg/dns server already answers unparseable packets with FORMERR, and
+// here questions are checked before use.
+func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	start := s.cfg.Now()
+	ev := QueryEvent{Time: start}
+	ev.Client.IP = addrOf(w.RemoteAddr())
+	resp := s.handle(w, r, &ev)
+	if resp == nil {
+		return // dropped
+	}
+	udpSize := 0
+	if isUDP(w) {
+		udpSize = dns.MinMsgSize
+		if opt := r.IsEdns0(); opt != nil {
+			udpSize = int(max(opt.UDPSize(), dns.MinMsgSize))
+		}
+		udpSize = min(udpSize, 1232) // DNS flag day 2020
+	}
+	if udpSize > 0 {
+		resp.Truncate(udpSize)
+	}
+	if err := w.WriteMsg(resp); err != nil {
+		s.log.Debug("write failed", "client_ip", ev.Client.IP, "error", err)
+	}
+	ev.RCode = dns.RcodeToString[resp.Rcode]
+	ev.Latency = s.cfg.Now().Sub(start).Seconds()
+	for _, rr := range resp.Answer {
+		switch a := rr.(type) {
+		case *dns.A:
+			if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
+				ev.Answers = append(ev.Answers, ip)
+			}
+		case *dns.AAAA:
+			if ip, ok := netip.AddrFromSlice(a.AAAA); ok {
+				ev.Answers = append(ev.Answers, ip)
+			}
+		}
+	}
+	s.metrics.queries.WithLabelValues(string(ev.Verdict), ev.RCode).Inc()
+	s.metrics.duration.Observe(ev.Latency)
+	if s.cfg.Inspector != nil && ev.QName != "" {
+		s.cfg.Inspector.Observe(&ev)
+	}
+	if s.qlog != nil && ev.QName != "" {
+		s.qlog.log(&ev)
+	}
+}
+
+// handle decides and builds the response (nil: drop).
+func (s *Server) handle(w dns.ResponseWriter, r *dns.Msg, ev *QueryEvent) *dns.Msg {
+	ev.Verdict = VerdictAllowed
+	if r.Response {
+		return nil // never answer answers (reflection loops)
+	}
+	if r.Opcode != dns.OpcodeQuery {
+		return s.reply(r, dns.RcodeNotImplemented)
+	}
+	if len(r.Question) != 1 {
+		return s.reply(r, dns.RcodeFormatError)
+	}
+	q := r.Question[0]
+	ev.QName = q.Name
+	ev.QTypeCode = q.Qtype
+	ev.QType = dns.TypeToString[q.Qtype]
+	if ev.QType == "" {
+		ev.QType = fmt.Sprintf("TYPE%d", q.Qtype)
+	}
+	if opt := r.IsEdns0(); opt != nil && opt.Version() != 0 {
+		m := s.reply(r, dns.RcodeBadVers)
+		return m
+	}
+	if !s.limiter.allow(ev.Client.IP, ev.Time) {
+		s.metrics.rateLimited.Inc()
+		ev.Verdict = VerdictBlocked
+		ev.Policy = "rate-limit"
+		return s.reply(r, dns.RcodeRefused)
+	}
+
+	wl, known := s.cfg.Registry.ByIP(ev.Client.IP)
+	if known {
+		ev.Client.Namespace = wl.Namespace
+		ev.Client.Pod = wl.Name
+		ev.Client.ServiceAccount = wl.ServiceAccount
+		ev.Client.SPIFFEID = wl.SPIFFEID(s.cfg.TrustDomain)
+		ev.Client.Node = wl.Node
+	} else {
+		wl = nil
+		if s.cfg.UnknownClients == UnknownRefuse {
+			ev.Verdict = VerdictBlocked
+			ev.Policy = "unknown-client"
+			return s.reply(r, dns.RcodeRefused)
+		}
+	}
+	if ev.Client.Node == "" {
+		ev.Client.Node = s.cfg.Node
+	}
+	name := policy.CanonicalName(q.Name)
+	st, we := s.egressFor(wl)
+	if det, polName := we.Detection(); det != nil {
+		ev.Detection = DetectionSettings{Sensitivity: det.Sensitivity, Quarantine: det.Action == policy.DetectionQuarantine, Policy: polName}
+	}
+
+	// Policy decision: mesh-wide deny list, then EgressPolicies, then the
+	// unknown-client default, then quarantine.
+	if bl := s.blocklist.Load(); bl != nil {
+		if entry, ok := bl.Match(name); ok {
+			ev.Verdict = VerdictBlocked
+			ev.Policy = "blocklist"
+			return s.blocked(r, dns.ExtendedErrorCodeBlocked, "blocked by mesh-wide deny list ("+entry+")")
+		}
+	}
+	d := we.Decide(name)
+	if d.Verdict == policy.EgressAllow && wl == nil && s.cfg.UnknownClients == UnknownDeny && !st.ix.IsInCluster(name) {
+		d = policy.EgressDecision{Verdict: policy.EgressBlock, Policy: "unknown-client"}
+	}
+	switch d.Verdict {
+	case policy.EgressBlock:
+		ev.Verdict = VerdictBlocked
+		ev.Policy = d.Policy
+		code := uint16(dns.ExtendedErrorCodeProhibited)
+		text := d.Reason()
+		if d.Denied {
+			code = dns.ExtendedErrorCodeBlocked
+		}
+		if d.Policy == "unknown-client" {
+			text = "unknown client: only in-cluster names may be resolved"
+		}
+		return s.blocked(r, code, text)
+	case policy.EgressAuditBlock:
+		ev.Verdict = VerdictAudit
+		ev.Policy = d.Policy
+	default:
+		ev.Policy = d.Policy
+	}
+	if s.cfg.Inspector != nil {
+		if reason, blocked := s.cfg.Inspector.Quarantined(&ev.Client, name); blocked {
+			ev.Verdict = VerdictQuarantined
+			return s.blocked(r, dns.ExtendedErrorCodeBlocked, reason)
+		}
+	}
+	if q.Qtype == dns.TypeANY {
+		// RFC 8482: answer ANY minimally rather than amplify.
+		m := s.reply(r, dns.RcodeSuccess)
+		m.Answer = []dns.RR{&dns.HINFO{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: 3600}, Cpu: "RFC8482"}}
+		return m
+	}
+	return s.resolve(r, q, name, st.ix.IsInCluster(name), ev)
+}
+
+// resolve answers from the cache or upstream, serving stale on failure.
+func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool, ev *QueryEvent) *dns.Msg {
+	do := false
+	if opt := r.IsEdns0(); opt != nil {
+		do = opt.Do()
+	}
+	key := cacheKey{name: name, qtype: q.Qtype, qclass: q.Qclass, do: do}
+	if m, ok := s.cache.get(key, ev.Time, false); ok {
+		s.metrics.cacheHits.Inc()
+		ev.Cached = true
+		return s.finish(r, m)
+	}
+	s.metrics.cacheMisses.Inc()
+	up := new(dns.Msg)
+	up.Question = []dns.Question{q}
+	up.RecursionDesired = r.RecursionDesired
+	up.CheckingDisabled = r.CheckingDisabled
+	up.SetEdns0(1232, do)
+	fwd := s.fwd
+	if inCluster {
+		fwd = s.clusterFw
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout*time.Duration(len(fwd.ups)+1))
+	defer cancel()
+	m, from, err := fwd.forward(ctx, up)
+	if err != nil {
+		if stale, ok := s.cache.get(key, ev.Time, true); ok {
+			s.metrics.cacheStale.Inc()
+			ev.Cached = true
+			resp := s.finish(r, stale)
+			resp.SetEdns0(1232, do)
+			addEDE(resp, dns.ExtendedErrorCodeStaleAnswer, "upstream unavailable: serving stale data")
+			return resp
+		}
+		s.log.Debug("upstream failed", "qname", q.Name, "error", err)
+		resp := s.reply(r, dns.RcodeServerFailure)
+		addEDE(resp, dns.ExtendedErrorCodeNetworkError, "upstream unavailable")
+		return resp
+	}
+	ev.Upstream = from
+	s.cache.put(key, m, ev.Time)
+	return s.finish(r, m)
+}
+
+// finish turns an upstream or cached answer into the reply to r: the
+// client's ID and question (with its 0x20 case), and an OPT record if the
+// client sent one.
+func (s *Server) finish(r *dns.Msg, m *dns.Msg) *dns.Msg {
+	m.Id = r.Id
+	m.Response = true
+	m.Question = r.Question
+	m.RecursionAvailable = true
+	m.RecursionDesired = r.RecursionDesired
+	m.Authoritative = false
+	qname := r.Question[0].Name
+	for _, rr := range m.Answer {
+		if h := rr.Header(); strings.EqualFold(h.Name, qname) {
+			h.Name = qname
+		}
+	}
+	// Strip the upstream's OPT; add ours if the client speaks EDNS.
+	extra := m.Extra[:0]
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	m.Extra = extra
+	if opt := r.IsEdns0(); opt != nil {
+		m.SetEdns0(1232, opt.Do())
+	}
+	return m
+}
+
+func (s *Server) reply(r *dns.Msg, rcode int) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetRcode(r, rcode)
+	m.RecursionAvailable = true
+	if opt := r.IsEdns0(); opt != nil {
+		m.SetEdns0(1232, opt.Do())
+		if rcode == dns.RcodeBadVers {
+			m.Rcode = dns.RcodeBadVers
+		}
+	}
+	return m
+}
+
+// blocked builds the refusal: NXDOMAIN or REFUSED with an Extended DNS
+// Error (RFC 8914) whose text names the policy. The EDE is added even if
+// the client sent no OPT record, so tools always see why.
+func (s *Server) blocked(r *dns.Msg, code uint16, text string) *dns.Msg {
+	m := s.reply(r, s.cfg.BlockRcode)
+	if m.IsEdns0() == nil {
+		m.SetEdns0(1232, false)
+	}
+	addEDE(m, code, text)
+	return m
+}
+
+func addEDE(m *dns.Msg, code uint16, text string) {
+	opt := m.IsEdns0()
+	if opt == nil {
+		m.SetEdns0(1232, false)
+		opt = m.IsEdns0()
+	}
+	opt.Option = append(opt.Option, &dns.EDNS0_EDE{InfoCode: code, ExtraText: text})
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	switch v := a.(type) {
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(v.IP)
+		return ip.Unmap()
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(v.IP)
+		return ip.Unmap()
+	}
+	if a == nil {
+		return netip.Addr{}
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func isUDP(w dns.ResponseWriter) bool {
+	_, ok := w.RemoteAddr().(*net.UDPAddr)
+	return ok
+}
+
+// Serve answers on an already-bound UDP socket and TCP listener (either
+// may be nil) until ctx ends or Close is called.
+func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("dnsguard: server closed")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s.cancel = cancel
+	var started []*dns.Server
+	if udp != nil {
+		started = append(started, &dns.Server{PacketConn: udp, Handler: s, UDPSize: 65535})
+	}
+	if tcp != nil {
+		started = append(started, &dns.Server{Listener: tcp, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
+	}
+	s.servers = append(s.servers, started...)
+	s.mu.Unlock()
+	go s.fwd.healthCheck(ctx, s.cfg.HealthCheckInterval)
+	if s.clusterFw != s.fwd {
+		go s.clusterFw.healthCheck(ctx, s.cfg.HealthCheckInterval)
+	}
+	errc := make(chan error, len(started))
+	for _, srv := range started {
+		go func(srv *dns.Server) { errc <- srv.ActivateAndServe() }(srv)
+	}
+	select {
+	case <-ctx.Done():
+		for _, srv := range started {
+			_ = srv.Shutdown()
+		}
+		return nil
+	case err := <-errc:
+		cancel()
+		for _, srv := range started {
+			_ = srv.Shutdown()
+		}
+		return err
+	}
+}
+
+// ListenUDPTCP binds addr for UDP and TCP, for Serve.
+func ListenUDPTCP(addr string) (net.PacketConn, net.Listener, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dnsguard: %w", err)
+	}
+	// Bind TCP on the port UDP got (addr may have port 0).
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, nil, fmt.Errorf("dnsguard: %w", err)
+	}
+	return pc, ln, nil
+}
+
+// Close stops serving, flushes the query log and releases upstream sockets.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	if s.cancel != nil {
+		s.cancel()
+	}
+	for _, srv := range s.servers {
+		_ = srv.Shutdown()
+	}
+	s.mu.Unlock()
+	s.fwd.close()
+	if s.clusterFw != s.fwd {
+		s.clusterFw.close()
+	}
+	if s.qlog != nil {
+		s.qlog.close()
+	}
+	return nil
+}
