@@ -22,6 +22,7 @@ import (
 	"github.com/kordon-dev/kordon/internal/devconfig"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
+	"github.com/kordon-dev/kordon/xds"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -70,6 +71,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	f := cmd.Flags()
 	f.StringVar(&o.configDir, "config", "", "folder with workloads.yaml and policy YAML (required)")
 	f.StringVar(&o.httpListen, "http-listen", "127.0.0.1:9080", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/config")
+	f.StringVar(&o.xdsListen, "xds-listen", "127.0.0.1:18000", "xDS (ADS) gRPC address")
 	f.StringSliceVar(&o.upstreams, "upstream", nil, "upstream DNS server IP:PORT (repeatable)")
 	f.StringVar(&o.upstreamZones, "upstream-zones", "", "serve this zone file (internal/authdns) on a free loopback port and use it as the upstream")
 	f.StringVar(&o.stateDir, "state-dir", "", "folder for state kept across restarts (alert log, CA); default: a temporary folder removed at exit")
@@ -110,6 +112,12 @@ type devServer struct {
 	upstreamAddr []string
 	httpSrv      *http.Server
 	httpAddr     net.Addr
+	xds          *xds.Server
+	xdsAddr      net.Addr
+
+	// applied is the snapshot every component holds, for rollback when a
+	// later component refuses a new one.
+	applied *devconfig.Snapshot
 
 	ready   atomic.Bool
 	cancel  context.CancelFunc
@@ -147,6 +155,9 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.startUpstream(); err != nil {
 		return d, err
 	}
+	if err := d.newXDS(); err != nil {
+		return d, err
+	}
 	d.watcher, err = devconfig.New(devconfig.Config{
 		Dir:        o.configDir,
 		Interval:   o.pollInterval,
@@ -158,6 +169,9 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 		return d, err
 	}
 	if err := d.startHTTP(); err != nil {
+		return d, err
+	}
+	if err := d.startXDS(runCtx); err != nil {
 		return d, err
 	}
 	d.wg.Add(1)
@@ -177,8 +191,84 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 // apply makes a loaded snapshot current in every component. It runs before
 // the snapshot is current; an error rejects it.
 func (d *devServer) apply(s *devconfig.Snapshot) error {
+	if err := d.applyTo(s); err != nil {
+		if d.applied != nil {
+			// Put back what the components that accepted s held before.
+			if rerr := d.applyTo(d.applied); rerr != nil {
+				d.log.Error("rollback failed", "err", rerr.Error())
+			}
+		}
+		return err
+	}
+	d.applied = s
+	return nil
+}
+
+// applyTo hands s to every component, those that may refuse it first.
+func (d *devServer) applyTo(s *devconfig.Snapshot) error {
+	if err := d.xds.SetServices(xdsServices(s.Services)); err != nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	d.xds.SetPolicies(s.Policies)
 	d.registry.Replace(s.Workloads)
 	return nil
+}
+
+func xdsServices(in []devconfig.Service) []xds.Service {
+	out := make([]xds.Service, len(in))
+	for i, s := range in {
+		out[i] = xds.Service{Name: s.Name, Namespace: s.Namespace, Port: s.Port, Protocol: xds.Protocol(s.Protocol), Selector: s.Selector}
+	}
+	return out
+}
+
+// newXDS builds the ADS server; startXDS serves it once the first snapshot
+// is applied.
+func (d *devServer) newXDS() error {
+	srv, err := xds.New(xds.Config{
+		Registry:    d.registry,
+		Policies:    &policy.Set{},
+		TrustDomain: policy.DefaultTrustDomain,
+		// Dev mode listens on loopback only (checked in startXDS): every
+		// local process may read any workload's config.
+		AllowUnauthenticated: true,
+		Logger:               d.log,
+		Metrics:              d.reg,
+	})
+	if err != nil {
+		return err
+	}
+	d.xds = srv
+	return nil
+}
+
+func (d *devServer) startXDS(ctx context.Context) error {
+	l, err := listenLoopback("tcp", d.opts.xdsListen)
+	if err != nil {
+		return fmt.Errorf("--xds-listen: %w", err)
+	}
+	d.xdsAddr = l.Addr()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.xds.Serve(ctx, l); err != nil {
+			d.log.Error("xds server stopped", "err", err.Error())
+		}
+	}()
+	return nil
+}
+
+// listenLoopback listens on addr, which must be a loopback address: dev
+// mode serves without authentication.
+func listenLoopback(network, addr string) (net.Listener, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("%s is not a loopback address: kordon dev serves unauthenticated and listens on 127.0.0.0/8 or ::1 only", addr)
+	}
+	return net.Listen(network, addr)
 }
 
 func (d *devServer) openStateDir() error {
@@ -223,7 +313,7 @@ func (d *devServer) startUpstream() error {
 }
 
 func (d *devServer) startHTTP() error {
-	l, err := net.Listen("tcp", d.opts.httpListen)
+	l, err := listenLoopback("tcp", d.opts.httpListen)
 	if err != nil {
 		return fmt.Errorf("--http-listen: %w", err)
 	}
@@ -240,6 +330,7 @@ func (d *devServer) startHTTP() error {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
 	mux.HandleFunc("GET /v1/config", d.serveConfig)
+	mux.Handle("GET /v1/xds/status", d.xds.StatusHandler())
 	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	d.httpAddr = l.Addr()
 	d.wg.Add(1)
@@ -296,6 +387,9 @@ func (d *devServer) addrs() map[string]string {
 	if d.httpAddr != nil {
 		m["http"] = d.httpAddr.String()
 	}
+	if d.xdsAddr != nil {
+		m["xds"] = d.xdsAddr.String()
+	}
 	return m
 }
 
@@ -336,7 +430,8 @@ func (d *devServer) printSummary(w io.Writer) {
 	if d.upstream != nil {
 		fmt.Fprintf(w, "  %-12s %s (authoritative, zones from %s)\n", "upstream", d.upstreamAddr[len(d.upstreamAddr)-1], d.opts.upstreamZones)
 	}
-	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/config)\n", "http", d.httpAddr)
+	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/config /v1/xds/status)\n", "http", d.httpAddr)
+	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
 	fmt.Fprintf(w, "watching %s for changes every %s\n", s.Dir, d.opts.pollInterval)
 	fmt.Fprintln(w, "ready")
 }

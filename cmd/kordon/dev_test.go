@@ -13,6 +13,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/kordon-dev/kordon/xds"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
@@ -67,6 +75,7 @@ func startDevHarness(t *testing.T) *devHarness {
 	o := devOptions{
 		configDir:     h.dir,
 		httpListen:    "127.0.0.1:0",
+		xdsListen:     "127.0.0.1:0",
 		upstreamZones: "../../examples/upstream/zones.yaml",
 		stateDir:      t.TempDir(),
 		addrFile:      filepath.Join(t.TempDir(), "addrs"),
@@ -231,8 +240,53 @@ func TestDevBadConfigFailsAtStart(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "workloads.yaml"), []byte("- name: a\n  ips: [not-an-ip]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := startDev(context.Background(), devOptions{configDir: dir, httpListen: "127.0.0.1:0", logLevel: "info"}, io.Discard, io.Discard)
+	_, err := startDev(context.Background(), devOptions{configDir: dir, httpListen: "127.0.0.1:0", xdsListen: "127.0.0.1:0", logLevel: "info"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "workloads.yaml:2:9: [0]: ips[0]: invalid IP address \"not-an-ip\"") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// TestDevServesXDS asks the dev xDS server, as a real ADS client, for the
+// payments workload's server Listener: it exists only if the workloads,
+// the services and the policies of the dev folder all reached xDS.
+func TestDevServesXDS(t *testing.T) {
+	h := startDevHarness(t)
+	cc, err := grpc.NewClient(h.d.xdsAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lname := xds.ServerListenerPrefix + "127.0.0.12:8082"
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "shop/payments"}, TypeUrl: resourcev3.ListenerType, ResourceNames: []string{lname}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Resources) != 1 {
+		t.Fatalf("%d listeners, want 1", len(resp.Resources))
+	}
+	var l listenerv3.Listener
+	if err := resp.Resources[0].UnmarshalTo(&l); err != nil {
+		t.Fatal(err)
+	}
+	if l.GetName() != lname {
+		t.Errorf("listener %q, want %q", l.GetName(), lname)
+	}
+	// The RBAC of payments (ALLOW from checkout, DENY from the batch
+	// worker mesh-wide) travels in the route configuration.
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "shop/payments"}, TypeUrl: resourcev3.ListenerType, ResourceNames: []string{lname}, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the ACK in /v1/xds/status", func() bool {
+		_, body := h.get(t, "/v1/xds/status")
+		return strings.Contains(body, "shop/payments")
+	})
 }
