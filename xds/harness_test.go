@@ -209,3 +209,12 @@ spec:
 }
 
 var errNotYet = errors.New("not yet")
+
+func mustCompiled(t testing.TB) *policy.Compiled {
+	t.Helper()
+	c, err := policy.Compile(&policy.Set{}, policy.Target{Namespace: "shop"}, policy.CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
