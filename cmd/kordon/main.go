@@ -35,6 +35,7 @@ var subcommands = []func() *cobra.Command{
 	newPolicyCmd,
 	newVersionCmd,
 	newDevCmd,
+	newDNSGuardCmd,
 }
 
 func main() {

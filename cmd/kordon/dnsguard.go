@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/kordon-dev/kordon/dnsguard"
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/kordon-dev/kordon/policy"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+)
+
+// dnsguardFlags are the resolver flags shared by `kordon dnsguard` and
+// the node agent.
+type dnsguardFlags struct {
+	upstreams     []string
+	clusterDNS    []string
+	clusterDomain string
+	blocklists    []string
+	unknown       string
+	blockRcode    string
+	rateLimit     float64
+	rateBurst     int
+	cacheSize     int
+	node          string
+}
+
+func (f *dnsguardFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringSliceVar(&f.upstreams, "upstream", nil, "upstream resolver IP:PORT (repeatable; tried in order with failover)")
+	fl.StringSliceVar(&f.clusterDNS, "cluster-dns", nil, "resolver for in-cluster names (default: the upstreams)")
+	fl.StringVar(&f.clusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain")
+	fl.StringArrayVar(&f.blocklists, "blocklist", nil, "mesh-wide deny list file, hosts or domain-list format (repeatable)")
+	fl.StringVar(&f.unknown, "unknown-clients", "allow", "policy for source IPs not in the registry: allow, deny (in-cluster names only) or refuse")
+	fl.StringVar(&f.blockRcode, "block-rcode", "NXDOMAIN", "response code for blocked names: NXDOMAIN or REFUSED")
+	fl.Float64Var(&f.rateLimit, "rate-limit", 0, "queries per second per client IP (0: unlimited)")
+	fl.IntVar(&f.rateBurst, "rate-burst", 0, "rate-limit burst (default: the rate)")
+	fl.IntVar(&f.cacheSize, "cache-size", 100000, "maximum cached answers")
+	fl.StringVar(&f.node, "node", "", "node name recorded in query logs")
+}
+
+// config builds a dnsguard.Config; the caller sets Registry, QueryLog,
+// Metrics, Logger and Inspector.
+func (f *dnsguardFlags) config() (dnsguard.Config, error) {
+	cfg := dnsguard.Config{
+		Upstreams: f.upstreams, ClusterDNS: f.clusterDNS, ClusterDomain: f.clusterDomain,
+		UnknownClients: dnsguard.UnknownClientPolicy(f.unknown), RateLimit: f.rateLimit, RateBurst: f.rateBurst,
+		CacheSize: f.cacheSize, Node: f.node,
+	}
+	switch f.blockRcode {
+	case "NXDOMAIN":
+		cfg.BlockRcode = dns.RcodeNameError
+	case "REFUSED":
+		cfg.BlockRcode = dns.RcodeRefused
+	default:
+		return cfg, fmt.Errorf("--block-rcode: want NXDOMAIN or REFUSED, got %q", f.blockRcode)
+	}
+	if len(f.upstreams) == 0 {
+		return cfg, errors.New("--upstream is required (for example --upstream 127.0.0.1:5300); kordon never falls back to /etc/resolv.conf")
+	}
+	if len(f.blocklists) > 0 {
+		start := time.Now()
+		bl, st, err := dnsguard.LoadBlocklist(f.blocklists...)
+		if err != nil {
+			return cfg, err
+		}
+		slog.Info("blocklist loaded", "exact", st.Exact, "subtree", st.Subtree, "skipped", st.Skipped, "seconds", time.Since(start).Seconds())
+		cfg.Blocklist = bl
+	}
+	return cfg, nil
+}
+
+// openLog opens the query log destination: "-" for stdout, "" for none.
+func openLog(path string) (io.Writer, func() error, error) {
+	switch path {
+	case "":
+		return nil, func() error { return nil }, nil
+	case "-":
+		return os.Stdout, func() error { return nil }, nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, f.Close, nil
+}
+
+func newDNSGuardCmd() *cobra.Command {
+	var df dnsguardFlags
+	var listen, workloadsFile, logPath, metricsListen string
+	var policyPaths []string
+	cmd := &cobra.Command{
+		Use:   "dnsguard --listen ADDR --upstream IP:PORT --workloads FILE --policies DIR",
+		Short: "Run the filtering DNS resolver on its own",
+		Example: `  kordon dnsguard --listen 127.0.0.1:5353 --upstream 127.0.0.1:5300 \
+    --workloads examples/dev/workloads.yaml --policies examples/dev --log -`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := df.config()
+			if err != nil {
+				return err
+			}
+			reg := workload.NewRegistry()
+			if workloadsFile != "" {
+				ws, err := workload.LoadFile(workloadsFile)
+				if err != nil {
+					return err
+				}
+				reg.Replace(ws)
+			}
+			var set *policy.Set
+			if len(policyPaths) > 0 {
+				if set, err = loadPolicies(cmd, "default", policyPaths); err != nil {
+					return err
+				}
+			}
+			w, closeLog, err := openLog(logPath)
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			promReg := prometheus.NewRegistry()
+			promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			cfg.Registry, cfg.QueryLog, cfg.Metrics = reg, w, promReg
+			srv, err := dnsguard.New(cfg)
+			if err != nil {
+				return err
+			}
+			if err := srv.SetPolicies(set); err != nil {
+				return err
+			}
+			pc, ln, err := dnsguard.ListenUDPTCP(listen)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if metricsListen != "" {
+				mux := http.NewServeMux()
+				mux.Handle("/metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
+				mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+				hs := &http.Server{Addr: metricsListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+				go func() {
+					if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+						slog.Error("metrics server failed", "error", err)
+					}
+				}()
+				defer hs.Shutdown(context.Background())
+			}
+			n := 0
+			if set != nil {
+				n = len(set.Egress)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "dnsguard listening on %s (udp+tcp), upstreams %v, %d workloads, %d EgressPolicies\n", pc.LocalAddr(), cfg.Upstreams, len(reg.List()), n)
+			err = srv.Serve(ctx, pc, ln)
+			srv.Close()
+			return err
+		},
+	}
+	df.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&listen, "listen", "127.0.0.1:5353", "address to serve DNS on (udp and tcp)")
+	fl.StringVar(&workloadsFile, "workloads", "", "workloads.yaml: the registry mapping source IPs to workloads")
+	fl.StringArrayVar(&policyPaths, "policies", nil, "EgressPolicy files or directories (repeatable)")
+	fl.StringVar(&logPath, "log", "", "query log: a file, - for stdout, empty for none")
+	fl.StringVar(&metricsListen, "metrics-listen", "", "address for /metrics and /healthz (empty: off)")
+	return cmd
+}
