@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/internal/authdns"
 	"github.com/kordon-dev/kordon/internal/devconfig"
 	"github.com/kordon-dev/kordon/internal/workload"
@@ -71,11 +72,13 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	f := cmd.Flags()
 	f.StringVar(&o.configDir, "config", "", "folder with workloads.yaml and policy YAML (required)")
 	f.StringVar(&o.httpListen, "http-listen", "127.0.0.1:9080", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/config")
+	f.StringVar(&o.dnsListen, "dns-listen", "127.0.0.1:5353", "DNS address, UDP and TCP")
 	f.StringVar(&o.xdsListen, "xds-listen", "127.0.0.1:18000", "xDS (ADS) gRPC address")
 	f.StringSliceVar(&o.upstreams, "upstream", nil, "upstream DNS server IP:PORT (repeatable)")
 	f.StringVar(&o.upstreamZones, "upstream-zones", "", "serve this zone file (internal/authdns) on a free loopback port and use it as the upstream")
 	f.StringVar(&o.stateDir, "state-dir", "", "folder for state kept across restarts (alert log, CA); default: a temporary folder removed at exit")
 	f.StringVar(&o.addrFile, "addr-file", "", "write the addresses in use (dns=, http=, ...) to this file once ready")
+	f.StringVar(&o.queryLog, "query-log", "-", `query log destination: a file, or "-" for stdout`)
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&o.pollInterval, "poll-interval", devconfig.DefaultInterval, "how often --config is checked for changes")
 	_ = cmd.MarkFlagRequired("config")
@@ -114,6 +117,8 @@ type devServer struct {
 	httpAddr     net.Addr
 	xds          *xds.Server
 	xdsAddr      net.Addr
+	dns          *dnsguard.Server
+	dnsAddr      net.Addr
 
 	// applied is the snapshot every component holds, for rollback when a
 	// later component refuses a new one.
@@ -158,6 +163,9 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.newXDS(); err != nil {
 		return d, err
 	}
+	if err := d.newDNS(stdout); err != nil {
+		return d, err
+	}
 	d.watcher, err = devconfig.New(devconfig.Config{
 		Dir:        o.configDir,
 		Interval:   o.pollInterval,
@@ -172,6 +180,9 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 		return d, err
 	}
 	if err := d.startXDS(runCtx); err != nil {
+		return d, err
+	}
+	if err := d.startDNS(runCtx); err != nil {
 		return d, err
 	}
 	d.wg.Add(1)
@@ -206,6 +217,9 @@ func (d *devServer) apply(s *devconfig.Snapshot) error {
 
 // applyTo hands s to every component, those that may refuse it first.
 func (d *devServer) applyTo(s *devconfig.Snapshot) error {
+	if err := d.dns.SetPolicies(s.Policies); err != nil {
+		return fmt.Errorf("dnsguard: %w", err)
+	}
 	if err := d.xds.SetServices(xdsServices(s.Services)); err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
@@ -258,15 +272,80 @@ func (d *devServer) startXDS(ctx context.Context) error {
 	return nil
 }
 
+// newDNS builds the resolver; startDNS serves it once the first snapshot
+// is applied.
+func (d *devServer) newDNS(stdout io.Writer) error {
+	if len(d.upstreamAddr) == 0 {
+		return errors.New("no upstream: pass --upstream IP:PORT or --upstream-zones FILE (kordon never falls back to /etc/resolv.conf)")
+	}
+	var qlog io.Writer
+	switch d.opts.queryLog {
+	case "":
+	case "-":
+		qlog = stdout
+	default:
+		f, err := os.OpenFile(d.opts.queryLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return fmt.Errorf("--query-log: %w", err)
+		}
+		qlog = f
+		// Runs after the resolver's Close (closers run in reverse), which
+		// flushes the log.
+		d.closers = append(d.closers, func(context.Context) error { return f.Close() })
+	}
+	srv, err := dnsguard.New(dnsguard.Config{
+		Registry:  d.registry,
+		Upstreams: d.upstreamAddr,
+		Node:      "dev",
+		QueryLog:  qlog,
+		Metrics:   d.reg,
+		Logger:    d.log,
+	})
+	if err != nil {
+		return err
+	}
+	d.dns = srv
+	d.closers = append(d.closers, func(context.Context) error { return srv.Close() })
+	return nil
+}
+
+func (d *devServer) startDNS(ctx context.Context) error {
+	if err := checkLoopback(d.opts.dnsListen); err != nil {
+		return fmt.Errorf("--dns-listen: %w", err)
+	}
+	pc, ln, err := dnsguard.ListenUDPTCP(d.opts.dnsListen)
+	if err != nil {
+		return fmt.Errorf("--dns-listen: %w", err)
+	}
+	d.dnsAddr = pc.LocalAddr()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.dns.Serve(ctx, pc, ln); err != nil {
+			d.log.Error("dns server stopped", "err", err.Error())
+		}
+	}()
+	return nil
+}
+
+// checkLoopback refuses addresses outside loopback: dev mode serves without
+// authentication.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%s is not a loopback address: kordon dev serves unauthenticated and listens on 127.0.0.0/8 or ::1 only", addr)
+	}
+	return nil
+}
+
 // listenLoopback listens on addr, which must be a loopback address: dev
 // mode serves without authentication.
 func listenLoopback(network, addr string) (net.Listener, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
+	if err := checkLoopback(addr); err != nil {
 		return nil, err
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return nil, fmt.Errorf("%s is not a loopback address: kordon dev serves unauthenticated and listens on 127.0.0.0/8 or ::1 only", addr)
 	}
 	return net.Listen(network, addr)
 }
@@ -390,6 +469,9 @@ func (d *devServer) addrs() map[string]string {
 	if d.xdsAddr != nil {
 		m["xds"] = d.xdsAddr.String()
 	}
+	if d.dnsAddr != nil {
+		m["dns"] = d.dnsAddr.String()
+	}
 	return m
 }
 
@@ -430,6 +512,7 @@ func (d *devServer) printSummary(w io.Writer) {
 	if d.upstream != nil {
 		fmt.Fprintf(w, "  %-12s %s (authoritative, zones from %s)\n", "upstream", d.upstreamAddr[len(d.upstreamAddr)-1], d.opts.upstreamZones)
 	}
+	fmt.Fprintf(w, "  %-12s %s (udp+tcp), upstream %s\n", "dns", d.dnsAddr, strings.Join(d.upstreamAddr, ","))
 	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/config /v1/xds/status)\n", "http", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
 	fmt.Fprintf(w, "watching %s for changes every %s\n", s.Dir, d.opts.pollInterval)

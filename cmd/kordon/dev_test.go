@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -18,7 +19,9 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/kordon-dev/kordon/internal/exfilsim"
 	"github.com/kordon-dev/kordon/xds"
+	"github.com/miekg/dns"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -76,6 +79,8 @@ func startDevHarness(t *testing.T) *devHarness {
 		configDir:     h.dir,
 		httpListen:    "127.0.0.1:0",
 		xdsListen:     "127.0.0.1:0",
+		dnsListen:     "127.0.0.1:0",
+		queryLog:      filepath.Join(t.TempDir(), "queries.log"),
 		upstreamZones: "../../examples/upstream/zones.yaml",
 		stateDir:      t.TempDir(),
 		addrFile:      filepath.Join(t.TempDir(), "addrs"),
@@ -240,7 +245,7 @@ func TestDevBadConfigFailsAtStart(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "workloads.yaml"), []byte("- name: a\n  ips: [not-an-ip]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := startDev(context.Background(), devOptions{configDir: dir, httpListen: "127.0.0.1:0", xdsListen: "127.0.0.1:0", logLevel: "info"}, io.Discard, io.Discard)
+	_, err := startDev(context.Background(), devOptions{configDir: dir, httpListen: "127.0.0.1:0", xdsListen: "127.0.0.1:0", dnsListen: "127.0.0.1:0", upstreams: []string{"127.0.0.1:9"}, logLevel: "info"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "workloads.yaml:2:9: [0]: ips[0]: invalid IP address \"not-an-ip\"") {
 		t.Fatalf("err = %v", err)
 	}
@@ -288,5 +293,113 @@ func TestDevServesXDS(t *testing.T) {
 	waitFor(t, "the ACK in /v1/xds/status", func() bool {
 		_, body := h.get(t, "/v1/xds/status")
 		return strings.Contains(body, "shop/payments")
+	})
+}
+
+// query sends one real DNS query from a workload's source address.
+func (h *devHarness) query(t *testing.T, from, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	c := &dns.Client{Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(from)}}}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
+	r, _, err := c.Exchange(m, h.d.dnsAddr.String())
+	if err != nil {
+		t.Fatalf("query %s from %s: %v", name, from, err)
+	}
+	return r
+}
+
+// queryLogLines returns the query log's records, waiting until at least n
+// were written (the log is batched).
+func (h *devHarness) queryLogLines(t *testing.T, n int) []map[string]any {
+	t.Helper()
+	var recs []map[string]any
+	waitFor(t, fmt.Sprintf("%d query log records", n), func() bool {
+		b, err := os.ReadFile(h.d.opts.queryLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = recs[:0]
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if line == "" {
+				continue
+			}
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("query log line %q: %v", line, err)
+			}
+			recs = append(recs, rec)
+		}
+		return len(recs) >= n
+	})
+	return recs
+}
+
+// TestDevDNSFlow is the flow of make demo, in process: real queries from
+// the shop's workload addresses, answered, blocked with an EDE, audited.
+func TestDevDNSFlow(t *testing.T) {
+	h := startDevHarness(t)
+	tests := []struct {
+		name, from, qname string
+		wantRcode         int
+		wantAnswer        string
+		wantEDE           string // substring of the EDE text; "" for none
+		wantVerdict       string
+		wantPolicy        string
+	}{
+		{name: "frontend allowed", from: "127.0.0.10", qname: "api.shop.example", wantRcode: dns.RcodeSuccess, wantAnswer: "198.51.100.10", wantVerdict: "allowed", wantPolicy: "shop/frontend-egress"},
+		{name: "frontend CDN wildcard", from: "127.0.0.10", qname: "img.cdn.shopassets.example", wantRcode: dns.RcodeSuccess, wantAnswer: "198.51.100.21", wantVerdict: "allowed", wantPolicy: "shop/frontend-egress"},
+		{name: "frontend not allowed", from: "127.0.0.10", qname: "tracker.adnet.example", wantRcode: dns.RcodeNameError, wantEDE: "shop/frontend-egress", wantVerdict: "blocked", wantPolicy: "shop/frontend-egress"},
+		{name: "payments allowed", from: "127.0.0.12", qname: "api.paygate.example", wantRcode: dns.RcodeSuccess, wantAnswer: "203.0.113.10", wantVerdict: "allowed", wantPolicy: "shop/payments-egress"},
+		{name: "payments deny wins", from: "127.0.0.12", qname: "eu.sandbox.paygate.example", wantRcode: dns.RcodeNameError, wantEDE: "shop/payments-egress", wantVerdict: "blocked", wantPolicy: "shop/payments-egress"},
+		{name: "checkout audit", from: "127.0.0.11", qname: "collect.analytics.example", wantRcode: dns.RcodeSuccess, wantAnswer: "203.0.113.70", wantVerdict: "audit", wantPolicy: "shop/checkout-egress"},
+		{name: "catalog no policy", from: "127.0.0.14", qname: "collect.analytics.example", wantRcode: dns.RcodeSuccess, wantAnswer: "203.0.113.70", wantVerdict: "allowed"},
+		{name: "worker denied", from: "127.0.0.13", qname: "tracker.adnet.example", wantRcode: dns.RcodeNameError, wantEDE: "shop/batch-watch", wantVerdict: "blocked", wantPolicy: "shop/batch-watch"},
+	}
+	for _, tc := range tests {
+		r := h.query(t, tc.from, tc.qname, dns.TypeA)
+		if r.Rcode != tc.wantRcode {
+			t.Errorf("%s: rcode %s, want %s", tc.name, dns.RcodeToString[r.Rcode], dns.RcodeToString[tc.wantRcode])
+		}
+		var got []string
+		for _, rr := range r.Answer {
+			if a, ok := rr.(*dns.A); ok {
+				got = append(got, a.A.String())
+			}
+		}
+		if tc.wantAnswer != "" && strings.Join(got, ",") != tc.wantAnswer {
+			t.Errorf("%s: answers %v, want %s", tc.name, got, tc.wantAnswer)
+		}
+		ede := exfilsim.EDE(r)
+		switch {
+		case tc.wantEDE == "" && ede != nil:
+			t.Errorf("%s: unexpected EDE %q", tc.name, ede.ExtraText)
+		case tc.wantEDE != "" && (ede == nil || !strings.Contains(ede.ExtraText, tc.wantEDE)):
+			t.Errorf("%s: EDE %v, want one naming %s", tc.name, ede, tc.wantEDE)
+		}
+	}
+	recs := h.queryLogLines(t, len(tests))
+	for i, tc := range tests {
+		rec := recs[i]
+		client, _ := rec["client"].(map[string]any)
+		if rec["qname"] != tc.qname+"." || rec["verdict"] != tc.wantVerdict || client["ip"] != tc.from {
+			t.Errorf("%s: log record %v", tc.name, rec)
+		}
+		if pol, _ := rec["policy"].(string); pol != tc.wantPolicy {
+			t.Errorf("%s: logged policy %q, want %q", tc.name, pol, tc.wantPolicy)
+		}
+	}
+	// A change to the folder reaches the resolver: allow the tracker for
+	// the frontend and the same query is answered.
+	egress := filepath.Join(h.dir, "egress.yaml")
+	b, err := os.ReadFile(egress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(egress, []byte(strings.Replace(string(b), "  - api.shop.example\n", "  - api.shop.example\n  - tracker.adnet.example\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the frontend to resolve the tracker after the change", func() bool {
+		return h.query(t, "127.0.0.10", "tracker.adnet.example", dns.TypeA).Rcode == dns.RcodeSuccess
 	})
 }
