@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# bench/dns/run.sh: dnsguard side by side with CoreDNS (forward + cache) and
+# unbound (forward only), all forwarding to NSD on loopback, measured with
+# dnsperf in ONE run, on a cache-hit and a cache-miss workload.
+#
+# Prints QPS, server CPU per query (utime+stime from /proc), p50/p99 latency
+# at a fixed rate, and dnsguard's ratios to each peer. dnsguard runs with
+# 1,000 EgressPolicy rules and full JSON query logging to a file.
+#
+#   bench/dns/run.sh                 # defaults: 15 s per measurement
+#   DURATION=5 RATE=2000 bench/dns/run.sh
+#
+# Installs its peers if missing: dnsperf, nsd, unbound (apt) and CoreDNS
+# v1.12.1 (go install into $(go env GOPATH)/kordon-cache, ~5 min cold).
+# All traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-15}
+RATE=${RATE:-2000}
+CLIENTS=${CLIENTS:-8}
+OUTSTANDING=${OUTSTANDING:-100}
+CACHE=$(go env GOPATH)/kordon-cache
+COREDNS=$CACHE/coredns-v1.12.1/coredns
+
+need=()
+command -v dnsperf >/dev/null || need+=(dnsperf)
+command -v nsd >/dev/null || [ -x /usr/sbin/nsd ] || need+=(nsd)
+command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need+=(unbound)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ! -x "$COREDNS" ]; then
+  echo "installing CoreDNS v1.12.1 into $CACHE (one time, ~5 min)"
+  mkdir -p "$(dirname "$COREDNS")"
+  GOBIN=$(dirname "$COREDNS") go install github.com/coredns/coredns@v1.12.1
+fi
+make -s build >/dev/null
+KORDON=$PWD/bin/kordon
+
+WORK=$(mktemp -d /tmp/kordon-bench-dns.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+freeport() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NSD_PORT=$(freeport); DG_PORT=$(freeport); CD_PORT=$(freeport); UB_PORT=$(freeport)
+
+# --- NSD upstream: a wildcard zone, response rate limiting off.
+cat > "$WORK/bench.test.zone" <<ZONE
+\$ORIGIN bench.test.
+\$TTL 3600
+@ IN SOA ns.bench.test. h.bench.test. 1 3600 600 86400 3600
+@ IN NS ns.bench.test.
+ns IN A 127.0.0.1
+* IN A 192.0.2.1
+ZONE
+cat > "$WORK/nsd.conf" <<CONF
+server:
+  ip-address: 127.0.0.1@$NSD_PORT
+  port: $NSD_PORT
+  username: ""
+  chroot: ""
+  zonesdir: "$WORK"
+  database: ""
+  pidfile: "$WORK/nsd.pid"
+  xfrdfile: "$WORK/xfrd.state"
+  zonelistfile: "$WORK/zone.list"
+  server-count: 1
+  rrl-ratelimit: 0
+  hide-version: yes
+  verbosity: 0
+remote-control:
+  control-enable: no
+zone:
+  name: bench.test
+  zonefile: bench.test.zone
+CONF
+/usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 & PIDS+=($!)
+
+# --- dnsguard: 1,000 rules (100 policies x 10 patterns), logging on.
+mkdir -p "$WORK/policies"
+cat > "$WORK/workloads.yaml" <<W
+- {name: bench-client, namespace: bench, serviceAccount: bench, labels: {app: bench}, ips: [127.0.0.1]}
+W
+{
+  for i in $(seq 0 99); do
+    printf -- '---\napiVersion: security.kordon.dev/v1\nkind: EgressPolicy\nmetadata: {name: p%d, namespace: bench}\nspec:\n  selector: {matchLabels: {app: bench}}\n  allow:\n' "$i"
+    for j in $(seq 0 8); do printf '  - "*.svc%d-%d.example"\n' "$i" "$j"; done
+    printf '  - "*.bench.test"\n'
+  done
+} > "$WORK/policies/egress.yaml"
+"$KORDON" dnsguard --listen 127.0.0.1:$DG_PORT --upstream 127.0.0.1:$NSD_PORT \
+  --workloads "$WORK/workloads.yaml" --policies "$WORK/policies" --log "$WORK/query.log" \
+  --cache-size 2000000 >"$WORK/dnsguard.out" 2>&1 & DG_PID=$!; PIDS+=($DG_PID)
+
+# --- CoreDNS: forward + cache.
+cat > "$WORK/Corefile" <<C
+.:$CD_PORT {
+  bind 127.0.0.1
+  forward . 127.0.0.1:$NSD_PORT
+  cache 3600
+}
+C
+"$COREDNS" -conf "$WORK/Corefile" -quiet >"$WORK/coredns.log" 2>&1 & CD_PID=$!; PIDS+=($CD_PID)
+
+# --- unbound: forward only, 2 threads.
+cat > "$WORK/unbound.conf" <<U
+server:
+  interface: 127.0.0.1@$UB_PORT
+  port: $UB_PORT
+  num-threads: 2
+  username: ""
+  chroot: ""
+  directory: "$WORK"
+  pidfile: "$WORK/unbound.pid"
+  use-syslog: no
+  logfile: ""
+  do-not-query-localhost: no
+  access-control: 127.0.0.0/8 allow
+  msg-cache-size: 256m
+  rrset-cache-size: 512m
+  module-config: "iterator"
+  qname-minimisation: no
+  do-ip6: no
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@$NSD_PORT
+U
+/usr/sbin/unbound -d -c "$WORK/unbound.conf" >"$WORK/unbound.log" 2>&1 & UB_PID=$!; PIDS+=($UB_PID)
+
+wait_ready() { # port
+  for _ in $(seq 1 100); do
+    if dig +short +tries=1 +time=1 @127.0.0.1 -p "$1" ready.bench.test A 2>/dev/null | grep -q 192.0.2.1; then return 0; fi
+    sleep 0.1
+  done
+  echo "server on port $1 did not become ready"; exit 1
+}
+for p in $NSD_PORT $DG_PORT $CD_PORT $UB_PORT; do wait_ready "$p"; done
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+
+# run NAME PORT PID DATAFILE -> "qps us_per_query"
+run_load() {
+  local port=$2 pid=$3 data=$4 before after out qps completed
+  before=$(cpu_ticks "$pid")
+  out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$data" -c "$CLIENTS" -q "$OUTSTANDING" -l "$DURATION" -t 2 2>&1)
+  after=$(cpu_ticks "$pid")
+  qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
+  completed=$(echo "$out" | awk '/Queries completed/ {print $3}')
+  awk -v q="$qps" -v c="$completed" -v d=$((after-before)) -v t="$TCK" 'BEGIN { printf "%.0f %.1f\n", q, (c>0 ? d/t/c*1e6 : 0) }'
+}
+# latency PORT DATAFILE -> "p50_ms p99_ms" at a fixed rate
+run_latency() {
+  dnsperf -s 127.0.0.1 -p "$1" -d "$2" -c 4 -Q "$RATE" -l 5 -t 2 -v 2>/dev/null |
+    awk '/^> / {print $NF*1000}' | sort -n |
+    awk '{a[NR]=$1} END { if (NR==0) {print "n/a n/a"; exit} printf "%.2f %.2f\n", a[int(NR*0.5)+1], a[int(NR*0.99)+1] }'
+}
+
+# Cache-hit workload: 100 names, warmed first. Cache-miss workload: names
+# never asked before (a distinct prefix per server and phase).
+for i in $(seq 1 100); do echo "hit$i.bench.test A"; done > "$WORK/hit.txt"
+gen_miss() { awk -v p="$1" 'BEGIN { for (i = 0; i < 1500000; i++) printf "%s%d.bench.test A\n", p, i }' > "$2"; }
+
+declare -A QPS CPU P50 P99
+for name in dnsguard coredns unbound; do
+  case $name in dnsguard) port=$DG_PORT pid=$DG_PID ;; coredns) port=$CD_PORT pid=$CD_PID ;; unbound) port=$UB_PORT pid=$UB_PID ;; esac
+  dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/hit.txt" -n 1 >/dev/null 2>&1 # warm
+  read -r QPS[$name-hit] CPU[$name-hit] < <(run_load "$name" "$port" "$pid" "$WORK/hit.txt")
+  read -r P50[$name-hit] P99[$name-hit] < <(run_latency "$port" "$WORK/hit.txt")
+  gen_miss "m-$name-" "$WORK/miss-$name.txt"
+  read -r QPS[$name-miss] CPU[$name-miss] < <(run_load "$name" "$port" "$pid" "$WORK/miss-$name.txt")
+  gen_miss "l-$name-" "$WORK/lat-$name.txt"
+  read -r P50[$name-miss] P99[$name-miss] < <(run_latency "$port" "$WORK/lat-$name.txt")
+  rm -f "$WORK/miss-$name.txt" "$WORK/lat-$name.txt"
+done
+
+echo
+echo "DNS benchmark: dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION; latency at $RATE qps; upstream NSD; $(nproc) cores"
+echo "dnsguard: 1,000 EgressPolicy rules, JSON query log on ($(wc -l < "$WORK/query.log") lines written)"
+printf '%-9s | %-6s | %10s | %10s | %8s | %8s\n' server load QPS "CPU us/q" "p50 ms" "p99 ms"
+for load in hit miss; do
+  for name in dnsguard coredns unbound; do
+    printf '%-9s | %-6s | %10s | %10s | %8s | %8s\n' "$name" "$load" "${QPS[$name-$load]}" "${CPU[$name-$load]}" "${P50[$name-$load]}" "${P99[$name-$load]}"
+  done
+done
+echo
+for load in hit miss; do
+  for peer in coredns unbound; do
+    awk -v n="$load" -v p="$peer" -v a="${QPS[dnsguard-$load]}" -v b="${QPS[$peer-$load]}" -v ca="${CPU[dnsguard-$load]}" -v cb="${CPU[$peer-$load]}" \
+      'BEGIN { printf "ratio dnsguard/%-7s %-4s: QPS %.2fx, CPU per query %.2fx\n", p, n, (b>0?a/b:0), (cb>0?ca/cb:0) }'
+  done
+done
