@@ -30,7 +30,16 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			if req.GetTypeUrl() == resourcev3.ListenerType {
 				names = req.GetResourceNames()
 			}
-			return s.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), names)
+			nacked, err := s.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), names)
+			if nacked != "" {
+				// The snapshot cache answers at once any request whose
+				// version differs from the snapshot's, so a NACK (which
+				// carries the last good version) would get the rejected
+				// version again, and again. Present the NACK as having seen
+				// that version: the next snapshot is sent when it changes.
+				req.VersionInfo = nacked
+			}
+			return err
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 			s.onResponse(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
@@ -40,7 +49,8 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			if req.GetTypeUrl() == resourcev3.ListenerType {
 				names = req.GetResourceNamesSubscribe()
 			}
-			return s.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), names)
+			_, err := s.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), names)
+			return err
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
 			s.onResponse(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
@@ -139,40 +149,42 @@ func (s *Server) bind(id int64, st *stream, n *corev3.Node) (*node, error) {
 	return nd, nil
 }
 
-func (s *Server) onRequest(id int64, n *corev3.Node, typeURL, nonce string, errDetail *rpcstatus.Status, listenerNames []string) error {
+// onRequest authenticates and binds the stream, records an ACK or NACK
+// and builds for newly requested Listener names. It returns the version a
+// NACK rejected.
+func (s *Server) onRequest(id int64, n *corev3.Node, typeURL, nonce string, errDetail *rpcstatus.Status, listenerNames []string) (nacked string, err error) {
 	s.mu.Lock()
 	st := s.streams[id]
 	s.mu.Unlock()
 	if st == nil {
-		return errors.New("xds: unknown stream")
+		return "", errors.New("xds: unknown stream")
 	}
 	var nd *node
 	if st.nodeID == "" {
 		if n.GetId() == "" {
 			s.metrics.authFailures.WithLabelValues("no_node").Inc()
-			return status.Error(codes.InvalidArgument, "xds: first request carries no node id")
+			return "", status.Error(codes.InvalidArgument, "xds: first request carries no node id")
 		}
-		var err error
 		if nd, err = s.bind(id, st, n); err != nil {
 			s.log.Warn("xds stream refused", "stream_id", id, "node_id", n.GetId(), "reason", err.Error())
-			return err
+			return "", err
 		}
 	} else {
 		// A stream stays bound to its node: switching node IDs would
 		// bypass the check above.
 		if n.GetId() != "" && n.GetId() != st.nodeID {
 			s.metrics.authFailures.WithLabelValues("forbidden_node").Inc()
-			return status.Errorf(codes.PermissionDenied, "xds: stream is bound to node %s", st.nodeID)
+			return "", status.Errorf(codes.PermissionDenied, "xds: stream is bound to node %s", st.nodeID)
 		}
 		s.mu.Lock()
 		nd = s.nodes[st.nodeID]
 		s.mu.Unlock()
 		if nd == nil {
-			return errors.New("xds: node is gone")
+			return "", errors.New("xds: node is gone")
 		}
 	}
 	if nonce != "" {
-		s.recordReply(st, nd.id, nonce, errDetail)
+		nacked = s.recordReply(st, nd.id, nonce, errDetail)
 	}
 	// Build for the Listener names this node asks for before the cache
 	// looks at the request, so the first answer carries them.
@@ -191,16 +203,18 @@ func (s *Server) onRequest(id int64, n *corev3.Node, typeURL, nonce string, errD
 	if fresh || first {
 		s.rebuild(context.Background(), nd.id)
 	}
-	return nil
+	return nacked, nil
 }
 
-func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcstatus.Status) {
+// recordReply books the ACK or NACK of the response with nonce; it
+// returns the version a NACK rejected.
+func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcstatus.Status) string {
 	s.mu.Lock()
 	out, ok := st.nonces[nonce]
 	delete(st.nonces, nonce)
 	s.mu.Unlock()
 	if !ok {
-		return
+		return ""
 	}
 	now := s.now()
 	short := shortType(out.typeURL)
@@ -213,7 +227,7 @@ func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcsta
 			t.Nacked, t.NackedAt, t.NackError = out.version, now, msg
 			t.Nacks++
 		})
-		return
+		return out.version
 	}
 	s.metrics.acks.WithLabelValues(short).Inc()
 	s.updateStatus(nodeID, func(ns *NodeStatus) {
@@ -221,6 +235,7 @@ func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcsta
 		t.Acked, t.AckedAt = out.version, now
 		t.Acks++
 	})
+	return ""
 }
 
 func (s *Server) onResponse(id int64, typeURL, nonce, version string) {

@@ -240,6 +240,23 @@ func TestNackIsRecordedAndLastGoodKept(t *testing.T) {
 	if got := testutil.ToFloat64(m.srv.metrics.nacks.WithLabelValues("RouteConfiguration")); got != 1 {
 		t.Fatalf("nacks metric %v", got)
 	}
+	// The rejected version is not sent again: the next route the node
+	// receives is the next policy's.
+	m.srv.SetPolicies(mustPolicies(t, allowPolicy("frontend")))
+	next := recvType(t, c, resourcev3.RouteType)
+	if next.VersionInfo == bad.VersionInfo {
+		t.Fatalf("rejected version %s was sent again", bad.VersionInfo)
+	}
+	if err := c.Ack(next); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "ack after nack", func() error {
+		st, _ := m.srv.NodeStatus("shop/echo-0")
+		if rt := st.Types["RouteConfiguration"]; rt.Acked != next.VersionInfo || rt.Nacks != 1 {
+			return fmt.Errorf("status %+v", rt)
+		}
+		return nil
+	})
 }
 
 // TestIncrementalPush checks that a change in one namespace rebuilds only

@@ -1,9 +1,14 @@
 package xds
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"sort"
+	"strings"
+	"text/tabwriter"
 	"time"
 )
 
@@ -131,4 +136,72 @@ func (s *Server) StatusHandler() http.Handler {
 			s.log.Debug("xds status write failed", "error", err)
 		}
 	})
+}
+
+// FetchStatus reads a StatusReport from url (a StatusHandler endpoint).
+func FetchStatus(ctx context.Context, client *http.Client, url string) (*StatusReport, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("xds: status: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("xds: status: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	var rep StatusReport
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		return nil, fmt.Errorf("xds: status: %w", err)
+	}
+	return &rep, nil
+}
+
+// statusTypes are the columns of WriteStatusTable, in xDS order.
+var statusTypes = []struct{ col, typ string }{
+	{"LDS", "Listener"}, {"RDS", "RouteConfiguration"}, {"CDS", "Cluster"},
+	{"EDS", "ClusterLoadAssignment"}, {"SDS", "Secret"},
+}
+
+// WriteStatusTable renders rep as a table: one row per node, each xDS type
+// shown as SYNCED (last version sent was ACKed), NACKED, STALE (sent, not
+// yet answered) or "-" (never sent), then the last NACK reason.
+func WriteStatusTable(w io.Writer, rep *StatusReport) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprint(tw, "NODE\tKIND\tCONNECTED\tVERSION")
+	for _, c := range statusTypes {
+		fmt.Fprintf(tw, "\t%s", c.col)
+	}
+	fmt.Fprintln(tw, "\tLAST ERROR")
+	for _, n := range rep.Nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%t\t%s", n.NodeID, n.Kind, n.Connected, orDash(n.SnapshotVersion))
+		lastErr := n.LastBuildError
+		for _, c := range statusTypes {
+			t := n.Types[c.typ]
+			state := "-"
+			switch {
+			case t == nil || t.Sent == "":
+			case t.Nacked == t.Sent:
+				state = "NACKED"
+				lastErr = t.NackError
+			case t.Acked == t.Sent:
+				state = "SYNCED"
+			default:
+				state = "STALE"
+			}
+			fmt.Fprintf(tw, "\t%s", state)
+		}
+		fmt.Fprintf(tw, "\t%s\n", orDash(lastErr))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
