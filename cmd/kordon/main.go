@@ -32,6 +32,7 @@ func newRootCmd() *cobra.Command {
 
 // subcommands lists the constructors of the top-level subcommands.
 var subcommands = []func() *cobra.Command{
+	newXDSCmd,
 	newPolicyCmd,
 	newVersionCmd,
 	newDevCmd,
