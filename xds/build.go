@@ -99,6 +99,9 @@ type built struct {
 	snapshot *cachev3.Snapshot
 	// hash identifies the content, so identical rebuilds are not pushed.
 	hash string
+	// version names the snapshot in status and logs; each type has its own
+	// version (a hash of its resources) in the snapshot.
+	version string
 	// namespaces whose policies, services or workloads the snapshot read.
 	namespaces map[string]bool
 	counts     map[string]int
@@ -121,18 +124,11 @@ func build(in *buildInput, version func(hash string) string) (*built, error) {
 	if err != nil {
 		return nil, err
 	}
-	hash, counts, err := validateAndHash(rs)
+	snap, hash, counts, err := makeSnapshot(rs, version)
 	if err != nil {
 		return nil, err
 	}
-	snap, err := cachev3.NewSnapshot(version(hash), rs)
-	if err != nil {
-		return nil, fmt.Errorf("xds: snapshot: %w", err)
-	}
-	if err := consistent(rs); err != nil {
-		return nil, fmt.Errorf("xds: inconsistent snapshot: %w", err)
-	}
-	return &built{snapshot: snap, hash: hash, namespaces: deps, counts: counts}, nil
+	return &built{snapshot: snap, hash: hash, version: version(hash), namespaces: deps, counts: counts}, nil
 }
 
 // consistent runs Snapshot.Consistent over rs. go-control-plane follows
@@ -168,38 +164,79 @@ func consistent(rs resources) error {
 // validator is what every Envoy proto generated with PGV implements.
 type validator interface{ ValidateAll() error }
 
+// servedTypes are the types kordon serves. Each gets its own version (a
+// hash of its resources, present even when there are none), so a push
+// re-sends only the types whose content changed and a data plane asking
+// for an empty type still gets an answer.
+var servedTypes = []resourcev3.Type{
+	resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType,
+	resourcev3.EndpointType, resourcev3.SecretType,
+}
+
+// makeSnapshot validates rs, checks its consistency and returns the
+// snapshot with per-type versions, a hash of the whole content and the
+// resource counts. version(hash) names the snapshot in status and logs.
+func makeSnapshot(rs resources, version func(hash string) string) (*cachev3.Snapshot, string, map[string]int, error) {
+	hash, typeHashes, counts, err := validateAndHash(rs)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	snap, err := cachev3.NewSnapshot(version(hash), rs)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("xds: snapshot: %w", err)
+	}
+	for _, t := range servedTypes {
+		r := &snap.Resources[cachev3.GetResponseType(t)]
+		r.Version = typeHashes[t]
+		if r.Items == nil {
+			r.Items = map[string]types.ResourceWithTTL{}
+		}
+	}
+	if err := consistent(rs); err != nil {
+		return nil, "", nil, fmt.Errorf("xds: inconsistent snapshot: %w", err)
+	}
+	return snap, hash, counts, nil
+}
+
 // validateAndHash validates every resource and hashes them in a stable
-// order.
-func validateAndHash(rs resources) (string, map[string]int, error) {
+// order, per type and as a whole.
+func validateAndHash(rs resources) (string, map[string]string, map[string]int, error) {
 	h := sha256.New()
 	counts := map[string]int{}
-	typs := make([]string, 0, len(rs))
-	for t := range rs {
-		typs = append(typs, t)
-	}
-	sort.Strings(typs)
+	typeHashes := map[string]string{}
 	mo := proto.MarshalOptions{Deterministic: true}
-	for _, t := range typs {
+	for _, t := range servedTypes {
+		th := sha256.New()
 		list := rs[t]
 		sort.Slice(list, func(i, j int) bool { return cachev3.GetResourceName(list[i]) < cachev3.GetResourceName(list[j]) })
 		for _, r := range list {
 			v, ok := r.(validator)
 			if !ok {
-				return "", nil, fmt.Errorf("xds: %T has no validation", r)
+				return "", nil, nil, fmt.Errorf("xds: %T has no validation", r)
 			}
 			if err := v.ValidateAll(); err != nil {
-				return "", nil, fmt.Errorf("xds: invalid %s %q: %w", shortType(t), cachev3.GetResourceName(r), err)
+				return "", nil, nil, fmt.Errorf("xds: invalid %s %q: %w", shortType(t), cachev3.GetResourceName(r), err)
 			}
 			b, err := mo.Marshal(r)
 			if err != nil {
-				return "", nil, fmt.Errorf("xds: %w", err)
+				return "", nil, nil, fmt.Errorf("xds: %w", err)
 			}
-			fmt.Fprintf(h, "%s\x00%d\x00", t, len(b))
-			h.Write(b)
+			fmt.Fprintf(th, "%d\x00", len(b))
+			th.Write(b)
 		}
-		counts[shortType(t)] = len(list)
+		sum := hex.EncodeToString(th.Sum(nil))[:12]
+		typeHashes[t] = sum
+		fmt.Fprintf(h, "%s\x00%s\x00", t, sum)
+		if len(list) > 0 {
+			counts[shortType(t)] = len(list)
+		}
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16], counts, nil
+	for t := range rs {
+		if _, ok := typeHashes[t]; !ok {
+			return "", nil, nil, fmt.Errorf("xds: unexpected resource type %s", t)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], typeHashes, counts, nil
 }
 
 func shortType(t string) string {

@@ -25,7 +25,6 @@ import (
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -438,10 +437,15 @@ func (s *Server) rebuild(ctx context.Context, id string) {
 	n.hash = b.hash
 	s.setNamespaces(n, b.namespaces)
 	s.metrics.builds.WithLabelValues("pushed").Inc()
-	version := b.snapshot.GetVersion(resourcev3.ListenerType)
+	version := b.version
+	versions := map[string]string{}
+	for _, t := range servedTypes {
+		versions[shortType(t)] = b.snapshot.GetVersion(t)
+	}
 	now := s.now()
 	s.updateStatus(id, func(st *NodeStatus) {
 		st.SnapshotVersion = version
+		st.Versions = versions
 		st.SnapshotAt = now
 		st.Resources = b.counts
 		st.LastBuildError = ""
@@ -462,11 +466,12 @@ func (s *Server) buildNode(ctx context.Context, n *node, requested []string) (*b
 	if !ok {
 		// The workload is gone: serve nothing (a proxyless server goes
 		// NOT_SERVING) rather than its stale policy.
-		snap, err := cachev3.NewSnapshot(fmt.Sprintf("%d-gone", n.gen+1), nil)
+		gen := n.gen
+		snap, hash, counts, err := makeSnapshot(resources{}, func(h string) string { return fmt.Sprintf("%d-%s", gen+1, h[:8]) })
 		if err != nil {
-			return nil, fmt.Errorf("xds: %w", err)
+			return nil, err
 		}
-		return &built{snapshot: snap, hash: "gone", namespaces: map[string]bool{ns: true}}, nil
+		return &built{snapshot: snap, hash: hash, version: fmt.Sprintf("%d-%s", gen+1, hash[:8]), namespaces: map[string]bool{ns: true}, counts: counts}, nil
 	}
 	st := s.st.Load()
 	cr := st.compile(w, policy.CompileOptions{RootNamespace: s.cfg.RootNamespace, TrustDomain: s.cfg.TrustDomain})

@@ -36,9 +36,12 @@ type NodeStatus struct {
 	Connected bool     `json:"connected"`
 	Streams   int      `json:"streams"`
 	// SnapshotVersion is the version of the snapshot currently served.
-	SnapshotVersion string         `json:"snapshotVersion,omitempty"`
-	SnapshotAt      time.Time      `json:"snapshotAt,omitzero"`
-	Resources       map[string]int `json:"resources,omitempty"`
+	SnapshotVersion string `json:"snapshotVersion,omitempty"`
+	// Versions are the per-type versions of that snapshot (a hash of the
+	// type's resources): a type is in sync when Types[t].Acked equals it.
+	Versions   map[string]string `json:"versions,omitempty"`
+	SnapshotAt time.Time         `json:"snapshotAt,omitzero"`
+	Resources  map[string]int    `json:"resources,omitempty"`
 	// LastBuildError is the last snapshot that could not be built or
 	// validated; the previous snapshot stays in force.
 	LastBuildError string `json:"lastBuildError,omitempty"`
@@ -51,6 +54,10 @@ func (n *NodeStatus) clone() NodeStatus {
 	c.Resources = make(map[string]int, len(n.Resources))
 	for k, v := range n.Resources {
 		c.Resources[k] = v
+	}
+	c.Versions = make(map[string]string, len(n.Versions))
+	for k, v := range n.Versions {
+		c.Versions[k] = v
 	}
 	c.Types = make(map[string]*TypeStatus, len(n.Types))
 	for k, v := range n.Types {

@@ -170,7 +170,7 @@ func run(o options, out io.Writer) error {
 		for _, id := range ids {
 			st, ok := srv.NodeStatus(id)
 			rt := st.Types["RouteConfiguration"]
-			if !ok || rt == nil || rt.Acked != st.SnapshotVersion || !st.SnapshotAt.After(after) {
+			if !ok || rt == nil || rt.Acked != st.Versions["RouteConfiguration"] || !st.SnapshotAt.After(after) {
 				return nil, false
 			}
 			acks[id] = rt.AckedAt
