@@ -100,7 +100,9 @@ func (s *Server) onStreamClosed(id int64, _ *corev3.Node) {
 	}
 	if gone != "" {
 		s.cache.ClearSnapshot(gone)
-		s.updateStatus(gone, func(ns *NodeStatus) { ns.Connected = false; ns.Streams = 0 })
+		now := s.now()
+		s.updateStatus(gone, func(ns *NodeStatus) { ns.Connected, ns.Streams, ns.DisconnectedAt = false, 0, now })
+		s.pruneStatus()
 	} else if st != nil && st.nodeID != "" {
 		s.updateStatus(st.nodeID, func(ns *NodeStatus) { ns.Streams-- })
 	}

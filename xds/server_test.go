@@ -711,3 +711,45 @@ func TestRegistryChangesUpdateEndpoints(t *testing.T) {
 		t.Fatalf("removed workload still has %d listeners", len(lds.Resources))
 	}
 }
+
+// TestPushesAreDebounced: changes arriving within the quiet period are
+// pushed as one rebuild.
+func TestPushesAreDebounced(t *testing.T) {
+	t.Parallel()
+	m := startMesh(t, shopWorkloads(), func(c *Config) {
+		c.DebounceQuiet = 300 * time.Millisecond
+		c.DebounceMax = 5 * time.Second
+	})
+	cc := m.dialControl(t, m.svidCert(t, "shop", "echo-0"))
+	c, err := adsclient.Open(context.Background(), cc, &corev3.Node{Id: "shop/echo-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Subscribe(resourcev3.ListenerType, ServerListenerPrefix+"127.0.0.1:7070"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ack(recvType(t, c, resourcev3.ListenerType)); err != nil {
+		t.Fatal(err)
+	}
+	builds := func() float64 {
+		return testutil.ToFloat64(m.srv.metrics.builds.WithLabelValues("pushed")) + testutil.ToFloat64(m.srv.metrics.builds.WithLabelValues("unchanged"))
+	}
+	before := builds()
+	for _, sa := range []string{"a", "b", "c", "d", "frontend"} {
+		m.srv.SetPolicies(mustPolicies(t, allowPolicy(sa)))
+	}
+	eventually(t, 5*time.Second, "one rebuild", func() error {
+		if builds() == before {
+			return errNotYet
+		}
+		return nil
+	})
+	if got := builds() - before; got != 1 {
+		t.Fatalf("%v rebuilds for five changes in the quiet period, want 1", got)
+	}
+	st, _ := m.srv.NodeStatus("shop/echo-0")
+	if st.SnapshotVersion == "" || !strings.HasPrefix(st.SnapshotVersion, "2-") {
+		t.Fatalf("snapshot %q, want the second", st.SnapshotVersion)
+	}
+}

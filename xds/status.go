@@ -45,6 +45,8 @@ type NodeStatus struct {
 	// LastBuildError is the last snapshot that could not be built or
 	// validated; the previous snapshot stays in force.
 	LastBuildError string `json:"lastBuildError,omitempty"`
+	// DisconnectedAt is when the last stream closed.
+	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
 	// Types is keyed by short type name (Listener, RouteConfiguration...).
 	Types map[string]*TypeStatus `json:"types"`
 }
@@ -114,6 +116,28 @@ func (s *Server) updateStatus(nodeID string, f func(*NodeStatus)) {
 	}
 	f(st)
 	s.statusMu.Unlock()
+}
+
+// maxDisconnected bounds how many disconnected nodes the status keeps
+// (pods come and go); the oldest are forgotten first.
+const maxDisconnected = 1024
+
+func (s *Server) pruneStatus() {
+	s.statusMu.Lock()
+	defer s.statusMu.Unlock()
+	var gone []*NodeStatus
+	for _, st := range s.status {
+		if !st.Connected {
+			gone = append(gone, st)
+		}
+	}
+	if len(gone) <= maxDisconnected {
+		return
+	}
+	sort.Slice(gone, func(i, j int) bool { return gone[i].DisconnectedAt.Before(gone[j].DisconnectedAt) })
+	for _, st := range gone[:len(gone)-maxDisconnected] {
+		delete(s.status, st.NodeID)
+	}
 }
 
 // StatusHandler serves StatusReport as JSON (mount it at /debug/xds; the
