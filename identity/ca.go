@@ -228,22 +228,9 @@ func (ca *CA) adopt(st *State, version string) error {
 }
 
 func parseAuthority(sa StoredAuthority) (*authority, error) {
-	var certs []*x509.Certificate
-	rest := []byte(sa.CertPEM)
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no certificate")
+	certs, err := parsePEMCerts([]byte(sa.CertPEM))
+	if err != nil {
+		return nil, err
 	}
 	kb, _ := pem.Decode([]byte(sa.KeyPEM))
 	if kb == nil {

@@ -63,3 +63,24 @@ func BundleMap(bundles ...*spiffebundle.Bundle) ([]byte, error) {
 	}
 	return json.MarshalIndent(map[string]any{"trust_domains": m}, "", "  ")
 }
+
+// parsePEMCerts decodes every CERTIFICATE block.
+func parsePEMCerts(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("identity: no certificate in PEM data")
+	}
+	return out, nil
+}

@@ -1,0 +1,365 @@
+package identity
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// TokenInfo is what a token review proves about a caller.
+type TokenInfo struct {
+	// Namespace and ServiceAccount from "system:serviceaccount:NS:SA".
+	Namespace, ServiceAccount string
+	// PodName, PodUID and NodeName come from a token bound to a pod
+	// (TokenRequest); empty for unbound tokens.
+	PodName, PodUID, NodeName string
+}
+
+// TokenReviewer authenticates a bearer token for an audience (the
+// Kubernetes TokenReview API in a cluster).
+type TokenReviewer interface {
+	Review(ctx context.Context, token, audience string) (*TokenInfo, error)
+}
+
+// ParseServiceAccountUsername splits "system:serviceaccount:NS:SA".
+func ParseServiceAccountUsername(u string) (namespace, sa string, err error) {
+	rest, ok := strings.CutPrefix(u, "system:serviceaccount:")
+	if !ok {
+		return "", "", fmt.Errorf("identity: %q is not a service account", u)
+	}
+	namespace, sa, ok = strings.Cut(rest, ":")
+	if !ok || namespace == "" || sa == "" || strings.Contains(sa, ":") {
+		return "", "", fmt.Errorf("identity: malformed service account username %q", u)
+	}
+	return namespace, sa, nil
+}
+
+// StaticTokenReviewer accepts a fixed set of tokens (dev mode, tests).
+type StaticTokenReviewer map[string]TokenInfo
+
+// Review implements TokenReviewer.
+func (s StaticTokenReviewer) Review(_ context.Context, token, _ string) (*TokenInfo, error) {
+	ti, ok := s[token]
+	if !ok {
+		return nil, errors.New("identity: unknown token")
+	}
+	return &ti, nil
+}
+
+// PodLookup finds pods (internal/workload.Registry implements it).
+type PodLookup interface {
+	ByPod(namespace, name string) (*workload.Workload, bool)
+}
+
+// Audience is the token audience the issuance API requires.
+const Audience = "kordon"
+
+// IssuanceConfig configures the issuance service.
+type IssuanceConfig struct {
+	CA       *CA
+	Reviewer TokenReviewer
+	Pods     PodLookup
+	// NodeAgents are "namespace/serviceaccount" of node agents, which may
+	// request SVIDs for pods on their own node (default
+	// kordon-system/kordon-node).
+	NodeAgents []string
+	Logger     *slog.Logger
+}
+
+// Issuance is the gRPC service node agents and workloads call to get
+// SVIDs. It has no generated stubs (no protoc here): one unary method,
+// /kordon.identity.v1.Issuance/SignX509SVID, whose request and response
+// are JSON documents carried in google.protobuf.BytesValue.
+type Issuance struct {
+	cfg IssuanceConfig
+	log *slog.Logger
+}
+
+// SignRequest is the JSON request.
+type SignRequest struct {
+	// CSR is a DER PKCS#10 request (base64 in JSON).
+	CSR []byte `json:"csr"`
+	// Namespace and Pod name the pod a node agent asks for; a workload
+	// asking for itself may leave them empty.
+	Namespace string `json:"namespace,omitempty"`
+	Pod       string `json:"pod,omitempty"`
+	// TTLSeconds, 0 for the default.
+	TTLSeconds int64 `json:"ttlSeconds,omitempty"`
+}
+
+// SignResponse is the JSON response.
+type SignResponse struct {
+	SPIFFEID  string `json:"spiffeId"`
+	ChainPEM  string `json:"chainPEM"`
+	BundlePEM string `json:"bundlePEM"`
+	// Bundle is the SPIFFE bundle (JWKS) of this trust domain.
+	Bundle json.RawMessage `json:"bundle"`
+}
+
+const issuanceMethod = "/kordon.identity.v1.Issuance/SignX509SVID"
+
+// NewIssuance builds the service.
+func NewIssuance(cfg IssuanceConfig) (*Issuance, error) {
+	if cfg.CA == nil || cfg.Reviewer == nil || cfg.Pods == nil {
+		return nil, errors.New("identity: IssuanceConfig needs CA, Reviewer and Pods")
+	}
+	if len(cfg.NodeAgents) == 0 {
+		cfg.NodeAgents = []string{"kordon-system/kordon-node"}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Issuance{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// Register adds the service to a gRPC server.
+func (s *Issuance) Register(g *grpc.Server) {
+	g.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "kordon.identity.v1.Issuance",
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{
+			MethodName: "SignX509SVID",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				in := new(wrapperspb.BytesValue)
+				if err := dec(in); err != nil {
+					return nil, err
+				}
+				return s.handle(ctx, in)
+			},
+		}},
+	}, s)
+}
+
+func (s *Issuance) handle(ctx context.Context, in *wrapperspb.BytesValue) (*wrapperspb.BytesValue, error) {
+	var req SignRequest
+	if err := json.Unmarshal(in.Value, &req); err != nil {
+		return nil, status.Error(codes.InvalidArgument, "request is not valid JSON")
+	}
+	token := bearer(ctx)
+	if token == "" {
+		return nil, status.Error(codes.Unauthenticated, "missing bearer token")
+	}
+	ti, err := s.cfg.Reviewer.Review(ctx, token, Audience)
+	if err != nil {
+		s.log.Info("issuance refused", "reason", "token review failed", "error", err)
+		return nil, status.Error(codes.Unauthenticated, "token not accepted")
+	}
+	id, err := s.authorize(ti, &req)
+	if err != nil {
+		s.log.Warn("issuance refused", "caller_namespace", ti.Namespace, "caller_sa", ti.ServiceAccount, "caller_node", ti.NodeName,
+			"namespace", req.Namespace, "pod", req.Pod, "error", err)
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
+	svid, err := s.cfg.CA.SignCSR(req.CSR, id, time.Duration(req.TTLSeconds)*time.Second)
+	if err != nil {
+		var re *RejectError
+		if errors.As(err, &re) {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		return nil, status.Error(codes.Internal, "signing failed")
+	}
+	bundle, err := s.cfg.CA.SPIFFEBundle().Marshal()
+	if err != nil {
+		return nil, status.Error(codes.Internal, "bundle encoding failed")
+	}
+	out, err := json.Marshal(SignResponse{SPIFFEID: id.String(), ChainPEM: string(svid.ChainPEM()), BundlePEM: string(s.cfg.CA.BundlePEM()), Bundle: bundle})
+	if err != nil {
+		return nil, status.Error(codes.Internal, "response encoding failed")
+	}
+	s.log.Debug("issued SVID", "spiffe_id", id.String(), "caller_node", ti.NodeName)
+	return wrapperspb.Bytes(out), nil
+}
+
+// authorize decides which identity, if any, the caller may get.
+func (s *Issuance) authorize(ti *TokenInfo, req *SignRequest) (spiffeid.ID, error) {
+	td := s.cfg.CA.TrustDomain()
+	caller := ti.Namespace + "/" + ti.ServiceAccount
+	isNodeAgent := false
+	for _, na := range s.cfg.NodeAgents {
+		if na == caller {
+			isNodeAgent = true
+		}
+	}
+	if isNodeAgent && req.Pod != "" {
+		// Why: a node agent may speak for pods, but only those scheduled
+		// on its own node, so a compromised node cannot mint identities
+		// for workloads elsewhere (ambient/ztunnel's rule).
+		if ti.NodeName == "" {
+			return spiffeid.ID{}, errors.New("node agent token carries no node claim")
+		}
+		pod, ok := s.cfg.Pods.ByPod(req.Namespace, req.Pod)
+		if !ok {
+			return spiffeid.ID{}, fmt.Errorf("pod %s/%s not found", req.Namespace, req.Pod)
+		}
+		if pod.Node != ti.NodeName {
+			return spiffeid.ID{}, fmt.Errorf("pod %s/%s is not scheduled on node %s", req.Namespace, req.Pod, ti.NodeName)
+		}
+		return WorkloadID(td, pod.Namespace, pod.ServiceAccount)
+	}
+	// A workload asks for itself: the identity is exactly the token's.
+	if req.Namespace != "" && req.Namespace != ti.Namespace || req.Pod != "" && req.Pod != ti.PodName {
+		return spiffeid.ID{}, errors.New("a workload token may only request its own identity")
+	}
+	if ti.PodName != "" {
+		// Why: a token bound to a pod stops working for issuance as soon
+		// as the pod is gone from the registry, even while the apiserver
+		// still caches the token review.
+		pod, ok := s.cfg.Pods.ByPod(ti.Namespace, ti.PodName)
+		if !ok || (ti.PodUID != "" && pod.UID != "" && pod.UID != ti.PodUID) {
+			return spiffeid.ID{}, fmt.Errorf("pod %s/%s no longer exists", ti.Namespace, ti.PodName)
+		}
+	}
+	return WorkloadID(td, ti.Namespace, ti.ServiceAccount)
+}
+
+func bearer(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if t, ok := strings.CutPrefix(v, "Bearer "); ok {
+			return t
+		}
+	}
+	return ""
+}
+
+// ServerTLS returns a TLS config for the issuance server with a
+// certificate from the CA for id (the controller's own identity); it is
+// re-signed before expiry on each handshake.
+func ServerTLS(ca *CA, id spiffeid.ID) *tls.Config {
+	var mu sync.Mutex
+	var cur *tls.Certificate
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if cur != nil && time.Until(cur.Leaf.NotAfter) > 10*time.Minute {
+				return cur, nil
+			}
+			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				return nil, err
+			}
+			svid, err := ca.SignPublicKey(key.Public(), id, 0)
+			if err != nil {
+				return nil, err
+			}
+			c := &tls.Certificate{PrivateKey: key, Leaf: svid.Chain[0]}
+			for _, x := range svid.Chain {
+				c.Certificate = append(c.Certificate, x.Raw)
+			}
+			cur = c
+			return c, nil
+		},
+	}
+}
+
+// ServeIssuance serves the issuance API over TLS on ln until ctx ends.
+func ServeIssuance(ctx context.Context, ln net.Listener, s *Issuance, tlsCfg *tls.Config) error {
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+	s.Register(g)
+	go func() {
+		<-ctx.Done()
+		g.Stop()
+	}()
+	err := g.Serve(ln)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// IssuanceClient calls the issuance API. It verifies the server's SVID
+// against the trust bundle it was configured with.
+type IssuanceClient struct {
+	conn  *grpc.ClientConn
+	token func() (string, error)
+}
+
+// DialIssuance connects to addr, trusting roots and requiring serverID.
+func DialIssuance(addr string, roots []*x509.Certificate, serverID spiffeid.ID, token func() (string, error)) (*IssuanceClient, error) {
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	tlsCfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// SPIFFE SVIDs carry no DNS name: verify the chain ourselves and
+		// match the URI SAN instead of a hostname.
+		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyPeerCertificate
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return errors.New("identity: server sent no certificate")
+			}
+			certs := make([]*x509.Certificate, 0, len(raw))
+			for _, r := range raw {
+				c, err := x509.ParseCertificate(r)
+				if err != nil {
+					return err
+				}
+				certs = append(certs, c)
+			}
+			inter := x509.NewCertPool()
+			for _, c := range certs[1:] {
+				inter.AddCert(c)
+			}
+			if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+				return fmt.Errorf("identity: server certificate: %w", err)
+			}
+			if len(certs[0].URIs) != 1 || certs[0].URIs[0].String() != serverID.String() {
+				return fmt.Errorf("identity: server is not %s", serverID)
+			}
+			return nil
+		},
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return nil, err
+	}
+	return &IssuanceClient{conn: conn, token: token}, nil
+}
+
+// Close releases the connection.
+func (c *IssuanceClient) Close() error { return c.conn.Close() }
+
+// Sign sends a CSR, optionally on behalf of namespace/pod.
+func (c *IssuanceClient) Sign(ctx context.Context, req SignRequest) (*SignResponse, error) {
+	tok, err := c.token()
+	if err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	out := new(wrapperspb.BytesValue)
+	if err := c.conn.Invoke(ctx, issuanceMethod, wrapperspb.Bytes(body), out); err != nil {
+		return nil, err
+	}
+	var resp SignResponse
+	if err := json.Unmarshal(out.Value, &resp); err != nil {
+		return nil, fmt.Errorf("identity: bad response: %w", err)
+	}
+	return &resp, nil
+}
