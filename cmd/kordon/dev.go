@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -82,7 +83,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&o.pollInterval, "poll-interval", devconfig.DefaultInterval, "how often --config is checked for changes")
 	_ = cmd.MarkFlagRequired("config")
-	cmd.AddCommand(newDevUpstreamCmd(), newDevExfilSimCmd())
+	cmd.AddCommand(newDevUpstreamCmd(), newDevExfilSimCmd(), newDevGRPCServeCmd(), newDevGRPCCallCmd())
 	return cmd
 }
 
@@ -119,6 +120,10 @@ type devServer struct {
 	xdsAddr      net.Addr
 	dns          *dnsguard.Server
 	dnsAddr      net.Addr
+	ident        *devIdentity
+	// dnsDone is closed when the resolver's Serve returned, that is when
+	// no query handler runs any more.
+	dnsDone chan struct{}
 
 	// applied is the snapshot every component holds, for rollback when a
 	// later component refuses a new one.
@@ -160,6 +165,9 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.startUpstream(); err != nil {
 		return d, err
 	}
+	if d.ident, err = newDevIdentity(ctx, d.stateDir, d.log); err != nil {
+		return d, err
+	}
 	if err := d.newXDS(); err != nil {
 		return d, err
 	}
@@ -185,10 +193,14 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.startDNS(runCtx); err != nil {
 		return d, err
 	}
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go func() {
 		defer d.wg.Done()
 		_ = d.watcher.Run(runCtx)
+	}()
+	go func() {
+		defer d.wg.Done()
+		d.ident.run(runCtx, d.registry, time.Minute)
 	}()
 	d.ready.Store(true)
 	if o.addrFile != "" {
@@ -223,6 +235,9 @@ func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 	if err := d.xds.SetServices(xdsServices(s.Services)); err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
+	if err := d.ident.sync(s.Workloads); err != nil {
+		return err
+	}
 	d.xds.SetPolicies(s.Policies)
 	d.registry.Replace(s.Workloads)
 	return nil
@@ -242,7 +257,7 @@ func (d *devServer) newXDS() error {
 	srv, err := xds.New(xds.Config{
 		Registry:    d.registry,
 		Policies:    &policy.Set{},
-		TrustDomain: policy.DefaultTrustDomain,
+		TrustDomain: xdsTrustDomain,
 		// Dev mode listens on loopback only (checked in startXDS): every
 		// local process may read any workload's config.
 		AllowUnauthenticated: true,
@@ -318,9 +333,9 @@ func (d *devServer) startDNS(ctx context.Context) error {
 		return fmt.Errorf("--dns-listen: %w", err)
 	}
 	d.dnsAddr = pc.LocalAddr()
-	d.wg.Add(1)
+	d.dnsDone = make(chan struct{})
 	go func() {
-		defer d.wg.Done()
+		defer close(d.dnsDone)
 		if err := d.dns.Serve(ctx, pc, ln); err != nil {
 			d.log.Error("dns server stopped", "err", err.Error())
 		}
@@ -515,6 +530,8 @@ func (d *devServer) printSummary(w io.Writer) {
 	fmt.Fprintf(w, "  %-12s %s (udp+tcp), upstream %s\n", "dns", d.dnsAddr, strings.Join(d.upstreamAddr, ","))
 	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/config /v1/xds/status)\n", "http", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
+	fmt.Fprintf(w, "identity: CA for %s (root kept in %s), SVID files in %s/<namespace>/<name>/\n",
+		d.ident.ca.TrustDomain().Name(), filepath.Join(d.stateDir, "ca.json"), d.ident.dir)
 	fmt.Fprintf(w, "watching %s for changes every %s\n", s.Dir, d.opts.pollInterval)
 	fmt.Fprintln(w, "ready")
 }
@@ -537,6 +554,14 @@ func (d *devServer) Shutdown(ctx context.Context) error {
 	d.ready.Store(false)
 	if d.cancel != nil {
 		d.cancel()
+	}
+	if d.dnsDone != nil {
+		// Serve returns once its handlers are done; closing the resolver
+		// (and its query log) before that races with queries in flight.
+		select {
+		case <-d.dnsDone:
+		case <-ctx.Done():
+		}
 	}
 	var errs []error
 	for i := len(d.closers) - 1; i >= 0; i-- {

@@ -19,11 +19,18 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/kordon-dev/kordon/identity"
 	"github.com/kordon-dev/kordon/internal/exfilsim"
+	"github.com/kordon-dev/kordon/internal/meshdemo"
 	"github.com/kordon-dev/kordon/xds"
 	"github.com/miekg/dns"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	xdscreds "google.golang.org/grpc/credentials/xds"
+	"google.golang.org/grpc/status"
+	grpcxds "google.golang.org/grpc/xds"
 )
 
 // lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
@@ -74,7 +81,14 @@ type devHarness struct {
 
 func startDevHarness(t *testing.T) *devHarness {
 	t.Helper()
+	return startDevHarnessWith(t, func(string) {})
+}
+
+// startDevHarnessWith lets edit change the copied dev folder before start.
+func startDevHarnessWith(t *testing.T, edit func(dir string)) *devHarness {
+	t.Helper()
 	h := &devHarness{dir: copyDir(t, "../../examples/dev"), stderr: &lockedBuffer{}, stdout: &lockedBuffer{}}
+	edit(h.dir)
 	o := devOptions{
 		configDir:     h.dir,
 		httpListen:    "127.0.0.1:0",
@@ -402,4 +416,87 @@ func TestDevDNSFlow(t *testing.T) {
 	waitFor(t, "the frontend to resolve the tracker after the change", func() bool {
 		return h.query(t, "127.0.0.10", "tracker.adnet.example", dns.TypeA).Rcode == dns.RcodeSuccess
 	})
+}
+
+// TestDevMeshCalls runs the gRPC part of the demo in process: payments as a
+// proxyless xDS server with its SVID files from dev mode's CA, called by the
+// checkout (allowed by shop/payments-from-checkout) and by the compromised
+// worker (denied mesh-wide by kordon-system/deny-batch-to-pci).
+func TestDevMeshCalls(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.12:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := lis.Addr().(*net.TCPAddr).Port
+	h := startDevHarnessWith(t, func(dir string) {
+		svc := fmt.Sprintf("- {name: payments, namespace: shop, port: %d, protocol: grpc, selector: {app: payments}}\n", port)
+		if err := os.WriteFile(filepath.Join(dir, "services.yaml"), []byte(svc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	bootstrap := func(name string) []byte {
+		dir := h.d.ident.svidDir("shop", name)
+		bs, err := xds.ProxylessBootstrap(xds.BootstrapConfig{
+			ServerURI: h.d.xdsAddr.String(), NodeID: "shop/" + name, InsecureXDS: true,
+			CertFile: filepath.Join(dir, identity.CertFile), KeyFile: filepath.Join(dir, identity.KeyFile), CAFile: filepath.Join(dir, identity.BundleFile),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bs
+	}
+	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs, err := grpcxds.NewGRPCServer(grpc.Creds(creds), grpcxds.BootstrapContentsForTesting(bootstrap("payments")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshdemo.Register(gs)
+	served := make(chan struct{})
+	go func() { defer close(served); _ = gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-served })
+
+	dial := func(name string) *grpc.ClientConn {
+		rb, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := grpc.NewClient(fmt.Sprintf("xds:///payments.shop:%d", port), grpc.WithResolvers(rb), grpc.WithTransportCredentials(mustClientCreds(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return cc
+	}
+	charge := func(cc *grpc.ClientConn) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		out, err := meshdemo.Charge(ctx, cc, "order-7")
+		return out.GetFields()["caller"].GetStringValue(), err
+	}
+	checkout, worker := dial("checkout"), dial("report-worker")
+	var caller string
+	waitFor(t, "checkout's call to succeed", func() bool {
+		c, err := charge(checkout)
+		caller = c
+		return err == nil
+	})
+	if caller != "spiffe://cluster.local/ns/shop/sa/checkout" {
+		t.Errorf("payments saw caller %q", caller)
+	}
+	waitFor(t, "the worker's call to be denied", func() bool {
+		_, err := charge(worker)
+		return status.Code(err) == codes.PermissionDenied
+	})
+}
+
+func mustClientCreds(t *testing.T) credentials.TransportCredentials {
+	t.Helper()
+	creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return creds
 }
