@@ -19,6 +19,10 @@ type BootstrapConfig struct {
 	// through the file_watcher certificate provider, for the workload's
 	// own traffic.
 	CertFile, KeyFile, CAFile string
+	// XDSCAFile verifies the xDS server's certificate (default CAFile):
+	// the controller's serving certificate may come from another PKI than
+	// the SVIDs.
+	XDSCAFile string
 	// BundleMapFile, when set, is a SPIFFE trust bundle map used instead of
 	// CAFile for the workload's traffic (several trust domains; needs
 	// GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true in the workload).
@@ -50,11 +54,15 @@ func ProxylessBootstrap(c BootstrapConfig) ([]byte, error) {
 	type obj = map[string]any
 	creds := []obj{{"type": "insecure"}}
 	if !c.InsecureXDS {
-		if c.CAFile == "" {
-			return nil, errors.New("xds: an mTLS xDS connection needs CAFile")
+		xdsCA := c.XDSCAFile
+		if xdsCA == "" {
+			xdsCA = c.CAFile
+		}
+		if xdsCA == "" {
+			return nil, errors.New("xds: an mTLS xDS connection needs CAFile or XDSCAFile")
 		}
 		creds = []obj{{"type": "tls", "config": obj{
-			"ca_certificate_file": c.CAFile,
+			"ca_certificate_file": xdsCA,
 			"certificate_file":    c.CertFile,
 			"private_key_file":    c.KeyFile,
 			"refresh_interval":    durationJSON(c.RefreshInterval),

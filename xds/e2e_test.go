@@ -92,7 +92,10 @@ func TestProxylessEndToEnd(t *testing.T) {
 		eventually(t, 10*time.Second, "decision flipped back", func() error { return check(front) })
 	})
 	t.Run("another trust domain is refused", func(t *testing.T) {
-		evil := newTestCA(t, "evil.example")
+		// Adversaries: another trust domain's CA, and a CA of its own that
+		// claims this trust domain.
+		evil := newMeshCA(t, "evil.example", nil)
+		forger := newMeshCA(t, testTD, nil)
 		dial := func(cert tls.Certificate) error {
 			creds := credentials.NewTLS(&tls.Config{
 				Certificates: []tls.Certificate{cert},
@@ -117,14 +120,14 @@ func TestProxylessEndToEnd(t *testing.T) {
 			t.Fatalf("foreign SVID: got %v, want Unavailable (handshake refused)", err)
 		}
 		// A foreign CA claiming this trust domain is refused as well.
-		err = dial(evil.tlsCert(t, "spiffe://cluster.local/ns/shop/sa/frontend"))
+		err = dial(forger.tlsCert(t, "spiffe://cluster.local/ns/shop/sa/frontend"))
 		if codeOf(err) != codes.Unavailable {
 			t.Fatalf("forged SVID: got %v, want Unavailable", err)
 		}
 	})
 	t.Run("SVID rotation keeps traffic flowing", func(t *testing.T) {
 		w, _ := m.reg.ByPod("shop", "echo-0")
-		_, serial := writeSVID(t, echoFiles.dir, m.ca, w.SPIFFEID(testTD), nil)
+		_, serial := writeSVID(t, echoFiles.dir, m.ca, w.SPIFFEID(testTD))
 		// The open connection keeps working while the new cert is picked up.
 		if err := check(front); err != nil {
 			t.Fatal(err)
@@ -136,8 +139,8 @@ func TestProxylessEndToEnd(t *testing.T) {
 				return err
 			}
 			info := p.AuthInfo.(credentials.TLSInfo)
-			if got := info.State.PeerCertificates[0].SerialNumber.Int64(); got != serial {
-				return fmt.Errorf("serial %d, want %d", got, serial)
+			if got := info.State.PeerCertificates[0].SerialNumber.String(); got != serial {
+				return fmt.Errorf("serial %s, want %s", got, serial)
 			}
 			return nil
 		})

@@ -44,7 +44,9 @@ func (w tWriter) Write(p []byte) (int, error) {
 // mesh is a running kordon xDS server with a registry and a CA.
 type mesh struct {
 	t        testing.TB
-	ca       *testCA
+	ca       *meshCA
+	cpCA     *testCA
+	cpCAFile string
 	reg      *workload.Registry
 	srv      *Server
 	metrics  *prometheus.Registry
@@ -58,9 +60,17 @@ func loopbackWorkload(ns, name, sa string, labels map[string]string) *workload.W
 
 func startMesh(t testing.TB, ws []*workload.Workload, mutate func(*Config)) *mesh {
 	t.Helper()
-	m := &mesh{t: t, ca: newTestCA(t, testTD), reg: workload.NewRegistry(), metrics: prometheus.NewRegistry()}
+	m := &mesh{t: t, ca: newMeshCA(t, testTD, nil), reg: workload.NewRegistry(), metrics: prometheus.NewRegistry()}
 	m.reg.Replace(ws)
-	m.controlC = m.ca.tlsCert(t, "spiffe://"+testTD+"/ns/kordon-system/sa/kordon", net.ParseIP("127.0.0.1"))
+	// The control plane's serving certificate (with an IP SAN, for TLS
+	// hostname checks) comes from its own PKI; workloads verify it with
+	// XDSCAFile. Client SVIDs come from the mesh CA.
+	m.cpCA = newTestCA(t, "control-plane")
+	m.controlC = m.cpCA.tlsCert(t, "spiffe://"+testTD+"/ns/kordon-system/sa/kordon", net.ParseIP("127.0.0.1"))
+	m.cpCAFile = filepath.Join(t.TempDir(), "control-plane-ca.pem")
+	if err := os.WriteFile(m.cpCAFile, m.cpCA.pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{
 		Registry:      m.reg,
 		TrustDomain:   testTD,
@@ -113,10 +123,10 @@ func (m *mesh) bootstrap(t testing.TB, nodeID string) ([]byte, svidFiles) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	files, _ := writeSVID(t, dir, m.ca, w.SPIFFEID(testTD), nil)
+	files, _ := writeSVID(t, dir, m.ca, w.SPIFFEID(testTD))
 	bs, err := ProxylessBootstrap(BootstrapConfig{
 		ServerURI: m.addr, NodeID: nodeID,
-		CertFile: files.cert, KeyFile: files.key, CAFile: files.ca,
+		CertFile: files.cert, KeyFile: files.key, CAFile: files.ca, XDSCAFile: m.cpCAFile,
 		RefreshInterval: 100 * time.Millisecond,
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,11 +12,14 @@ import (
 	"math/big"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/kordon-dev/kordon/identity"
 )
 
 // testCA is a minimal SPIFFE CA for tests: one self-signed root per trust
@@ -104,28 +108,71 @@ func (ca *testCA) pool() *x509.CertPool {
 	return p
 }
 
-// svidFiles are a workload's SVID files as a node agent writes them.
+// meshCA is kordon's real CA (package identity) as the tests use it.
+type meshCA struct {
+	*identity.CA
+	td string
+}
+
+func newMeshCA(t testing.TB, td string, now func() time.Time) *meshCA {
+	t.Helper()
+	ca, err := identity.New(context.Background(), identity.Config{
+		TrustDomain: td,
+		Store:       &identity.FileStore{Path: filepath.Join(t.TempDir(), "ca.json")},
+		Now:         now,
+		Logger:      testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &meshCA{CA: ca, td: td}
+}
+
+// issue signs an SVID for spiffeID over a fresh key.
+func (ca *meshCA) issue(t testing.TB, spiffeID string) (*identity.SVID, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := ca.SignPublicKey(&key.PublicKey, spiffeid.RequireFromString(spiffeID), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid, key
+}
+
+func (ca *meshCA) tlsCert(t testing.TB, spiffeID string) tls.Certificate {
+	t.Helper()
+	svid, key := ca.issue(t, spiffeID)
+	c := tls.Certificate{PrivateKey: key, Leaf: svid.Chain[0]}
+	for _, cert := range svid.Chain {
+		c.Certificate = append(c.Certificate, cert.Raw)
+	}
+	return c
+}
+
+func (ca *meshCA) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, r := range ca.Roots() {
+		p.AddCert(r)
+	}
+	return p
+}
+
+// svidFiles are a workload's SVID files as the node agent writes them.
 type svidFiles struct {
 	dir, cert, key, ca string
 }
 
-// writeSVID writes (or atomically rewrites) cert.pem, key.pem and ca.pem
-// for spiffeID into dir and returns the serial.
-func writeSVID(t testing.TB, dir string, ca *testCA, spiffeID string, bundle []byte) (svidFiles, int64) {
+// writeSVID writes (or rewrites) a fresh SVID for spiffeID into dir with
+// identity.WriteSVIDFiles and returns its serial.
+func writeSVID(t testing.TB, dir string, ca *meshCA, spiffeID string) (svidFiles, string) {
 	t.Helper()
-	f := svidFiles{dir: dir, cert: filepath.Join(dir, "cert.pem"), key: filepath.Join(dir, "key.pem"), ca: filepath.Join(dir, "ca.pem")}
-	c, k, serial := ca.issue(t, spiffeID)
-	if bundle == nil {
-		bundle = ca.pem
+	svid, key := ca.issue(t, spiffeID)
+	if err := identity.WriteSVIDFiles(dir, svid, key, ca.BundlePEM()); err != nil {
+		t.Fatal(err)
 	}
-	for path, data := range map[string][]byte{f.cert: c, f.key: k, f.ca: bundle} {
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return f, serial
+	f := svidFiles{dir: dir, cert: filepath.Join(dir, identity.CertFile), key: filepath.Join(dir, identity.KeyFile), ca: filepath.Join(dir, identity.BundleFile)}
+	return f, svid.Chain[0].SerialNumber.String()
 }

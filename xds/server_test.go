@@ -35,7 +35,7 @@ import (
 // dialControl connects to the xDS server with an optional client cert.
 func (m *mesh) dialControl(t testing.TB, cert *tls.Certificate) *grpc.ClientConn {
 	t.Helper()
-	cfg := &tls.Config{RootCAs: m.ca.pool(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{RootCAs: m.cpCA.pool(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
@@ -316,42 +316,15 @@ func TestIncrementalPush(t *testing.T) {
 	})
 }
 
-// testIdentities serves SVIDs from a test CA and two trust bundles.
-type testIdentities struct {
-	ca      *testCA
-	foreign *testCA
-	mu      sync.Mutex
-	issued  int
-}
-
-func (ti *testIdentities) SVID(_ context.Context, id string) (SVID, error) {
-	ti.mu.Lock()
-	ti.issued++
-	ti.mu.Unlock()
-	c, k, _ := ti.ca.issue(nilTB{}, id)
-	now := time.Now()
-	return SVID{CertChainPEM: c, KeyPEM: k, NotBefore: now, NotAfter: now.Add(time.Hour)}, nil
-}
-
-func (ti *testIdentities) TrustBundles() map[string][]byte {
-	return map[string][]byte{ti.ca.td: ti.ca.pem, ti.foreign.td: ti.foreign.pem}
-}
-
-// nilTB lets the CA helper run outside a test goroutine; it panics on
-// failure, which fails the test binary.
-type nilTB struct{ testing.TB }
-
-func (nilTB) Helper()               {}
-func (nilTB) Fatal(args ...any)     { panic(fmt.Sprint(args...)) }
-func (nilTB) Fatalf(string, ...any) { panic("test CA failure") }
-
 // TestEnvoySDSAndRBAC checks an Envoy node's configuration at the protocol
 // level: SDS Secrets with its SVID and a SPIFFE validator for two trust
 // domains, inbound listeners with HTTP and network RBAC referring to them.
 func TestEnvoySDSAndRBAC(t *testing.T) {
 	t.Parallel()
 	ws := append(shopWorkloads(), loopbackWorkload("shop", "gateway-0", "gateway", map[string]string{"app": "gateway"}))
-	ids := &testIdentities{}
+	ids := &CAIdentities{}
+	partner := newMeshCA(t, "partner.example", nil)
+	ids.Federated = func() map[string][]byte { return map[string][]byte{"partner.example": partner.BundlePEM()} }
 	m := startMesh(t, ws, func(c *Config) {
 		c.Identities = ids
 		c.Services = []Service{
@@ -359,7 +332,7 @@ func TestEnvoySDSAndRBAC(t *testing.T) {
 			{Name: "gateway-tcp", Namespace: "shop", Port: 9000, Protocol: ProtocolTCP, Selector: map[string]string{"app": "gateway"}},
 		}
 	})
-	ids.ca, ids.foreign = m.ca, newTestCA(t, "partner.example")
+	ids.CA = m.ca.CA
 	m.srv.SetPolicies(mustPolicies(t, strings.ReplaceAll(allowPolicy("frontend"), "{app: echo}", "{app: gateway}")))
 
 	cc := m.dialControl(t, m.svidCert(t, "shop", "gateway-0"))
@@ -599,13 +572,13 @@ func TestSDSRenewsSVIDAtHalfLife(t *testing.T) {
 	t.Parallel()
 	ws := []*workload.Workload{loopbackWorkload("shop", "gateway-0", "gateway", map[string]string{"app": "gateway"})}
 	clock := &fakeClock{now: time.Now()}
-	ids := &clockIdentities{clock: clock}
+	ids := &CAIdentities{}
 	m := startMesh(t, ws, func(c *Config) {
 		c.Identities = ids
 		c.Now = clock.Now
 		c.SVIDRefresh = 10 * time.Millisecond
 	})
-	ids.ca = m.ca
+	ids.CA = newMeshCA(t, testTD, clock.Now).CA
 	cc := m.dialControl(t, m.svidCert(t, "shop", "gateway-0"))
 	c, err := adsclient.Open(context.Background(), cc, envoyNode("shop/gateway-0"))
 	if err != nil {
@@ -636,21 +609,6 @@ func TestSDSRenewsSVIDAtHalfLife(t *testing.T) {
 	if serial(second) == serial(first) {
 		t.Fatal("SVID not renewed")
 	}
-}
-
-type clockIdentities struct {
-	ca    *testCA
-	clock *fakeClock
-}
-
-func (ci *clockIdentities) SVID(_ context.Context, id string) (SVID, error) {
-	c, k, _ := ci.ca.issue(nilTB{}, id)
-	now := ci.clock.Now()
-	return SVID{CertChainPEM: c, KeyPEM: k, NotBefore: now, NotAfter: now.Add(time.Hour)}, nil
-}
-
-func (ci *clockIdentities) TrustBundles() map[string][]byte {
-	return map[string][]byte{ci.ca.td: ci.ca.pem}
 }
 
 // TestRegistryChangesUpdateEndpoints: a new workload behind a service

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -25,6 +23,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	grpcxds "google.golang.org/grpc/xds"
+
+	"github.com/kordon-dev/kordon/identity"
 )
 
 // The test binary doubles as a proxyless workload: with
@@ -111,30 +111,6 @@ func workloadClient(target, expect string) int {
 	return 1
 }
 
-// writeBundleMap writes a SPIFFE trust bundle map for cas.
-func writeBundleMap(t testing.TB, path string, cas ...*testCA) {
-	t.Helper()
-	doc := struct {
-		TrustDomains map[string]json.RawMessage `json:"trust_domains"`
-	}{TrustDomains: map[string]json.RawMessage{}}
-	for _, ca := range cas {
-		b := spiffebundle.New(spiffeid.RequireTrustDomainFromString(ca.td))
-		b.AddX509Authority(ca.cert)
-		data, err := b.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		doc.TrustDomains[ca.td] = data
-	}
-	data, err := json.Marshal(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // startWorkload re-executes the test binary as a workload with its own
 // bootstrap in the environment.
 func startWorkload(t *testing.T, mode string, bootstrap []byte, extra ...string) (*exec.Cmd, *bufio.Reader, io.WriteCloser) {
@@ -182,13 +158,19 @@ func TestSubprocessWorkloadsWithSPIFFEBundleMap(t *testing.T) {
 		t.Skip("starts processes")
 	}
 	m := startMesh(t, shopWorkloads(), nil)
-	partner := newTestCA(t, "partner.example")
+	partner := newMeshCA(t, "partner.example", nil)
 	m.srv.SetPolicies(mustPolicies(t, allowPolicy("frontend")))
 
 	bootstrapWithMap := func(nodeID string) []byte {
 		bs, files := m.bootstrap(t, nodeID)
 		mapFile := filepath.Join(files.dir, "bundles.json")
-		writeBundleMap(t, mapFile, m.ca, partner)
+		bm, err := identity.BundleMap(m.ca.SPIFFEBundle(), partner.SPIFFEBundle())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(mapFile, bm, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		var doc map[string]any
 		if err := json.Unmarshal(bs, &doc); err != nil {
 			t.Fatal(err)
@@ -252,12 +234,13 @@ func TestSubprocessWorkloadsWithSPIFFEBundleMap(t *testing.T) {
 		eventually(t, 10*time.Second, "partner allowed", func() error { return dial(partnerFront) })
 	})
 	t.Run("untrusted trust domain fails the handshake", func(t *testing.T) {
-		stranger := newTestCA(t, "stranger.example")
+		stranger := newMeshCA(t, "stranger.example", nil)
 		if err := dial(stranger.tlsCert(t, "spiffe://stranger.example/ns/shop/sa/frontend")); codeOf(err) != codes.Unavailable {
 			t.Fatalf("got %v, want Unavailable", err)
 		}
-		// A stranger CA claiming the partner's trust domain fails too.
-		if err := dial(stranger.tlsCert(t, "spiffe://partner.example/ns/shop/sa/frontend")); codeOf(err) != codes.Unavailable {
+		// A CA of its own claiming the partner's trust domain fails too.
+		forger := newMeshCA(t, "partner.example", nil)
+		if err := dial(forger.tlsCert(t, "spiffe://partner.example/ns/shop/sa/frontend")); codeOf(err) != codes.Unavailable {
 			t.Fatalf("got %v, want Unavailable", err)
 		}
 	})

@@ -91,6 +91,7 @@ domains (set GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true in the workload).`,
 	f.StringVar(&c.CertFile, "cert", "", "SVID certificate chain file (PEM)")
 	f.StringVar(&c.KeyFile, "key", "", "SVID private key file (PEM)")
 	f.StringVar(&c.CAFile, "ca", "", "trust bundle file (PEM)")
+	f.StringVar(&c.XDSCAFile, "xds-ca", "", "CA file verifying the xDS server (default: --ca)")
 	f.StringVar(&c.BundleMapFile, "bundle-map", "", "SPIFFE trust bundle map file (several trust domains)")
 	f.DurationVar(&c.RefreshInterval, "refresh", 10*time.Second, "how often the certificate files are re-read")
 	f.BoolVar(&c.InsecureXDS, "insecure-xds", false, "connect to the xDS server without TLS (kordon dev on loopback)")
