@@ -90,6 +90,7 @@ pids+=($!)
 wait_file "$work/dev.addr"
 HTTP=$(addr_of "$work/dev.addr" http)
 DNS=$(addr_of "$work/dev.addr" dns)
+XDS=$(addr_of "$work/dev.addr" xds)
 DNS_HOST=${DNS%:*}
 DNS_PORT=${DNS##*:}
 for i in $(seq "$WAIT_STEPS"); do
@@ -117,6 +118,22 @@ ask collect.analytics.example catalog 127.0.0.14
 step "The query log: one JSON object per query (who asked, what, verdict, policy)"
 note "(from --query-log; the last three lines)"
 tail -n 3 "$work/queries.log" | sed 's/^/  /'
+
+step "Mesh: gRPC calls between workloads, mTLS with SVIDs from kordon's CA, RBAC pushed over xDS"
+note "payments serves on 127.0.0.12:8082 as a proxyless gRPC xDS server; its listener, certificates and policy come from kordon dev"
+# bootstrap WORKLOAD: the grpc-go xDS bootstrap of one shop workload, with
+# the SVID files kordon dev wrote for it.
+bootstrap() {
+	local d="$work/state/svids/shop/$1"
+	"$KORDON" xds bootstrap --xds "$XDS" --node "shop/$1" --insecure-xds --refresh 1s \
+		--cert "$d/svid.pem" --key "$d/svid_key.pem" --ca "$d/bundle.pem"
+}
+GRPC_XDS_BOOTSTRAP_CONFIG="$(bootstrap payments)" "$KORDON" dev grpc-serve --listen 127.0.0.12:8082 >"$work/payments.out" 2>"$work/payments.err" &
+pids+=($!)
+printf '%s$ kordon dev grpc-call --target payments.shop:8082%s   %s# as checkout (spiffe://cluster.local/ns/shop/sa/checkout)%s\n' "$bold" "$off" "$dim" "$off"
+GRPC_XDS_BOOTSTRAP_CONFIG="$(bootstrap checkout)" "$KORDON" dev grpc-call --target payments.shop:8082 --expect OK 2>"$work/grpc.err" | sed 's/^/    /'
+printf '%s$ kordon dev grpc-call --target payments.shop:8082%s   %s# as report-worker%s\n' "$bold" "$off" "$dim" "$off"
+GRPC_XDS_BOOTSTRAP_CONFIG="$(bootstrap report-worker)" "$KORDON" dev grpc-call --target payments.shop:8082 --expect PermissionDenied 2>>"$work/grpc.err" | sed 's/^/    /'
 
 step "Exfiltration: the compromised report-worker (127.0.0.13) leaks a fake customer file over DNS"
 note "base32 chunks of the file as subdomains of telemetry-cdn.example, which the upstream answers"
