@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -26,11 +27,11 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			s.onStreamClosed(id, n)
 		},
 		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
-			var names []string
+			var lu *listenerUpdate
 			if req.GetTypeUrl() == resourcev3.ListenerType {
-				names = req.GetResourceNames()
+				lu = &listenerUpdate{replace: true, subscribe: req.GetResourceNames()}
 			}
-			nacked, err := s.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), names)
+			nacked, err := s.onRequest(id, req.GetNode(), req.GetResponseNonce(), req.GetErrorDetail(), lu)
 			if nacked != "" {
 				// The snapshot cache answers at once any request whose
 				// version differs from the snapshot's, so a NACK (which
@@ -45,11 +46,11 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			s.onResponse(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-			var names []string
+			var lu *listenerUpdate
 			if req.GetTypeUrl() == resourcev3.ListenerType {
-				names = req.GetResourceNamesSubscribe()
+				lu = &listenerUpdate{subscribe: req.GetResourceNamesSubscribe(), unsubscribe: req.GetResourceNamesUnsubscribe()}
 			}
-			_, err := s.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), names)
+			_, err := s.onRequest(id, req.GetNode(), req.GetResponseNonce(), req.GetErrorDetail(), lu)
 			return err
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
@@ -151,10 +152,18 @@ func (s *Server) bind(id int64, st *stream, n *corev3.Node) (*node, error) {
 	return nd, nil
 }
 
+// listenerUpdate is what a request says about the Listener names a stream
+// wants: the whole set (state of the world) or a change (delta).
+type listenerUpdate struct {
+	replace     bool
+	subscribe   []string
+	unsubscribe []string
+}
+
 // onRequest authenticates and binds the stream, records an ACK or NACK
 // and builds for newly requested Listener names. It returns the version a
 // NACK rejected.
-func (s *Server) onRequest(id int64, n *corev3.Node, typeURL, nonce string, errDetail *rpcstatus.Status, listenerNames []string) (nacked string, err error) {
+func (s *Server) onRequest(id int64, n *corev3.Node, nonce string, errDetail *rpcstatus.Status, lu *listenerUpdate) (nacked string, err error) {
 	s.mu.Lock()
 	st := s.streams[id]
 	s.mu.Unlock()
@@ -189,16 +198,34 @@ func (s *Server) onRequest(id int64, n *corev3.Node, typeURL, nonce string, errD
 		nacked = s.recordReply(st, nd.id, nonce, errDetail)
 	}
 	// Build for the Listener names this node asks for before the cache
-	// looks at the request, so the first answer carries them.
+	// looks at the request, so the first answer carries them; names no
+	// stream of the node wants any more are dropped.
 	fresh := false
-	s.mu.Lock()
-	for _, name := range listenerNames {
-		if !nd.requested[name] {
-			nd.requested[name] = true
+	if lu != nil {
+		s.mu.Lock()
+		if lu.replace || st.names == nil {
+			st.names = map[string]bool{}
+		}
+		for _, name := range lu.subscribe {
+			st.names[name] = true
+		}
+		for _, name := range lu.unsubscribe {
+			delete(st.names, name)
+		}
+		union := map[string]bool{}
+		for sid := range nd.streams {
+			if other := s.streams[sid]; other != nil {
+				for name := range other.names {
+					union[name] = true
+				}
+			}
+		}
+		if !maps.Equal(union, nd.requested) {
+			nd.requested = union
 			fresh = true
 		}
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	nd.mu.Lock()
 	first := nd.gen == 0
 	nd.mu.Unlock()

@@ -105,6 +105,8 @@ type stream struct {
 	identity *Identity
 	nodeID   string
 	nonces   map[string]sent
+	// names are the Listener names this stream subscribes to.
+	names map[string]bool
 }
 
 // New validates cfg and returns a Server. It starts nothing; call Serve.

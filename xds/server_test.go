@@ -711,3 +711,46 @@ func TestPushesAreDebounced(t *testing.T) {
 		t.Fatalf("snapshot %q, want the second", st.SnapshotVersion)
 	}
 }
+
+// TestUnsubscribedListenersAreDropped: the snapshot follows the names the
+// node currently asks for, not every name it ever asked for.
+func TestUnsubscribedListenersAreDropped(t *testing.T) {
+	t.Parallel()
+	m := startMesh(t, shopWorkloads(), func(c *Config) {
+		c.Services = []Service{{Name: "echo", Namespace: "shop", Port: 8080, Selector: map[string]string{"app": "echo"}}}
+	})
+	cc := m.dialControl(t, m.svidCert(t, "shop", "frontend-0"))
+	c, err := adsclient.Open(context.Background(), cc, &corev3.Node{Id: "shop/frontend-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	names := func(resp *discoveryv3.DiscoveryResponse) string {
+		var out []string
+		for _, a := range resp.Resources {
+			l := &listenerv3.Listener{}
+			if err := a.UnmarshalTo(l); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, l.Name)
+		}
+		sort.Strings(out)
+		return strings.Join(out, ",")
+	}
+	if err := c.Subscribe(resourcev3.ListenerType, "echo.shop:8080", "echo.shop"); err != nil {
+		t.Fatal(err)
+	}
+	first := recvType(t, c, resourcev3.ListenerType)
+	if got := names(first); got != "echo.shop,echo.shop:8080" {
+		t.Fatalf("listeners %s", got)
+	}
+	if err := c.Ack(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe(resourcev3.ListenerType, "echo.shop"); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(recvType(t, c, resourcev3.ListenerType)); got != "echo.shop" {
+		t.Fatalf("listeners after unsubscribe %s", got)
+	}
+}
