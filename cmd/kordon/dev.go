@@ -121,6 +121,8 @@ type devServer struct {
 	dns          *dnsguard.Server
 	dnsAddr      net.Addr
 	ident        *devIdentity
+	sockets      *devSockets
+	runCtx       context.Context
 	// dnsDone is closed when the resolver's Serve returned, that is when
 	// no query handler runs any more.
 	dnsDone chan struct{}
@@ -150,7 +152,7 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	}
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d.cancel = cancel
+	d.cancel, d.runCtx = cancel, runCtx
 	defer func() {
 		if err != nil {
 			shutdownCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
@@ -168,6 +170,8 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if d.ident, err = newDevIdentity(ctx, d.stateDir, d.log); err != nil {
 		return d, err
 	}
+	d.sockets = newDevSockets(d.stateDir, d.registry, d.ident.ca, d.log)
+	d.closers = append(d.closers, d.sockets.close)
 	if err := d.newXDS(); err != nil {
 		return d, err
 	}
@@ -240,6 +244,9 @@ func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 	}
 	d.xds.SetPolicies(s.Policies)
 	d.registry.Replace(s.Workloads)
+	if err := d.sockets.sync(d.runCtx, s.Workloads); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -258,6 +265,7 @@ func (d *devServer) newXDS() error {
 		Registry:    d.registry,
 		Policies:    &policy.Set{},
 		TrustDomain: xdsTrustDomain,
+		Identities:  &xds.CAIdentities{CA: d.ident.ca},
 		// Dev mode listens on loopback only (checked in startXDS): every
 		// local process may read any workload's config.
 		AllowUnauthenticated: true,
@@ -530,6 +538,7 @@ func (d *devServer) printSummary(w io.Writer) {
 	fmt.Fprintf(w, "  %-12s %s (udp+tcp), upstream %s\n", "dns", d.dnsAddr, strings.Join(d.upstreamAddr, ","))
 	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/config /v1/xds/status)\n", "http", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
+	fmt.Fprintf(w, "  %-12s %s/<namespace>_<name>.sock (SPIFFE Workload API, one socket per workload)\n", "workload API", d.sockets.dir)
 	fmt.Fprintf(w, "identity: CA for %s (root kept in %s), SVID files in %s/<namespace>/<name>/\n",
 		d.ident.ca.TrustDomain().Name(), filepath.Join(d.stateDir, "ca.json"), d.ident.dir)
 	fmt.Fprintf(w, "watching %s for changes every %s\n", s.Dir, d.opts.pollInterval)

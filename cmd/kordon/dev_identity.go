@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,4 +132,116 @@ func (di *devIdentity) run(ctx context.Context, reg *workload.Registry, every ti
 			}
 		}
 	}
+}
+
+// devSockets serves the SPIFFE Workload API on one Unix socket per workload,
+// --state-dir/agent/<namespace>_<name>.sock. With no pods and no cgroups in
+// dev mode, the socket a process opens is what attests it: the state folder
+// is 0700, so only the user running kordon dev can connect.
+type devSockets struct {
+	dir      string
+	registry *workload.Registry
+	issuer   identity.Issuer
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	serving map[string]devSocket // by workload key
+}
+
+type devSocket struct {
+	path   string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newDevSockets(stateDir string, reg *workload.Registry, ca *identity.CA, log *slog.Logger) *devSockets {
+	return &devSockets{
+		dir:      filepath.Join(stateDir, "agent"),
+		registry: reg,
+		issuer:   &identity.LocalIssuer{CA: ca},
+		log:      log,
+		serving:  map[string]devSocket{},
+	}
+}
+
+// socketPath is the Workload API socket of namespace/name.
+func (s *devSockets) socketPath(namespace, name string) string {
+	return filepath.Join(s.dir, namespace+"_"+name+".sock")
+}
+
+// sync opens a socket for each new workload and closes those of workloads
+// that are gone.
+func (s *devSockets) sync(ctx context.Context, ws []*workload.Workload) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, w := range ws {
+		keep[w.Key()] = true
+		if _, ok := s.serving[w.Key()]; ok {
+			continue
+		}
+		if err := s.open(ctx, w.Namespace, w.Name); err != nil {
+			return err
+		}
+	}
+	for key, sock := range s.serving {
+		if !keep[key] {
+			sock.cancel()
+			<-sock.done
+			_ = os.Remove(sock.path)
+			delete(s.serving, key)
+		}
+	}
+	return nil
+}
+
+func (s *devSockets) open(ctx context.Context, namespace, name string) error {
+	key := namespace + "/" + name
+	api, err := identity.NewWorkloadAPI(identity.WorkloadAPIConfig{
+		Issuer: s.issuer,
+		Attestor: identity.AttestorFunc(func(context.Context, int32) (*workload.Workload, error) {
+			// Looked up per call: a workload removed from the folder gets nothing.
+			w, ok := s.registry.ByPod(namespace, name)
+			if !ok {
+				return nil, identity.ErrUnknownCaller
+			}
+			return w, nil
+		}),
+		Logger: s.log,
+	})
+	if err != nil {
+		return err
+	}
+	path := s.socketPath(namespace, name)
+	_ = os.Remove(path) // a socket left by a killed run
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("workload API socket for %s: %w", key, err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := api.Serve(sctx, ln); err != nil {
+			s.log.Error("workload API stopped", "workload", key, "err", err.Error())
+		}
+	}()
+	s.serving[key] = devSocket{path: path, cancel: cancel, done: done}
+	return nil
+}
+
+// close stops every socket.
+func (s *devSockets) close(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, sock := range s.serving {
+		sock.cancel()
+		<-sock.done
+		_ = os.Remove(sock.path)
+		delete(s.serving, key)
+	}
+	return nil
 }

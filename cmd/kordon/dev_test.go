@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"github.com/kordon-dev/kordon/internal/meshdemo"
 	"github.com/kordon-dev/kordon/xds"
 	"github.com/miekg/dns"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -499,4 +501,54 @@ func mustClientCreds(t *testing.T) credentials.TransportCredentials {
 		t.Fatal(err)
 	}
 	return creds
+}
+
+// TestDevWorkloadAPI fetches SVIDs over the per-workload Workload API
+// sockets with go-spiffe's own client, and checks a removed workload's
+// socket goes away.
+func TestDevWorkloadAPI(t *testing.T) {
+	h := startDevHarness(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	path := h.d.sockets.socketPath("shop", "checkout")
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := svid.ID.String(); got != "spiffe://cluster.local/ns/shop/sa/checkout" {
+		t.Errorf("SVID for %s", got)
+	}
+	// The SVID chains to the same root as the files written for xDS.
+	bundle, err := os.ReadFile(filepath.Join(h.d.ident.svidDir("shop", "checkout"), identity.BundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(bundle) {
+		t.Fatal("no certificate in bundle.pem")
+	}
+	if _, err := svid.Certificates[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("Workload API SVID does not chain to the bundle: %v", err)
+	}
+
+	wl := filepath.Join(h.dir, "workloads.yaml")
+	b, err := os.ReadFile(wl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(string(b), "- name: catalog")
+	if i < 0 {
+		t.Fatal("catalog not in workloads.yaml")
+	}
+	if err := os.WriteFile(wl, b[:i], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gone := h.d.sockets.socketPath("shop", "catalog")
+	waitFor(t, "the catalog's socket to go", func() bool {
+		_, err := os.Stat(gone)
+		return os.IsNotExist(err)
+	})
+	if _, err := os.Stat(h.d.ident.svidDir("shop", "catalog")); !os.IsNotExist(err) {
+		t.Errorf("catalog's SVID files still there: %v", err)
+	}
 }
