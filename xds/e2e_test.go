@@ -44,7 +44,7 @@ func TestProxylessEndToEnd(t *testing.T) {
 	m.srv.SetPolicies(mustPolicies(t, allowPolicy("frontend")))
 
 	echoBS, echoFiles := m.bootstrap(t, "shop/echo-0")
-	startEcho(t, echoBS, lis)
+	conns := startEcho(t, echoBS, lis)
 
 	target := "echo.shop:" + strconv.Itoa(int(port))
 	frontBS, _ := m.bootstrap(t, "shop/frontend-0")
@@ -77,6 +77,10 @@ func TestProxylessEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("policy change flips the decision at runtime", func(t *testing.T) {
+		before := conns.n.Load()
+		if before == 0 {
+			t.Fatal("the connection counter saw no connection")
+		}
 		m.srv.SetPolicies(mustPolicies(t, allowPolicy("intruder")))
 		took := eventually(t, 10*time.Second, "decision flipped", func() error {
 			if err := check(intruder); err != nil {
@@ -90,6 +94,11 @@ func TestProxylessEndToEnd(t *testing.T) {
 		t.Logf("flip took %v", took)
 		m.srv.SetPolicies(mustPolicies(t, allowPolicy("frontend")))
 		eventually(t, 10*time.Second, "decision flipped back", func() error { return check(front) })
+		// The policy travels in the RouteConfiguration: the server keeps its
+		// Listener, so the clients' connections were not drained.
+		if after := conns.n.Load(); after != before {
+			t.Fatalf("connections accepted during the flips: %d -> %d", before, after)
+		}
 	})
 	t.Run("another trust domain is refused", func(t *testing.T) {
 		// Adversaries: another trust domain's CA, and a CA of its own that

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/stats"
 	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/kordon-dev/kordon/internal/workload"
@@ -137,13 +139,26 @@ func (m *mesh) bootstrap(t testing.TB, nodeID string) ([]byte, svidFiles) {
 
 // startEcho starts a proxyless gRPC xDS server (the health service) for
 // nodeID on lis.
-func startEcho(t testing.TB, bs []byte, lis net.Listener) {
+// connCounter counts the connections a gRPC server accepted.
+type connCounter struct{ n atomic.Int64 }
+
+func (c *connCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context   { return ctx }
+func (c *connCounter) HandleRPC(context.Context, stats.RPCStats)                         {}
+func (c *connCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (c *connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
+	if _, ok := s.(*stats.ConnBegin); ok {
+		c.n.Add(1)
+	}
+}
+
+func startEcho(t testing.TB, bs []byte, lis net.Listener) *connCounter {
 	t.Helper()
+	conns := &connCounter{}
 	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, err := grpcxds.NewGRPCServer(grpc.Creds(creds), grpcxds.BootstrapContentsForTesting(bs))
+	gs, err := grpcxds.NewGRPCServer(grpc.Creds(creds), grpc.StatsHandler(conns), grpcxds.BootstrapContentsForTesting(bs))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +167,7 @@ func startEcho(t testing.TB, bs []byte, lis net.Listener) {
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = gs.Serve(lis) }()
 	t.Cleanup(func() { gs.Stop(); wg.Wait() })
+	return conns
 }
 
 // dialXDS returns a proxyless gRPC client connection to target.
