@@ -127,20 +127,25 @@ server:
   module-config: "iterator"
   qname-minimisation: no
   do-ip6: no
+  local-zone: "test." nodefault
 forward-zone:
   name: "."
   forward-addr: 127.0.0.1@$NSD_PORT
 U
 /usr/sbin/unbound -d -c "$WORK/unbound.conf" >"$WORK/unbound.log" 2>&1 & UB_PID=$!; PIDS+=($UB_PID)
 
-wait_ready() { # port
+wait_ready() { # name port
   for _ in $(seq 1 100); do
-    if dig +short +tries=1 +time=1 @127.0.0.1 -p "$1" ready.bench.test A 2>/dev/null | grep -q 192.0.2.1; then return 0; fi
-    sleep 0.1
+    if dig +short +tries=1 +time=1 @127.0.0.1 -p "$2" ready.bench.test A 2>/dev/null | grep -q 192.0.2.1; then return 0; fi
+    sleep 0.2
   done
-  echo "server on port $1 did not become ready"; exit 1
+  echo "$1 on port $2 did not become ready; last answer:"
+  dig +tries=1 +time=2 @127.0.0.1 -p "$2" ready.bench.test A || true
+  echo "logs:"
+  for f in "$WORK"/*.log "$WORK"/*.out; do echo "== $f"; tail -5 "$f"; done
+  exit 1
 }
-for p in $NSD_PORT $DG_PORT $CD_PORT $UB_PORT; do wait_ready "$p"; done
+wait_ready nsd $NSD_PORT; wait_ready dnsguard $DG_PORT; wait_ready coredns $CD_PORT; wait_ready unbound $UB_PORT
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)
