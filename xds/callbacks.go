@@ -137,7 +137,7 @@ func (s *Server) bind(id int64, st *stream, n *corev3.Node) (*node, error) {
 	s.mu.Lock()
 	nd := s.nodes[nodeID]
 	if nd == nil {
-		nd = &node{id: nodeID, kind: kind, streams: map[int64]bool{}, requested: map[string]bool{}}
+		nd = &node{id: nodeID, kind: kind, serviceAccount: w.ServiceAccount, streams: map[int64]bool{}, requested: map[string]bool{}}
 		s.nodes[nodeID] = nd
 	}
 	nd.streams[id] = true

@@ -95,8 +95,8 @@ type node struct {
 	// guarded by mu:
 	gen     uint64
 	hash    string
-	spiffe  string
-	svidFor string
+	// serviceAccount is the one authorized when the node was bound.
+	serviceAccount string
 }
 
 type sent struct{ typeURL, version string }
@@ -465,6 +465,11 @@ func (s *Server) setNamespaces(n *node, nss map[string]bool) {
 func (s *Server) buildNode(ctx context.Context, n *node, requested []string) (*built, error) {
 	ns, pod, _ := strings.Cut(n.id, "/")
 	w, ok := s.cfg.Registry.ByPod(ns, pod)
+	// A pod re-created under the same name with another service account
+	// is not the workload the streams authenticated as.
+	if ok && w.ServiceAccount != n.serviceAccount {
+		ok = false
+	}
 	if !ok {
 		// The workload is gone: serve nothing (a proxyless server goes
 		// NOT_SERVING) rather than its stale policy.

@@ -663,8 +663,27 @@ func TestRegistryChangesUpdateEndpoints(t *testing.T) {
 	if err := c.Ack(eds); err != nil {
 		t.Fatal(err)
 	}
-	m.reg.Delete("shop", "frontend-0")
+	// The pod re-created under the same name with another service account
+	// is not the workload the stream authenticated as.
+	impostor := loopbackWorkload("shop", "frontend-0", "other", map[string]string{"app": "frontend"})
+	m.reg.Upsert(impostor)
 	lds := recvType(t, c, resourcev3.ListenerType)
+	if len(lds.Resources) != 0 {
+		t.Fatalf("workload with another service account still has %d listeners", len(lds.Resources))
+	}
+	if err := c.Ack(lds); err != nil {
+		t.Fatal(err)
+	}
+	m.reg.Upsert(loopbackWorkload("shop", "frontend-0", "frontend", map[string]string{"app": "frontend"}))
+	lds = recvType(t, c, resourcev3.ListenerType)
+	if len(lds.Resources) != 1 {
+		t.Fatalf("restored workload has %d listeners", len(lds.Resources))
+	}
+	if err := c.Ack(lds); err != nil {
+		t.Fatal(err)
+	}
+	m.reg.Delete("shop", "frontend-0")
+	lds = recvType(t, c, resourcev3.ListenerType)
 	if len(lds.Resources) != 0 {
 		t.Fatalf("removed workload still has %d listeners", len(lds.Resources))
 	}
