@@ -93,8 +93,8 @@ type node struct {
 	requested  map[string]bool
 	namespaces map[string]bool
 	// guarded by mu:
-	gen     uint64
-	hash    string
+	gen  uint64
+	hash string
 	// serviceAccount is the one authorized when the node was bound.
 	serviceAccount string
 }
