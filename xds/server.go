@@ -86,6 +86,8 @@ type compileResult struct {
 type node struct {
 	id   string
 	kind NodeKind
+	// serviceAccount is the one authorized when the node was bound.
+	serviceAccount string
 	// mu serialises builds of this node.
 	mu sync.Mutex
 	// guarded by Server.mu:
@@ -95,8 +97,6 @@ type node struct {
 	// guarded by mu:
 	gen  uint64
 	hash string
-	// serviceAccount is the one authorized when the node was bound.
-	serviceAccount string
 }
 
 type sent struct{ typeURL, version string }
@@ -171,7 +171,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.st.Store(newState(cfg.Policies, services, nil))
+	s.st.Store(newState(cfg.Policies, services))
 	s.regFprint = workloadFingerprints(cfg.Registry.List())
 	return s, nil
 }
@@ -197,7 +197,7 @@ func checkServices(in []Service) ([]*Service, error) {
 	return out, nil
 }
 
-func newState(set *policy.Set, services []*Service, old *state) *state {
+func newState(set *policy.Set, services []*Service) *state {
 	st := &state{policies: set, services: services, compiled: map[string]compileResult{}}
 	st.policyFP = map[string]string{}
 	byNS := map[string][]*policy.AuthorizationPolicy{}
@@ -253,7 +253,7 @@ func (s *Server) SetPolicies(set *policy.Set) {
 		set = &policy.Set{}
 	}
 	old := s.st.Load()
-	next := newState(set, old.services, old)
+	next := newState(set, old.services)
 	changed := changedKeys(old.policyFP, next.policyFP)
 	// Keep compiled results of namespaces that did not change.
 	if !changed[s.cfg.RootNamespace] {
@@ -277,7 +277,7 @@ func (s *Server) SetServices(services []Service) error {
 		return err
 	}
 	old := s.st.Load()
-	next := newState(old.policies, checked, old)
+	next := newState(old.policies, checked)
 	old.compileMu.Lock()
 	for k, v := range old.compiled {
 		next.compiled[k] = v
@@ -595,7 +595,7 @@ func (s *Server) RecomputeAll(ctx context.Context) time.Duration {
 	// A fresh state drops the compile cache, so this measures compilation
 	// too.
 	old := s.st.Load()
-	s.st.Store(newState(old.policies, old.services, nil))
+	s.st.Store(newState(old.policies, old.services))
 	s.markDirty(ids...)
 	start := time.Now()
 	s.pushDirty(ctx)
