@@ -230,6 +230,33 @@ func run(o options, out io.Writer) error {
 	fmt.Fprintf(out, "policy change -> ACK of every affected node (%d changes, %d node ACKs, debounce %v): p50 %v  p99 %v  max %v\n",
 		o.changes, len(lat), o.debounce, pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
 
+	// A mesh-wide (root namespace) policy change reaches every node.
+	root, err := policy.Parse("root.yaml", []byte(`apiVersion: security.kordon.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-debug, namespace: kordon-system}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/debug/*"]}}]
+`), policy.LoadOptions{})
+	if err != nil {
+		return err
+	}
+	next := &policy.Set{Authorization: append(append([]*policy.AuthorizationPolicy(nil), cur.Authorization...), root.Authorization...), Egress: cur.Egress}
+	t0 := time.Now()
+	srv.SetPolicies(next)
+	var acks map[string]time.Time
+	if err := waitFor(60*time.Second, errs, func() bool { var ok bool; acks, ok = allAcked(ids, t0); return ok }); err != nil {
+		return fmt.Errorf("root change: %w", err)
+	}
+	var all []time.Duration
+	for _, at := range acks {
+		all = append(all, at.Sub(t0))
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	fmt.Fprintf(out, "root-namespace policy change -> ACK of all %d nodes: p50 %v  p99 %v  last %v\n",
+		len(all), all[len(all)/2].Round(time.Millisecond), all[min(len(all)-1, len(all)*99/100)].Round(time.Millisecond), all[len(all)-1].Round(time.Millisecond))
+
 	runtime.GC()
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
