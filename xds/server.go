@@ -42,6 +42,9 @@ type Server struct {
 	now     func() time.Time
 
 	st atomic.Pointer[state]
+	// setMu serialises SetPolicies, SetServices and RecomputeAll, which
+	// derive the next state from the current one.
+	setMu sync.Mutex
 
 	mu      sync.Mutex // guards nodes, streams
 	nodes   map[string]*node
@@ -252,6 +255,8 @@ func (s *Server) SetPolicies(set *policy.Set) {
 	if set == nil {
 		set = &policy.Set{}
 	}
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
 	old := s.st.Load()
 	next := newState(set, old.services)
 	changed := changedKeys(old.policyFP, next.policyFP)
@@ -276,6 +281,8 @@ func (s *Server) SetServices(services []Service) error {
 	if err != nil {
 		return err
 	}
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
 	old := s.st.Load()
 	next := newState(old.policies, checked)
 	old.compileMu.Lock()
@@ -594,8 +601,10 @@ func (s *Server) RecomputeAll(ctx context.Context) time.Duration {
 	s.mu.Unlock()
 	// A fresh state drops the compile cache, so this measures compilation
 	// too.
+	s.setMu.Lock()
 	old := s.st.Load()
 	s.st.Store(newState(old.policies, old.services))
+	s.setMu.Unlock()
 	s.markDirty(ids...)
 	start := time.Now()
 	s.pushDirty(ctx)

@@ -773,3 +773,33 @@ func TestUnsubscribedListenersAreDropped(t *testing.T) {
 		t.Fatalf("listeners after unsubscribe %s", got)
 	}
 }
+
+// TestConcurrentSettersKeepBoth: SetPolicies and SetServices racing never
+// lose each other's update.
+func TestConcurrentSettersKeepBoth(t *testing.T) {
+	t.Parallel()
+	set := mustPolicies(t, allowPolicy("frontend"))
+	svcs := []Service{{Name: "echo", Namespace: "shop", Port: 8080, Selector: map[string]string{"app": "echo"}}}
+	for range 20 {
+		srv, err := New(Config{Registry: workload.NewRegistry(), TrustDomain: testTD, AllowUnauthenticated: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(2)
+			go func() { defer wg.Done(); srv.SetPolicies(set) }()
+			go func() {
+				defer wg.Done()
+				if err := srv.SetServices(svcs); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		st := srv.st.Load()
+		if st.policies != set || len(st.services) != 1 {
+			t.Fatalf("lost an update: %d policies, %d services", len(st.policies.Authorization), len(st.services))
+		}
+	}
+}
