@@ -217,3 +217,23 @@ func FuzzServe(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(testConfig))
+	f.Add([]byte("zones:\n- origin: a.example\n  records: [\"x CNAME y\"]\n"))
+	f.Add([]byte("zones: [{origin: '*', records: ['@ A 1.2.3.4']}]"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		zones, err := ParseConfig("f.yaml", b)
+		if err != nil {
+			return
+		}
+		for _, z := range zones {
+			// Every name a zone holds must be answerable.
+			for name := range z.exists {
+				for _, qt := range []uint16{dns.TypeA, dns.TypeTXT, dns.TypeANY} {
+					z.lookup(name, qt)
+				}
+			}
+		}
+	})
+}

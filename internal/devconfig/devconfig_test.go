@@ -388,3 +388,19 @@ func TestServices(t *testing.T) {
 		})
 	}
 }
+
+func FuzzParseServices(f *testing.F) {
+	f.Add([]byte("- {name: a, namespace: shop, port: 80, selector: {a: b}}\n"))
+	f.Add([]byte("- name: a\n  port: 99999\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		svcs, err := parseServices("f.yaml", b)
+		if err != nil {
+			return
+		}
+		for _, s := range svcs {
+			if s.Name == "" || s.Port == 0 || s.Port > 65535 || len(s.Selector) == 0 {
+				t.Fatalf("invalid service accepted: %+v", s)
+			}
+		}
+	})
+}
