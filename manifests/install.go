@@ -1,0 +1,248 @@
+package manifests
+
+import (
+	"bytes"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Namespace is where kordon runs; its policies are mesh-wide.
+const Namespace = "kordon-system"
+
+// Image is the container image the install uses.
+const Image = "ghcr.io/kordon-dev/kordon:latest"
+
+// Ports of the controller.
+const (
+	XDSPort      = 15010
+	IssuancePort = 15012
+	HTTPPort     = 9080
+)
+
+// NodeLocalDNS is the link-local address the node agent serves DNS on,
+// the NodeLocal DNSCache convention: point kubelet's --cluster-dns (or a
+// pod's dnsConfig.nameservers) at it.
+const NodeLocalDNS = "169.254.20.10"
+
+var labels = map[string]any{"app.kubernetes.io/part-of": "kordon"}
+
+func meta(name string, namespaced bool, extra map[string]any) map[string]any {
+	l := map[string]any{"app.kubernetes.io/part-of": "kordon"}
+	for k, v := range extra {
+		l[k] = v
+	}
+	m := map[string]any{"name": name, "labels": l}
+	if namespaced {
+		m["namespace"] = Namespace
+	}
+	return m
+}
+
+func restrictedContainerSecurity() map[string]any {
+	return map[string]any{
+		"allowPrivilegeEscalation": false,
+		"readOnlyRootFilesystem":   true,
+		"runAsNonRoot":             true,
+		"runAsUser":                65532,
+		"capabilities":             map[string]any{"drop": []any{"ALL"}},
+		"seccompProfile":           map[string]any{"type": "RuntimeDefault"},
+	}
+}
+
+func rule(groups, resources, verbs []any) map[string]any {
+	return map[string]any{"apiGroups": groups, "resources": resources, "verbs": verbs}
+}
+
+var read = []any{"get", "list", "watch"}
+
+// installObjects are the non-CRD objects of install.yaml, in apply order.
+func installObjects() []map[string]any {
+	ctrl := map[string]any{"app.kubernetes.io/name": "kordon-controller"}
+	node := map[string]any{"app.kubernetes.io/name": "kordon-node"}
+	return []map[string]any{
+		{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": Namespace, "labels": map[string]any{
+			"app.kubernetes.io/part-of": "kordon",
+			// The node agent needs hostNetwork and NET_BIND_SERVICE, which
+			// the restricted level forbids; the controller meets restricted.
+			"pod-security.kubernetes.io/enforce": "privileged",
+			"pod-security.kubernetes.io/warn":    "restricted",
+		}}},
+		{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("kordon-controller", true, ctrl)},
+		{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("kordon-node", true, node)},
+		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta("kordon-controller", false, ctrl), "rules": []any{
+			rule([]any{""}, []any{"pods", "namespaces", "serviceaccounts"}, read),
+			rule([]any{"security.kordon.dev"}, []any{"authorizationpolicies", "egresspolicies"}, read),
+			rule([]any{"security.kordon.dev"}, []any{"authorizationpolicies/status", "egresspolicies/status"}, []any{"get", "update", "patch"}),
+			rule([]any{"authentication.k8s.io"}, []any{"tokenreviews"}, []any{"create"}),
+			rule([]any{"", "events.k8s.io"}, []any{"events"}, []any{"create", "patch"}),
+		}},
+		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta("kordon-controller", false, ctrl),
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kordon-controller"},
+			"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "kordon-controller", "namespace": Namespace}}},
+		// Secrets and Leases only in kordon-system: the CA Secret and the
+		// leader-election Lease.
+		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta("kordon-controller", true, ctrl), "rules": []any{
+			rule([]any{""}, []any{"secrets"}, []any{"get", "list", "watch", "create", "update"}),
+			rule([]any{"coordination.k8s.io"}, []any{"leases"}, []any{"get", "create", "update"}),
+		}},
+		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta("kordon-controller", true, ctrl),
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kordon-controller"},
+			"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "kordon-controller", "namespace": Namespace}}},
+		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta("kordon-node", false, node), "rules": []any{
+			rule([]any{""}, []any{"pods", "namespaces"}, read),
+			rule([]any{"security.kordon.dev"}, []any{"egresspolicies"}, read),
+			rule([]any{"", "events.k8s.io"}, []any{"events"}, []any{"create", "patch"}),
+		}},
+		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta("kordon-node", false, node),
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kordon-node"},
+			"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "kordon-node", "namespace": Namespace}}},
+		{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("kordon-controller", true, ctrl), "spec": map[string]any{
+			"replicas": 2,
+			"selector": map[string]any{"matchLabels": ctrl},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": merge(labels, ctrl)},
+				"spec": map[string]any{
+					"serviceAccountName": "kordon-controller",
+					"securityContext":    map[string]any{"runAsNonRoot": true, "seccompProfile": map[string]any{"type": "RuntimeDefault"}},
+					"affinity": map[string]any{"podAntiAffinity": map[string]any{"preferredDuringSchedulingIgnoredDuringExecution": []any{
+						map[string]any{"weight": 100, "podAffinityTerm": map[string]any{"topologyKey": "kubernetes.io/hostname", "labelSelector": map[string]any{"matchLabels": ctrl}}},
+					}}},
+					"containers": []any{map[string]any{
+						"name":  "controller",
+						"image": Image,
+						"args": []any{"controller", "--namespace=" + Namespace,
+							"--xds-listen=:15010", "--issuance-listen=:15012", "--http-listen=:9080"},
+						"env": []any{map[string]any{"name": "POD_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.name"}}}},
+						"ports": []any{
+							map[string]any{"name": "xds", "containerPort": XDSPort},
+							map[string]any{"name": "issuance", "containerPort": IssuancePort},
+							map[string]any{"name": "http", "containerPort": HTTPPort},
+						},
+						"readinessProbe":  map[string]any{"httpGet": map[string]any{"path": "/readyz", "port": "http"}},
+						"livenessProbe":   map[string]any{"httpGet": map[string]any{"path": "/healthz", "port": "http"}},
+						"resources":       map[string]any{"requests": map[string]any{"cpu": "100m", "memory": "128Mi"}, "limits": map[string]any{"memory": "1Gi"}},
+						"securityContext": restrictedContainerSecurity(),
+					}},
+				},
+			},
+		}},
+		{"apiVersion": "v1", "kind": "Service", "metadata": meta("kordon-controller", true, ctrl), "spec": map[string]any{
+			"selector": ctrl,
+			"ports": []any{
+				map[string]any{"name": "grpc-xds", "port": XDSPort, "targetPort": "xds"},
+				map[string]any{"name": "grpc-issuance", "port": IssuancePort, "targetPort": "issuance"},
+				map[string]any{"name": "http", "port": HTTPPort, "targetPort": "http"},
+			},
+		}},
+		{"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta("kordon-controller", true, ctrl), "spec": map[string]any{
+			"minAvailable": 1, "selector": map[string]any{"matchLabels": ctrl},
+		}},
+		{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta("kordon-node", true, node), "spec": map[string]any{
+			"selector":       map[string]any{"matchLabels": node},
+			"updateStrategy": map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxUnavailable": 1}},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": merge(labels, node)},
+				"spec": map[string]any{
+					"serviceAccountName": "kordon-node",
+					// hostNetwork: DNS is served on the node-local address
+					// and source IPs of pods are seen unchanged.
+					"hostNetwork":       true,
+					"dnsPolicy":         "Default",
+					"priorityClassName": "system-node-critical",
+					"tolerations":       []any{map[string]any{"operator": "Exists"}},
+					"containers": []any{map[string]any{
+						"name":  "node",
+						"image": Image,
+						"args": []any{"node", "--node=$(NODE_NAME)", "--dns-listen=" + NodeLocalDNS + ":53",
+							"--controller=kordon-controller." + Namespace + ".svc:15012", "--upstream=$(UPSTREAM_DNS)",
+							"--workload-api-socket=/run/kordon/sockets/agent.sock"},
+						"env": []any{
+							map[string]any{"name": "NODE_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "spec.nodeName"}}},
+							// The cluster DNS Service IP (kube-dns): set it to yours.
+							map[string]any{"name": "UPSTREAM_DNS", "value": "10.96.0.10:53"},
+						},
+						"ports": []any{
+							map[string]any{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+							map[string]any{"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+						},
+						"volumeMounts": []any{map[string]any{"name": "sockets", "mountPath": "/run/kordon/sockets"}},
+						"resources":    map[string]any{"requests": map[string]any{"cpu": "50m", "memory": "64Mi"}, "limits": map[string]any{"memory": "512Mi"}},
+						"securityContext": map[string]any{
+							"allowPrivilegeEscalation": false,
+							"readOnlyRootFilesystem":   true,
+							"capabilities":             map[string]any{"drop": []any{"ALL"}, "add": []any{"NET_BIND_SERVICE", "NET_ADMIN"}},
+							"seccompProfile":           map[string]any{"type": "RuntimeDefault"},
+						},
+					}},
+					"volumes": []any{map[string]any{"name": "sockets", "hostPath": map[string]any{"path": "/run/kordon/sockets", "type": "DirectoryOrCreate"}}},
+				},
+			},
+		}},
+		// Only the controller's ports are reachable, from inside the cluster.
+		{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta("kordon-controller", true, ctrl), "spec": map[string]any{
+			"podSelector": map[string]any{"matchLabels": ctrl},
+			"policyTypes": []any{"Ingress"},
+			"ingress": []any{map[string]any{
+				"from": []any{map[string]any{"namespaceSelector": map[string]any{}}},
+				"ports": []any{
+					map[string]any{"port": XDSPort, "protocol": "TCP"},
+					map[string]any{"port": IssuancePort, "protocol": "TCP"},
+					map[string]any{"port": HTTPPort, "protocol": "TCP"},
+				},
+			}},
+		}},
+	}
+}
+
+func merge(a, b map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
+}
+
+// render joins objects as a multi-document YAML stream.
+func render(header string, objs []map[string]any) ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString(header)
+	for _, o := range objs {
+		y, err := yaml.Marshal(o)
+		if err != nil {
+			return nil, err
+		}
+		b.WriteString("---\n")
+		b.Write(y)
+	}
+	return b.Bytes(), nil
+}
+
+// InstallObjects returns every object of install.yaml (CRDs first).
+func InstallObjects(typesFile string) ([]map[string]any, error) {
+	crds, err := CRDs(typesFile)
+	if err != nil {
+		return nil, err
+	}
+	return append(crds, installObjects()...), nil
+}
+
+// Generate renders crds.yaml and install.yaml.
+func Generate(typesFile string) (map[string][]byte, error) {
+	crds, err := CRDs(typesFile)
+	if err != nil {
+		return nil, err
+	}
+	const gen = "# Generated by `go run ./manifests/gen` from policy/types.go and manifests/*.go. DO NOT EDIT.\n"
+	c, err := render(gen, crds)
+	if err != nil {
+		return nil, err
+	}
+	all, err := render(gen+"# Install kordon cluster-wide: kubectl apply --server-side -f manifests/install.yaml\n", append(crds, installObjects()...))
+	if err != nil {
+		return nil, err
+	}
+	return map[string][]byte{"crds.yaml": c, "install.yaml": all}, nil
+}
