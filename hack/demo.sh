@@ -67,8 +67,10 @@ addr_of() { sed -n "s/^$2=//p" "$1"; }
 
 # ask NAME WORKLOAD IP [TYPE]: one real query from the workload's source
 # address, shown as dig shows it: status, Extended DNS Error, answers.
+asked=0
 ask() {
 	local name=$1 who=$2 ip=$3 type=${4:-A}
+	asked=$((asked + 1))
 	printf '%s$ dig -b %s @%s -p %s %s %s%s   %s# as %s%s\n' "$bold" "$ip" "$DNS_HOST" "$DNS_PORT" "$name" "$type" "$off" "$dim" "$who" "$off"
 	dig -b "$ip" @"$DNS_HOST" -p "$DNS_PORT" +time=2 +tries=1 +noall +comments +answer "$name" "$type" |
 		grep -E 'status:|EDE:|IN[[:space:]]+(A|AAAA|CNAME|TXT|MX)[[:space:]]' | sed -e 's/^;; ->>HEADER<<- opcode: QUERY, \(status: [A-Z]*\),.*/\1/' -e 's/^/    /'
@@ -117,6 +119,11 @@ ask collect.analytics.example catalog 127.0.0.14
 
 step "The query log: one JSON object per query (who asked, what, verdict, policy)"
 note "(from --query-log; the last three lines)"
+# The log is written in batches: wait (bounded) until every query is in.
+for _ in $(seq "$WAIT_STEPS"); do
+	[ "$(wc -l <"$work/queries.log")" -ge "$asked" ] && break
+	sleep 0.05
+done
 tail -n 3 "$work/queries.log" | sed 's/^/  /'
 
 step "Mesh: gRPC calls between workloads, mTLS with SVIDs from kordon's CA, RBAC pushed over xDS"
