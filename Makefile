@@ -25,8 +25,23 @@ deps: ## Install the test tools (apt packages) if missing
 	@./hack/install-deps.sh
 
 .PHONY: test
-test: deps ## Run every test, e2e included (installs what it needs)
-	$(GO) test $(GOTEST_FLAGS) ./...
+test: deps e2e-bins ## Run every test, e2e included (installs what it needs)
+	KORDON_E2E_REQUIRED=1 KORDON_E2E_BIN=$(E2E_BIN) $(GO) test $(GOTEST_FLAGS) ./...
+
+E2E_BIN := $(CACHE)/e2e-bin/k8s-v1.34.4-etcd-v3.6.16
+
+.PHONY: e2e-bins
+e2e-bins: ## Build kube-apiserver and etcd from the Go module proxy into the cache (once)
+	KORDON_E2E_BIN=$(E2E_BIN) ./hack/e2e-bins.sh >/dev/null
+
+.PHONY: e2e
+e2e: e2e-bins ## Run only the end-to-end tests against a real kube-apiserver
+	KORDON_E2E_REQUIRED=1 KORDON_E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -v ./e2e
+
+.PHONY: bench
+bench: ## Run the DNS benchmark against CoreDNS and unbound, and the xDS benchmark
+	./bench/dns/run.sh
+	$(GO) run ./bench/xds
 
 .PHONY: lint
 lint: $(STATICCHECK) ## gofmt, go vet and staticcheck (pinned)
