@@ -211,7 +211,7 @@ func (d *Detector) isBenign(domain, name string) bool {
 // deduplication is the caller's job).
 func (d *Detector) Observe(q Query, sens Sensitivity) *Detection {
 	orig := strings.TrimSuffix(q.QName, ".")
-	name := strings.ToLower(orig)
+	name := asciiLower(orig)
 	if name == "" {
 		return nil
 	}
@@ -293,6 +293,18 @@ func (d *Detector) get(client, domain string, now time.Time) *state {
 		unique: map[uint64]struct{}{}, hourUnique: map[uint64]struct{}{}, qtypes: map[uint16]int{}}
 	d.keys[key] = d.lru.PushFront(st)
 	return st
+}
+
+// asciiLower lower-cases ASCII letters only, keeping byte offsets stable
+// (strings.ToLower rewrites invalid UTF-8, which DNS names may contain).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 32
+		}
+	}
+	return string(b)
 }
 
 // split returns the registrable domain (eTLD+1) and the part before it.
