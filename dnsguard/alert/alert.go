@@ -1,0 +1,439 @@
+// Package alert is kordon's egress alert feed: a durable append-only log
+// of Alert records (JSON lines in rotated segments, recovered on start),
+// served over HTTP (list with filters, and a Server-Sent Events stream),
+// ingested from node agents, and delivered to webhooks at least once with
+// an on-disk cursor, retries with backoff and an HMAC signature.
+package alert
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Kinds of alerts.
+const (
+	KindExfiltration = "exfiltration"
+	KindTunneling    = "tunneling"
+	KindBlocked      = "blocked"
+	KindQuarantine   = "quarantine"
+)
+
+// Alert is one record of the feed. The JSON schema is stable; see README.md.
+type Alert struct {
+	// ID is unique and increasing in one feed, across restarts.
+	ID             uint64          `json:"id"`
+	Time           time.Time       `json:"time"`
+	Severity       string          `json:"severity"`
+	Kind           string          `json:"kind"`
+	Node           string          `json:"node,omitempty"`
+	Namespace      string          `json:"namespace,omitempty"`
+	Pod            string          `json:"pod,omitempty"`
+	ServiceAccount string          `json:"serviceAccount,omitempty"`
+	SPIFFEID       string          `json:"spiffeId,omitempty"`
+	ClientIP       string          `json:"clientIp,omitempty"`
+	Domain         string          `json:"domain"`
+	Score          float64         `json:"score,omitempty"`
+	Evidence       json.RawMessage `json:"evidence,omitempty"`
+	Action         string          `json:"action"`
+	Policy         string          `json:"policy,omitempty"`
+	Message        string          `json:"message,omitempty"`
+}
+
+// dedupKey identifies "the same alert again" for the cooldown.
+func (a *Alert) dedupKey() string {
+	who := a.Namespace + "/" + a.Pod
+	if a.Pod == "" {
+		who = a.ClientIP
+	}
+	return who + "|" + a.Domain + "|" + a.Kind
+}
+
+// FsyncPolicy says when the log is synced to disk.
+type FsyncPolicy string
+
+// Fsync policies.
+const (
+	// FsyncAlways syncs every alert before Publish returns (default).
+	FsyncAlways FsyncPolicy = "always"
+	// FsyncInterval syncs at most once per FsyncEvery.
+	FsyncInterval FsyncPolicy = "interval"
+)
+
+// Config configures a Feed.
+type Config struct {
+	// Dir holds the log segments and webhook cursors. Required.
+	Dir string
+	// Fsync policy (default always) and interval (default 1s).
+	Fsync      FsyncPolicy
+	FsyncEvery time.Duration
+	// SegmentBytes rotates the log (default 16 MiB); MaxSegments keeps
+	// that many (default 16).
+	SegmentBytes int64
+	MaxSegments  int
+	// Cooldown suppresses repeats per (workload, domain, kind) (default 10m).
+	Cooldown time.Duration
+	// Memory is how many recent alerts are kept for queries (default 50,000).
+	Memory int
+	// Webhooks receive every alert.
+	Webhooks []WebhookConfig
+	Logger   *slog.Logger
+	Now      func() time.Time
+	Metrics  prometheus.Registerer
+}
+
+// Feed is the alert log. Safe for concurrent use.
+type Feed struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	seg      *os.File
+	segSize  int64
+	segIndex int
+	lastID   uint64
+	recent   []Alert
+	lastSeen map[string]time.Time
+	subs     map[chan struct{}]struct{}
+	dirty    bool
+	closed   bool
+
+	hooks   []*webhook
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	metrics feedMetrics
+}
+
+type feedMetrics struct {
+	published  *prometheus.CounterVec
+	suppressed prometheus.Counter
+	delivered  *prometheus.CounterVec
+	pending    *prometheus.GaugeVec
+}
+
+// NewFeed opens (or creates) the log in cfg.Dir and recovers its content:
+// a torn last line from a crash is truncated, and IDs continue after the
+// highest one recorded.
+func NewFeed(cfg Config) (*Feed, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("alert: Config.Dir is required")
+	}
+	if cfg.Fsync == "" {
+		cfg.Fsync = FsyncAlways
+	}
+	if cfg.FsyncEvery <= 0 {
+		cfg.FsyncEvery = time.Second
+	}
+	if cfg.SegmentBytes <= 0 {
+		cfg.SegmentBytes = 16 << 20
+	}
+	if cfg.MaxSegments <= 0 {
+		cfg.MaxSegments = 16
+	}
+	if cfg.Cooldown == 0 {
+		cfg.Cooldown = 10 * time.Minute
+	}
+	if cfg.Memory <= 0 {
+		cfg.Memory = 50000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("alert: %w", err)
+	}
+	f := &Feed{cfg: cfg, log: cfg.Logger, lastSeen: map[string]time.Time{}, subs: map[chan struct{}]struct{}{}}
+	f.metrics = feedMetrics{
+		published:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "published_total", Help: "Alerts written to the feed, by kind and severity."}, []string{"kind", "severity"}),
+		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "suppressed_total", Help: "Alerts dropped as repeats within the cooldown."}),
+		delivered:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "webhook_deliveries_total", Help: "Webhook delivery attempts, by webhook and result."}, []string{"webhook", "result"}),
+		pending:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "kordon", Subsystem: "alert", Name: "webhook_pending", Help: "Alerts not yet delivered to each webhook."}, []string{"webhook"}),
+	}
+	if cfg.Metrics != nil {
+		for _, c := range []prometheus.Collector{f.metrics.published, f.metrics.suppressed, f.metrics.delivered, f.metrics.pending} {
+			if err := cfg.Metrics.Register(c); err != nil {
+				return nil, fmt.Errorf("alert: metrics: %w", err)
+			}
+		}
+	}
+	if err := f.recover(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.stop = cancel
+	for _, wc := range cfg.Webhooks {
+		h, err := newWebhook(f, wc)
+		if err != nil {
+			cancel()
+			f.seg.Close()
+			return nil, err
+		}
+		f.hooks = append(f.hooks, h)
+		f.wg.Add(1)
+		go func() { defer f.wg.Done(); h.run(ctx) }()
+	}
+	if cfg.Fsync == FsyncInterval {
+		f.wg.Add(1)
+		go func() { defer f.wg.Done(); f.syncLoop(ctx) }()
+	}
+	return f, nil
+}
+
+func (f *Feed) segments() ([]string, error) {
+	names, err := filepath.Glob(filepath.Join(f.cfg.Dir, "alerts-*.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// recover reads every segment into memory and opens the last for append.
+func (f *Feed) recover() error {
+	segs, err := f.segments()
+	if err != nil {
+		return fmt.Errorf("alert: %w", err)
+	}
+	for i, name := range segs {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("alert: %w", err)
+		}
+		good := 0
+		sc := bufio.NewScanner(bytes.NewReader(data))
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			line := sc.Bytes()
+			var a Alert
+			if err := json.Unmarshal(line, &a); err != nil {
+				break // torn write: everything after is discarded
+			}
+			good += len(line) + 1
+			f.remember(a)
+			f.lastID = max(f.lastID, a.ID)
+		}
+		if good < len(data) {
+			if i != len(segs)-1 {
+				return fmt.Errorf("alert: segment %s is corrupt in the middle", name)
+			}
+			f.log.Warn("truncating torn alert log tail", "segment", name, "bytes", len(data)-good)
+			if err := os.Truncate(name, int64(good)); err != nil {
+				return fmt.Errorf("alert: %w", err)
+			}
+		}
+	}
+	idx := 1
+	if len(segs) > 0 {
+		fmt.Sscanf(filepath.Base(segs[len(segs)-1]), "alerts-%06d.jsonl", &idx)
+	}
+	return f.openSegment(idx)
+}
+
+func (f *Feed) openSegment(idx int) error {
+	name := filepath.Join(f.cfg.Dir, fmt.Sprintf("alerts-%06d.jsonl", idx))
+	seg, err := os.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("alert: %w", err)
+	}
+	st, err := seg.Stat()
+	if err != nil {
+		seg.Close()
+		return err
+	}
+	f.seg, f.segSize, f.segIndex = seg, st.Size(), idx
+	return nil
+}
+
+func (f *Feed) remember(a Alert) {
+	f.recent = append(f.recent, a)
+	if len(f.recent) > f.cfg.Memory {
+		f.recent = append(f.recent[:0], f.recent[len(f.recent)-f.cfg.Memory:]...)
+	}
+	f.lastSeen[a.dedupKey()] = a.Time
+}
+
+// ErrClosed is returned by Publish after Close.
+var ErrClosed = errors.New("alert: feed closed")
+
+// Publish appends an alert unless the same (workload, domain, kind) was
+// published within the cooldown. It returns the stored alert (with ID and
+// time) and whether it was written.
+func (f *Feed) Publish(_ context.Context, a Alert) (Alert, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return a, false, ErrClosed
+	}
+	now := f.cfg.Now()
+	if a.Time.IsZero() {
+		a.Time = now
+	}
+	a.Time = a.Time.UTC()
+	if last, ok := f.lastSeen[a.dedupKey()]; ok && a.Time.Sub(last) < f.cfg.Cooldown {
+		f.metrics.suppressed.Inc()
+		return a, false, nil
+	}
+	a.ID = f.lastID + 1
+	line, err := json.Marshal(&a)
+	if err != nil {
+		return a, false, err
+	}
+	line = append(line, '\n')
+	if f.segSize+int64(len(line)) > f.cfg.SegmentBytes && f.segSize > 0 {
+		if err := f.rotate(); err != nil {
+			return a, false, err
+		}
+	}
+	if _, err := f.seg.Write(line); err != nil {
+		return a, false, fmt.Errorf("alert: write: %w", err)
+	}
+	f.segSize += int64(len(line))
+	if f.cfg.Fsync == FsyncAlways {
+		if err := f.seg.Sync(); err != nil {
+			return a, false, fmt.Errorf("alert: fsync: %w", err)
+		}
+	} else {
+		f.dirty = true
+	}
+	f.lastID = a.ID
+	f.remember(a)
+	f.metrics.published.WithLabelValues(a.Kind, a.Severity).Inc()
+	for ch := range f.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	return a, true, nil
+}
+
+func (f *Feed) rotate() error {
+	if err := f.seg.Sync(); err != nil {
+		return err
+	}
+	if err := f.seg.Close(); err != nil {
+		return err
+	}
+	if err := f.openSegment(f.segIndex + 1); err != nil {
+		return err
+	}
+	segs, err := f.segments()
+	if err != nil {
+		return err
+	}
+	for len(segs) > f.cfg.MaxSegments {
+		_ = os.Remove(segs[0])
+		segs = segs[1:]
+	}
+	return nil
+}
+
+func (f *Feed) syncLoop(ctx context.Context) {
+	t := time.NewTicker(f.cfg.FsyncEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f.mu.Lock()
+			if f.dirty && !f.closed {
+				_ = f.seg.Sync()
+				f.dirty = false
+			}
+			f.mu.Unlock()
+		}
+	}
+}
+
+// Filter selects alerts.
+type Filter struct {
+	After     uint64 // only IDs greater than this
+	Since     time.Time
+	Namespace string
+	Kind      string
+	Severity  string
+	Limit     int
+}
+
+func (flt Filter) match(a *Alert) bool {
+	return a.ID > flt.After && (flt.Since.IsZero() || !a.Time.Before(flt.Since)) &&
+		(flt.Namespace == "" || a.Namespace == flt.Namespace) &&
+		(flt.Kind == "" || a.Kind == flt.Kind) &&
+		(flt.Severity == "" || strings.EqualFold(a.Severity, flt.Severity))
+}
+
+// List returns matching alerts in ID order (the newest Limit when set).
+func (f *Feed) List(flt Filter) []Alert {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Alert
+	for i := range f.recent {
+		if flt.match(&f.recent[i]) {
+			out = append(out, f.recent[i])
+		}
+	}
+	if flt.Limit > 0 && len(out) > flt.Limit {
+		out = out[len(out)-flt.Limit:]
+	}
+	return out
+}
+
+// LastID is the highest ID written.
+func (f *Feed) LastID() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastID
+}
+
+// subscribe returns a channel signalled after each publish.
+func (f *Feed) subscribe() (chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	f.mu.Lock()
+	f.subs[ch] = struct{}{}
+	f.mu.Unlock()
+	return ch, func() {
+		f.mu.Lock()
+		delete(f.subs, ch)
+		f.mu.Unlock()
+	}
+}
+
+// Close stops webhooks and closes the log after a final sync.
+func (f *Feed) Close() error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	for ch := range f.subs {
+		close(ch)
+		delete(f.subs, ch)
+	}
+	f.mu.Unlock()
+	f.stop()
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.seg.Sync(); err != nil {
+		f.seg.Close()
+		return err
+	}
+	return f.seg.Close()
+}

@@ -1,0 +1,150 @@
+package alert
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Handler serves:
+//
+//	GET  /v1/alerts?since=1h|RFC3339&namespace=&kind=&severity=&limit=&after=ID
+//	GET  /v1/alerts?follow=1   Server-Sent Events; resumes after Last-Event-ID
+//	POST /v1/alerts            ingest one alert (node agents forward here)
+func (f *Feed) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/alerts", f.serveList)
+	mux.HandleFunc("POST /v1/alerts", f.serveIngest)
+	return mux
+}
+
+func parseFilter(r *http.Request, now time.Time) (Filter, error) {
+	q := r.URL.Query()
+	flt := Filter{Namespace: q.Get("namespace"), Kind: q.Get("kind"), Severity: q.Get("severity")}
+	if s := q.Get("since"); s != "" {
+		if d, err := time.ParseDuration(s); err == nil {
+			flt.Since = now.Add(-d)
+		} else if t, err := time.Parse(time.RFC3339, s); err == nil {
+			flt.Since = t
+		} else {
+			return flt, fmt.Errorf("since: want a duration (1h) or RFC 3339 time, got %q", s)
+		}
+	}
+	for name, dst := range map[string]*int{"limit": &flt.Limit} {
+		if s := q.Get(name); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 0 {
+				return flt, fmt.Errorf("%s: want a non-negative integer, got %q", name, s)
+			}
+			*dst = n
+		}
+	}
+	after := q.Get("after")
+	if le := r.Header.Get("Last-Event-ID"); le != "" {
+		after = le
+	}
+	if after != "" {
+		n, err := strconv.ParseUint(after, 10, 64)
+		if err != nil {
+			return flt, fmt.Errorf("after: want an alert id, got %q", after)
+		}
+		flt.After = n
+	}
+	return flt, nil
+}
+
+func (f *Feed) serveList(w http.ResponseWriter, r *http.Request) {
+	flt, err := parseFilter(r, f.cfg.Now())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if r.URL.Query().Get("follow") == "" {
+		w.Header().Set("Content-Type", "application/json")
+		list := f.List(flt)
+		if list == nil {
+			list = []Alert{}
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"alerts": list})
+		return
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	wake, cancel := f.subscribe()
+	defer cancel()
+	limit := flt.Limit
+	flt.Limit = 0
+	first := true
+	for {
+		list := f.List(flt)
+		if first && limit > 0 && len(list) > limit {
+			list = list[len(list)-limit:]
+		}
+		first = false
+		for _, a := range list {
+			b, err := json.Marshal(&a)
+			if err != nil {
+				return
+			}
+			if _, err := fmt.Fprintf(w, "id: %d\nevent: alert\ndata: %s\n\n", a.ID, b); err != nil {
+				return
+			}
+			flt.After = a.ID
+		}
+		fl.Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case _, ok := <-wake:
+			if !ok {
+				return
+			}
+		case <-time.After(15 * time.Second):
+			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		}
+	}
+}
+
+func (f *Feed) serveIngest(w http.ResponseWriter, r *http.Request) {
+	var a Alert
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil {
+		http.Error(w, "invalid alert: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if a.Kind == "" || a.Domain == "" || a.Severity == "" {
+		http.Error(w, "invalid alert: kind, domain and severity are required", http.StatusBadRequest)
+		return
+	}
+	switch a.Kind {
+	case KindExfiltration, KindTunneling, KindBlocked, KindQuarantine:
+	default:
+		http.Error(w, "invalid alert: unknown kind "+strings.ReplaceAll(a.Kind, "\n", " "), http.StatusBadRequest)
+		return
+	}
+	a.ID = 0 // this feed numbers its own alerts
+	stored, written, err := f.Publish(r.Context(), a)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !written {
+		w.WriteHeader(http.StatusOK)
+	} else {
+		w.WriteHeader(http.StatusCreated)
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"id": stored.ID, "written": written})
+}
