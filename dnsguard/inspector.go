@@ -1,0 +1,349 @@
+package dnsguard
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/kordon-dev/kordon/dnsguard/detect"
+	"github.com/miekg/dns"
+	"golang.org/x/net/publicsuffix"
+)
+
+// InspectorConfig configures the detector adapter.
+type InspectorConfig struct {
+	// Feed receives alerts. Required.
+	Feed *alert.Feed
+	// Detector settings (bounded state, benign list).
+	Detector detect.Config
+	// StateDir persists quarantines (empty: in memory only).
+	StateDir string
+	// QueueSize bounds queued events (default 65536); beyond it events
+	// are dropped and counted, never blocking DNS.
+	QueueSize int
+	// BlockedAlerts also raises "blocked" alerts for policy refusals
+	// (deduplicated by the feed's cooldown).
+	BlockedAlerts bool
+	Logger        *slog.Logger
+}
+
+// Quarantine blocks one registrable domain for one workload until lifted.
+type Quarantine struct {
+	ID        string    `json:"id"`
+	Workload  string    `json:"workload"`
+	Domain    string    `json:"domain"`
+	Since     time.Time `json:"since"`
+	Reason    string    `json:"reason"`
+	AlertID   uint64    `json:"alertId,omitempty"`
+	Namespace string    `json:"namespace,omitempty"`
+	Pod       string    `json:"pod,omitempty"`
+}
+
+// DetectionInspector implements Inspector with the exfiltration detector and the
+// alert feed. Observe only enqueues; one goroutine runs the detector.
+type DetectionInspector struct {
+	cfg     InspectorConfig
+	log     *slog.Logger
+	det     *detect.Detector
+	ch      chan QueryEvent
+	dropped atomic.Int64
+	quit    chan struct{}
+	done    chan struct{}
+
+	mu          sync.RWMutex
+	quarantines map[string]*Quarantine // workload|domain
+	nq          atomic.Int32
+}
+
+var _ Inspector = (*DetectionInspector)(nil)
+
+// NewInspector starts the detector goroutine; Close stops it.
+func NewInspector(cfg InspectorConfig) (*DetectionInspector, error) {
+	if cfg.Feed == nil {
+		return nil, errors.New("dnsguard: InspectorConfig.Feed is required")
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 65536
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	in := &DetectionInspector{cfg: cfg, log: cfg.Logger, det: detect.New(cfg.Detector), ch: make(chan QueryEvent, cfg.QueueSize),
+		quit: make(chan struct{}), done: make(chan struct{}), quarantines: map[string]*Quarantine{}}
+	if err := in.load(); err != nil {
+		return nil, err
+	}
+	go in.run()
+	return in, nil
+}
+
+func workloadKey(c *Client) string {
+	if c.Pod != "" {
+		return c.Namespace + "/" + c.Pod
+	}
+	return c.IP.String()
+}
+
+func registrable(qname string) string {
+	name := strings.ToLower(strings.TrimSuffix(qname, "."))
+	d, err := publicsuffix.EffectiveTLDPlusOne(name)
+	if err != nil {
+		return name
+	}
+	return d
+}
+
+// Quarantined implements Inspector.
+func (in *DetectionInspector) Quarantined(c *Client, qname string) (string, bool) {
+	if in.nq.Load() == 0 {
+		return "", false
+	}
+	key := workloadKey(c) + "|" + registrable(qname)
+	in.mu.RLock()
+	q, ok := in.quarantines[key]
+	in.mu.RUnlock()
+	if !ok {
+		return "", false
+	}
+	return "quarantined by kordon: " + q.Reason + " (lift with DELETE /v1/quarantines/" + q.ID + ")", true
+}
+
+// Observe implements Inspector: it never blocks.
+func (in *DetectionInspector) Observe(ev *QueryEvent) {
+	select {
+	case in.ch <- *ev:
+	default:
+		in.dropped.Add(1)
+	}
+}
+
+// Dropped counts events the detector could not keep up with.
+func (in *DetectionInspector) Dropped() int64 { return in.dropped.Load() }
+
+// Sync waits until every event queued so far has been processed (tests,
+// demos).
+func (in *DetectionInspector) Sync(ctx context.Context) error {
+	for len(in.ch) > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond): // polling the queue, bounded by ctx
+		}
+	}
+	return nil
+}
+
+// Close stops the detector goroutine after draining the queue. Events
+// observed afterwards are dropped (the channel is never closed, so a
+// resolver still running cannot panic).
+func (in *DetectionInspector) Close() {
+	select {
+	case <-in.quit:
+	default:
+		close(in.quit)
+	}
+	<-in.done
+}
+
+func (in *DetectionInspector) run() {
+	defer close(in.done)
+	for {
+		select {
+		case ev := <-in.ch:
+			in.handle(&ev)
+		case <-in.quit:
+			for {
+				select {
+				case ev := <-in.ch:
+					in.handle(&ev)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (in *DetectionInspector) baseAlert(ev *QueryEvent, domain string) alert.Alert {
+	return alert.Alert{
+		Time: ev.Time, Node: ev.Client.Node, Namespace: ev.Client.Namespace, Pod: ev.Client.Pod,
+		ServiceAccount: ev.Client.ServiceAccount, SPIFFEID: ev.Client.SPIFFEID, ClientIP: ev.Client.IP.String(), Domain: domain,
+	}
+}
+
+func (in *DetectionInspector) handle(ev *QueryEvent) {
+	ctx := context.Background()
+	if ev.Verdict == VerdictBlocked && in.cfg.BlockedAlerts && ev.Policy != "rate-limit" {
+		a := in.baseAlert(ev, registrable(ev.QName))
+		a.Kind, a.Severity, a.Action, a.Policy = alert.KindBlocked, "low", "blocked", ev.Policy
+		a.Message = "query for " + ev.QName + " refused by policy"
+		if _, _, err := in.cfg.Feed.Publish(ctx, a); err != nil {
+			in.log.Warn("alert publish failed", "error", err)
+		}
+	}
+	if ev.Verdict == VerdictQuarantined {
+		return // already handled; do not re-score the blocked channel
+	}
+	det := in.det.Observe(detect.Query{Time: ev.Time, Client: workloadKey(&ev.Client), QName: ev.QName, QType: ev.QTypeCode, NXDomain: ev.RCode == dns.RcodeToString[dns.RcodeNameError]},
+		detect.Sensitivity(orDefault(ev.Detection.Sensitivity, string(detect.Medium))))
+	if det == nil {
+		return
+	}
+	a := in.baseAlert(ev, det.Domain)
+	a.Kind, a.Severity, a.Score, a.Policy = det.Kind, det.Severity, det.Score, ev.Detection.Policy
+	a.Evidence, _ = json.Marshal(det.Evidence)
+	a.Action = "alerted"
+	a.Message = fmt.Sprintf("%s over DNS to %s: %d unique subdomains, %.0f bytes/min of encoded (%s) data", det.Kind, det.Domain, det.Evidence.UniqueSubdomains, det.Evidence.BytesPerMinute, det.Evidence.Encoding)
+	if ev.Detection.Quarantine {
+		a.Action = "quarantined"
+	}
+	stored, written, err := in.cfg.Feed.Publish(ctx, a)
+	if err != nil {
+		in.log.Warn("alert publish failed", "error", err)
+		return
+	}
+	if written {
+		in.log.Info("egress alert", "kind", a.Kind, "severity", a.Severity, "namespace", a.Namespace, "pod", a.Pod, "domain", a.Domain, "alert_id", stored.ID)
+	}
+	if ev.Detection.Quarantine {
+		in.quarantine(ev, det, stored.ID)
+	}
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func (in *DetectionInspector) quarantine(ev *QueryEvent, det *detect.Detection, alertID uint64) {
+	key := workloadKey(&ev.Client) + "|" + det.Domain
+	in.mu.Lock()
+	if _, exists := in.quarantines[key]; exists {
+		in.mu.Unlock()
+		return
+	}
+	q := &Quarantine{ID: strconv.FormatInt(ev.Time.UnixNano(), 36), Workload: workloadKey(&ev.Client), Domain: det.Domain, Since: ev.Time.UTC(),
+		Reason: det.Kind + " detected (policy " + ev.Detection.Policy + ")", AlertID: alertID, Namespace: ev.Client.Namespace, Pod: ev.Client.Pod}
+	in.quarantines[key] = q
+	in.nq.Store(int32(len(in.quarantines)))
+	err := in.saveLocked()
+	in.mu.Unlock()
+	if err != nil {
+		in.log.Warn("quarantine not persisted", "error", err)
+	}
+	a := in.baseAlert(ev, det.Domain)
+	a.Kind, a.Severity, a.Action, a.Policy = alert.KindQuarantine, det.Severity, "quarantined", ev.Detection.Policy
+	a.Message = "DNS for " + det.Domain + " is now blocked for this workload until an operator lifts quarantine " + q.ID
+	if _, _, err := in.cfg.Feed.Publish(context.Background(), a); err != nil {
+		in.log.Warn("alert publish failed", "error", err)
+	}
+}
+
+func (in *DetectionInspector) path() string {
+	return filepath.Join(in.cfg.StateDir, "quarantines.json")
+}
+
+func (in *DetectionInspector) load() error {
+	if in.cfg.StateDir == "" {
+		return nil
+	}
+	b, err := os.ReadFile(in.path())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("dnsguard: %w", err)
+	}
+	var list []*Quarantine
+	if err := json.Unmarshal(b, &list); err != nil {
+		return fmt.Errorf("dnsguard: %s: %w", in.path(), err)
+	}
+	for _, q := range list {
+		in.quarantines[q.Workload+"|"+q.Domain] = q
+	}
+	in.nq.Store(int32(len(in.quarantines)))
+	return nil
+}
+
+func (in *DetectionInspector) saveLocked() error {
+	if in.cfg.StateDir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(in.cfg.StateDir, 0o750); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(in.listLocked(), "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := in.path() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return err
+	}
+	return os.Rename(tmp, in.path())
+}
+
+func (in *DetectionInspector) listLocked() []*Quarantine {
+	out := make([]*Quarantine, 0, len(in.quarantines))
+	for _, q := range in.quarantines {
+		out = append(out, q)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Quarantines lists the active quarantines.
+func (in *DetectionInspector) Quarantines() []*Quarantine {
+	in.mu.RLock()
+	defer in.mu.RUnlock()
+	return in.listLocked()
+}
+
+// Lift removes a quarantine by ID; it reports whether it existed.
+func (in *DetectionInspector) Lift(id string) (bool, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for k, q := range in.quarantines {
+		if q.ID == id {
+			delete(in.quarantines, k)
+			in.nq.Store(int32(len(in.quarantines)))
+			return true, in.saveLocked()
+		}
+	}
+	return false, nil
+}
+
+// Handler serves GET /v1/quarantines and DELETE /v1/quarantines/{id}.
+func (in *DetectionInspector) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/quarantines", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"quarantines": in.Quarantines()})
+	})
+	mux.HandleFunc("DELETE /v1/quarantines/{id}", func(w http.ResponseWriter, r *http.Request) {
+		ok, err := in.Lift(r.PathValue("id"))
+		switch {
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		case !ok:
+			http.Error(w, "no such quarantine", http.StatusNotFound)
+		default:
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	return mux
+}
