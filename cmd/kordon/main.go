@@ -37,6 +37,7 @@ var subcommands = []func() *cobra.Command{
 	newVersionCmd,
 	newDevCmd,
 	newDNSGuardCmd,
+	newAlertsCmd,
 }
 
 func main() {

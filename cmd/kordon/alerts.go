@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/spf13/cobra"
+)
+
+func newAlertsCmd() *cobra.Command {
+	var server, since, namespace, kind, severity, output string
+	var follow bool
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "alerts [--follow] [--since D] [--namespace NS] [-o json|table]",
+		Short: "Show the egress alert feed (exfiltration, tunneling, blocked, quarantine)",
+		Example: `  kordon alerts --server http://127.0.0.1:9080 --since 1h
+  kordon alerts --follow -o json | jq .`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			for k, v := range map[string]string{"since": since, "namespace": namespace, "kind": kind, "severity": severity} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			if limit > 0 {
+				q.Set("limit", fmt.Sprint(limit))
+			}
+			if follow {
+				q.Set("follow", "1")
+			}
+			u := strings.TrimSuffix(server, "/") + "/v1/alerts?" + q.Encode()
+			client := &http.Client{}
+			if !follow {
+				client.Timeout = 30 * time.Second
+			}
+			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, u, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return fmt.Errorf("alert feed at %s: %w", server, err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+				return fmt.Errorf("alert feed: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+			}
+			out := cmd.OutOrStdout()
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			header := func() { fmt.Fprintln(tw, "ID\tTIME\tSEVERITY\tKIND\tWORKLOAD\tDOMAIN\tACTION\tMESSAGE") }
+			row := func(a alert.Alert) error {
+				if output == "json" {
+					b, err := json.Marshal(a)
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintln(out, string(b))
+					return err
+				}
+				who := a.Namespace + "/" + a.Pod
+				if a.Pod == "" {
+					who = a.ClientIP
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Time.Local().Format(time.DateTime), a.Severity, a.Kind, who, a.Domain, a.Action, a.Message)
+				return tw.Flush()
+			}
+			if output != "json" && output != "table" {
+				return fmt.Errorf("unsupported output format %q (json or table)", output)
+			}
+			if !follow {
+				var body struct {
+					Alerts []alert.Alert `json:"alerts"`
+				}
+				if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+					return fmt.Errorf("alert feed: %w", err)
+				}
+				if output == "table" {
+					if len(body.Alerts) == 0 {
+						fmt.Fprintln(out, "No alerts.")
+						return nil
+					}
+					header()
+				}
+				for _, a := range body.Alerts {
+					if err := row(a); err != nil {
+						return err
+					}
+				}
+				return tw.Flush()
+			}
+			if output == "table" {
+				header()
+				tw.Flush()
+			}
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 1<<20), 1<<20)
+			for sc.Scan() {
+				data, ok := strings.CutPrefix(sc.Text(), "data: ")
+				if !ok {
+					continue
+				}
+				var a alert.Alert
+				if err := json.Unmarshal([]byte(data), &a); err != nil {
+					return fmt.Errorf("alert feed: %w", err)
+				}
+				if err := row(a); err != nil {
+					return err
+				}
+			}
+			if cmd.Context().Err() != nil {
+				return nil
+			}
+			return sc.Err()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&server, "server", "http://127.0.0.1:9080", "alert feed URL (kordon dev or the controller)")
+	f.BoolVarP(&follow, "follow", "f", false, "stream new alerts (Server-Sent Events)")
+	f.StringVar(&since, "since", "", "only alerts newer than a duration (1h) or an RFC 3339 time")
+	f.StringVarP(&namespace, "namespace", "n", "", "only alerts for workloads in this namespace")
+	f.StringVar(&kind, "kind", "", "exfiltration, tunneling, blocked or quarantine")
+	f.StringVar(&severity, "severity", "", "low, medium, high or critical")
+	f.IntVar(&limit, "limit", 0, "at most this many (the newest)")
+	addOutputFlag(cmd, &output, "table", "json")
+	return cmd
+}
