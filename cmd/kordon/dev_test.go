@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/identity"
 	"github.com/kordon-dev/kordon/internal/exfilsim"
 	"github.com/kordon-dev/kordon/internal/meshdemo"
@@ -551,4 +553,67 @@ func TestDevWorkloadAPI(t *testing.T) {
 	if _, err := os.Stat(h.d.ident.svidDir("shop", "catalog")); !os.IsNotExist(err) {
 		t.Errorf("catalog's SVID files still there: %v", err)
 	}
+}
+
+// TestDevExfiltrationAlertAndQuarantine is the end of make demo, in
+// process: the compromised worker leaks a file over DNS, the detector
+// raises an alert in the feed, and the worker's EgressPolicy (action
+// Quarantine) blocks that domain for the worker only.
+func TestDevExfiltrationAlertAndQuarantine(t *testing.T) {
+	h := startDevHarness(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := exfilsim.Run(ctx, exfilsim.Config{
+		Server: h.d.dnsAddr.String(), Source: netip.MustParseAddr("127.0.0.13"),
+		Zone: "telemetry-cdn.example", Data: exfilsim.FakeSecret(6000),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 200 || res.Failed != 0 {
+		t.Fatalf("exfiltration result %+v", res)
+	}
+	if err := h.d.inspector.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var alerts []alert.Alert
+	waitFor(t, "an exfiltration alert in /v1/alerts", func() bool {
+		code, body := h.get(t, "/v1/alerts?kind=exfiltration")
+		if code != http.StatusOK {
+			t.Fatalf("/v1/alerts: %d %s", code, body)
+		}
+		alerts = decodeAlerts(t, body)
+		return len(alerts) > 0
+	})
+	a := alerts[0]
+	if a.Namespace != "shop" || a.Pod != "report-worker" || a.SPIFFEID != "spiffe://cluster.local/ns/shop/sa/report-worker" || a.Domain != "telemetry-cdn.example" || a.ClientIP != "127.0.0.13" {
+		t.Errorf("alert %+v", a)
+	}
+	if !strings.Contains(a.Action, "quarantine") {
+		t.Errorf("alert action %q, want a quarantine (shop/batch-watch)", a.Action)
+	}
+	// Quarantined for the worker: a new name under the domain is blocked...
+	r := h.query(t, "127.0.0.13", "x1.telemetry-cdn.example", dns.TypeA)
+	if ede := exfilsim.EDE(r); r.Rcode != dns.RcodeNameError || ede == nil {
+		t.Errorf("worker after quarantine: rcode %s, EDE %v", dns.RcodeToString[r.Rcode], ede)
+	}
+	// ...but only for the worker.
+	if r := h.query(t, "127.0.0.14", "x1.telemetry-cdn.example", dns.TypeA); r.Rcode != dns.RcodeSuccess {
+		t.Errorf("catalog: rcode %s, want NOERROR", dns.RcodeToString[r.Rcode])
+	}
+	if code, body := h.get(t, "/v1/quarantines"); code != http.StatusOK || !strings.Contains(body, "telemetry-cdn.example") {
+		t.Errorf("/v1/quarantines: %d %s", code, body)
+	}
+}
+
+// decodeAlerts reads a GET /v1/alerts answer: {"alerts": [...]}.
+func decodeAlerts(t *testing.T, body string) []alert.Alert {
+	t.Helper()
+	var out struct {
+		Alerts []alert.Alert `json:"alerts"`
+	}
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		t.Fatalf("/v1/alerts body %q: %v", body, err)
+	}
+	return out.Alerts
 }
