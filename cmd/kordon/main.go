@@ -38,6 +38,8 @@ var subcommands = []func() *cobra.Command{
 	newDevCmd,
 	newDNSGuardCmd,
 	newAlertsCmd,
+	newControllerCmd,
+	newNodeCmd,
 }
 
 func main() {

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/kordon-dev/kordon/identity"
+	"github.com/kordon-dev/kordon/internal/kube"
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/kordon-dev/kordon/policy"
+	"github.com/kordon-dev/kordon/xds"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+)
+
+// xdsReviewer adapts the Kubernetes token reviewer to the xDS server's
+// interface (audience kordon).
+type xdsReviewer struct{ r *kube.TokenReviewer }
+
+func (x xdsReviewer) Review(ctx context.Context, token string) (xds.Identity, error) {
+	ti, err := x.r.Review(ctx, token, identity.Audience)
+	if err != nil {
+		return xds.Identity{}, err
+	}
+	return xds.Identity{Namespace: ti.Namespace, ServiceAccount: ti.ServiceAccount, Pod: ti.PodName}, nil
+}
+
+type controllerFlags struct {
+	kubeconfig, namespace, trustDomain, rootNamespace         string
+	xdsListen, issuanceListen, httpListen, alertsDir, podName string
+}
+
+func newControllerCmd() *cobra.Command {
+	var f controllerFlags
+	cmd := &cobra.Command{
+		Use:   "controller",
+		Short: "Run the control plane in a cluster: CA and SVID issuance, xDS, policy status, alert feed",
+		Long: `Every replica serves xDS, signs SVIDs and serves the alert feed; a Lease elects
+the one that writes policy status. The CA lives in the Secret kordon-ca of --namespace:
+replicas starting together agree on one root (create-if-absent).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runController(ctx, f, cmd)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig path (default: in-cluster service account)")
+	fl.StringVar(&f.namespace, "namespace", policy.DefaultRootNamespace, "namespace of kordon (CA Secret, Lease)")
+	fl.StringVar(&f.rootNamespace, "root-namespace", policy.DefaultRootNamespace, "namespace whose policies are mesh-wide")
+	fl.StringVar(&f.trustDomain, "trust-domain", policy.DefaultTrustDomain, "SPIFFE trust domain")
+	fl.StringVar(&f.xdsListen, "xds-listen", ":15010", "xDS (ADS) gRPC address")
+	fl.StringVar(&f.issuanceListen, "issuance-listen", ":15012", "SVID issuance gRPC address (TLS)")
+	fl.StringVar(&f.httpListen, "http-listen", ":9080", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/xds/status")
+	fl.StringVar(&f.alertsDir, "alerts-dir", "/var/lib/kordon/alerts", "durable alert log directory")
+	fl.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this replica's name (leader election identity)")
+	return cmd
+}
+
+func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) error {
+	log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+	clients, err := kube.NewClients(f.kubeconfig)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	ctrlID, err := identity.WorkloadID(td, f.namespace, "kordon-controller")
+	if err != nil {
+		return fmt.Errorf("--namespace: %w", err)
+	}
+	ca, err := identity.New(ctx, identity.Config{TrustDomain: f.trustDomain, Store: &kube.SecretStore{Client: clients.Kube, Namespace: f.namespace, Name: "kordon-ca"}, Logger: log})
+	if err != nil {
+		return err
+	}
+	workloads := workload.NewRegistry()
+	if err := kube.RunWorkloads(ctx, clients, workloads, ""); err != nil {
+		return err
+	}
+	reviewer := &kube.TokenReviewer{Client: clients.Kube}
+	xsrv, err := xds.New(xds.Config{
+		Registry: workloads, TrustDomain: f.trustDomain, RootNamespace: f.rootNamespace,
+		Identities:    &xds.CAIdentities{CA: ca},
+		Authenticator: xds.AnyAuthenticator{xds.SVIDAuthenticator{TrustDomain: f.trustDomain}, xds.TokenAuthenticator{Reviewer: xdsReviewer{reviewer}}},
+		TLS:           identity.ServerTLS(ca, ctrlID),
+		Logger:        log, Metrics: reg,
+	})
+	if err != nil {
+		return err
+	}
+	feed, err := alert.NewFeed(alert.Config{Dir: f.alertsDir, Logger: log, Metrics: reg})
+	if err != nil {
+		return err
+	}
+	defer feed.Close()
+
+	var leader atomic.Bool
+	src := &kube.PolicySource{Clients: clients, RootNamespace: f.rootNamespace, Logger: log,
+		OnChange:    func(s *policy.Set) { xsrv.SetPolicies(s) },
+		WriteStatus: leader.Load}
+	synced := make(chan struct{})
+	go func() {
+		if err := src.Run(ctx, synced); err != nil {
+			log.Error("policy source stopped", "error", err)
+		}
+	}()
+
+	iss, err := identity.NewIssuance(identity.IssuanceConfig{CA: ca, Reviewer: reviewer, Pods: workloads,
+		NodeAgents: []string{f.namespace + "/kordon-node"}, Logger: log})
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 4)
+	issLn, err := net.Listen("tcp", f.issuanceListen)
+	if err != nil {
+		return err
+	}
+	go func() {
+		errc <- identity.ServeIssuance(ctx, issLn, iss, identity.ServerTLS(ca, ctrlID))
+	}()
+	xdsLn, err := net.Listen("tcp", f.xdsListen)
+	if err != nil {
+		return err
+	}
+	go func() { errc <- xsrv.Serve(ctx, xdsLn) }()
+
+	var ready atomic.Bool
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/v1/alerts", feed.Handler())
+	mux.Handle("/v1/xds/status", xsrv.StatusHandler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	httpLn, err := net.Listen("tcp", f.httpListen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := hs.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	defer hs.Shutdown(context.Background())
+
+	// Leader election: only the leader writes policy status.
+	id := f.podName
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	lock := &resourcelock.LeaseLock{LeaseMeta: metav1.ObjectMeta{Name: "kordon-controller", Namespace: f.namespace},
+		Client: clients.Kube.CoordinationV1(), LockConfig: resourcelock.ResourceLockConfig{Identity: id}}
+	go leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+		Lock: lock, LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, ReleaseOnCancel: true,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(context.Context) { leader.Store(true); log.Info("became leader", "identity", id) },
+			OnStoppedLeading: func() { leader.Store(false); log.Info("lost leadership", "identity", id) },
+		},
+	})
+	select {
+	case <-synced:
+	case <-ctx.Done():
+		return nil
+	}
+	ready.Store(true)
+	fmt.Fprintf(cmd.ErrOrStderr(), "kordon controller ready: xds %s, issuance %s, http %s, trust domain %s\n", xdsLn.Addr(), issLn.Addr(), httpLn.Addr(), f.trustDomain)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}

