@@ -147,18 +147,9 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	go func() { errc <- xsrv.Serve(ctx, xdsLn) }()
 
 	var ready atomic.Bool
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux := serviceMux(reg, &ready)
 	mux.Handle("/v1/alerts", feed.Handler())
 	mux.Handle("/v1/xds/status", xsrv.StatusHandler())
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "starting", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
 	httpLn, err := net.Listen("tcp", f.httpListen)
 	if err != nil {
 		return err
@@ -198,4 +189,20 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	case err := <-errc:
 		return err
 	}
+}
+
+// serviceMux serves /metrics from reg, /healthz, and /readyz once ready
+// is set; callers add their own APIs.
+func serviceMux(reg *prometheus.Registry, ready *atomic.Bool) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/kordon-dev/kordon/policy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 )
 
@@ -104,19 +103,10 @@ controller's feed (at least once, buffered on disk while the controller is down)
 				return err
 			}
 			var ready atomic.Bool
-			mux := http.NewServeMux()
-			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+			mux := serviceMux(reg, &ready)
 			mux.Handle("/v1/alerts", feed.Handler())
 			mux.Handle("/v1/quarantines", insp.Handler())
 			mux.Handle("/v1/quarantines/", insp.Handler())
-			mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-			mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-				if !ready.Load() {
-					http.Error(w, "starting", http.StatusServiceUnavailable)
-					return
-				}
-				fmt.Fprintln(w, "ok")
-			})
 			httpLn, err := net.Listen("tcp", httpListen)
 			if err != nil {
 				return err
