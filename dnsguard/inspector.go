@@ -209,16 +209,21 @@ func (in *DetectionInspector) handle(ev *QueryEvent) {
 	if ev.Detection.Quarantine {
 		a.Action = "quarantined"
 	}
+	// Quarantine takes effect in memory before anything touches the disk:
+	// publishing fsyncs, and a tunnel keeps sending meanwhile.
+	var q *Quarantine
+	if ev.Detection.Quarantine {
+		q = in.enforce(ev, det)
+	}
 	stored, written, err := in.cfg.Feed.Publish(ctx, a)
 	if err != nil {
 		in.log.Warn("alert publish failed", "error", err)
-		return
 	}
 	if written {
 		in.log.Info("egress alert", "kind", a.Kind, "severity", a.Severity, "namespace", a.Namespace, "pod", a.Pod, "domain", a.Domain, "alert_id", stored.ID)
 	}
-	if ev.Detection.Quarantine {
-		in.quarantine(ev, det, stored.ID)
+	if q != nil {
+		in.persist(ev, det, q, stored.ID)
 	}
 }
 
@@ -229,17 +234,25 @@ func orDefault(s, d string) string {
 	return s
 }
 
-func (in *DetectionInspector) quarantine(ev *QueryEvent, det *detect.Detection, alertID uint64) {
+// enforce adds a quarantine in memory; nil if one already exists.
+func (in *DetectionInspector) enforce(ev *QueryEvent, det *detect.Detection) *Quarantine {
 	key := workloadKey(&ev.Client) + "|" + det.Domain
 	in.mu.Lock()
+	defer in.mu.Unlock()
 	if _, exists := in.quarantines[key]; exists {
-		in.mu.Unlock()
-		return
+		return nil
 	}
 	q := &Quarantine{ID: strconv.FormatInt(ev.Time.UnixNano(), 36), Workload: workloadKey(&ev.Client), Domain: det.Domain, Since: ev.Time.UTC(),
-		Reason: det.Kind + " detected (policy " + ev.Detection.Policy + ")", AlertID: alertID, Namespace: ev.Client.Namespace, Pod: ev.Client.Pod}
+		Reason: det.Kind + " detected (policy " + ev.Detection.Policy + ")", Namespace: ev.Client.Namespace, Pod: ev.Client.Pod}
 	in.quarantines[key] = q
 	in.nq.Store(int32(len(in.quarantines)))
+	return q
+}
+
+// persist records the quarantine on disk and publishes its alert.
+func (in *DetectionInspector) persist(ev *QueryEvent, det *detect.Detection, q *Quarantine, alertID uint64) {
+	in.mu.Lock()
+	q.AlertID = alertID
 	err := in.saveLocked()
 	in.mu.Unlock()
 	if err != nil {
@@ -306,11 +319,15 @@ func (in *DetectionInspector) listLocked() []*Quarantine {
 	return out
 }
 
-// Quarantines lists the active quarantines.
-func (in *DetectionInspector) Quarantines() []*Quarantine {
+// Quarantines lists copies of the active quarantines.
+func (in *DetectionInspector) Quarantines() []Quarantine {
 	in.mu.RLock()
 	defer in.mu.RUnlock()
-	return in.listLocked()
+	var out []Quarantine
+	for _, q := range in.listLocked() {
+		out = append(out, *q)
+	}
+	return out
 }
 
 // Lift removes a quarantine by ID; it reports whether it existed.
