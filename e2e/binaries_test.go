@@ -16,6 +16,8 @@ import (
 
 	"github.com/kordon-dev/kordon/internal/kube"
 	"github.com/miekg/dns"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
@@ -103,9 +105,9 @@ func TestControllerAndNodeAgent(t *testing.T) {
 	bin := buildKordon(t)
 	kubeconfig := writeKubeconfig(t)
 	sysNS := newNamespace(t)
-	ctrlHTTP := freeAddr(t)
+	ctrlHTTP, ctrlIssuance := freeAddr(t), freeAddr(t)
 	startProcess(t, bin, "controller", "--kubeconfig", kubeconfig, "--namespace", sysNS, "--root-namespace", sysNS,
-		"--xds-listen", "127.0.0.1:0", "--issuance-listen", "127.0.0.1:0", "--http-listen", ctrlHTTP,
+		"--xds-listen", "127.0.0.1:0", "--issuance-listen", ctrlIssuance, "--http-listen", ctrlHTTP,
 		"--alerts-dir", t.TempDir(), "--pod-name", "controller-0")
 	waitReady(t, "http://"+ctrlHTTP+"/readyz")
 
@@ -120,7 +122,30 @@ func TestControllerAndNodeAgent(t *testing.T) {
 		return len(conds) == 1 && conds[0].(map[string]any)["status"] == "True"
 	})
 
-	createPod(t, ns, "worker-1", "worker", "node-e2e", "127.0.0.91", map[string]string{"app": "worker"})
+	worker := createPod(t, ns, "worker-1", "worker", "node-e2e", "127.0.0.91", map[string]string{"app": "worker"})
+	// The node agent's own pod and its pod-bound token (audience kordon).
+	agentPod := createPod(t, sysNS, "kordon-node-e2e", "kordon-node", "node-e2e", "10.9.0.1", nil)
+	tr, err := clients.Kube.CoreV1().ServiceAccounts(sysNS).CreateToken(context.Background(), "kordon-node", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences: []string{"kordon"}, BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: agentPod.Name, UID: agentPod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := t.TempDir()
+	tokenFile := filepath.Join(stateDir, "token")
+	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A fake procfs maps this test process to the worker pod's cgroup, as
+	// the kubelet would lay it out, so the agent attests us as worker-1.
+	procRoot := filepath.Join(stateDir, "proc")
+	me := filepath.Join(procRoot, fmt.Sprint(os.Getpid()))
+	os.MkdirAll(me, 0o755)
+	cg := fmt.Sprintf("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod%s.slice/cri-containerd-%064x.scope\n", strings.ReplaceAll(string(worker.UID), "-", "_"), 1)
+	if err := os.WriteFile(filepath.Join(me, "cgroup"), []byte(cg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(stateDir, "agent.sock")
 	createPolicy(t, kube.EgressPolicyGVR, ns, fmt.Sprintf(`apiVersion: security.kordon.dev/v1
 kind: EgressPolicy
 metadata: {name: worker, namespace: %s}
@@ -132,7 +157,8 @@ spec:
 	upstream := startUpstream(t)
 	dnsAddr, nodeHTTP := freeAddr(t), freeAddr(t)
 	startProcess(t, bin, "node", "--kubeconfig", kubeconfig, "--node", "node-e2e", "--dns-listen", dnsAddr, "--upstream", upstream,
-		"--http-listen", nodeHTTP, "--state-dir", t.TempDir(), "--controller-http", "http://"+ctrlHTTP, "--root-namespace", sysNS, "--log", "")
+		"--http-listen", nodeHTTP, "--state-dir", t.TempDir(), "--controller-http", "http://"+ctrlHTTP, "--root-namespace", sysNS, "--log", "",
+		"--workload-api-socket", socket, "--token-file", tokenFile, "--controller-issuance", ctrlIssuance, "--namespace", sysNS, "--proc-root", procRoot)
 	waitReady(t, "http://"+nodeHTTP+"/readyz")
 
 	query := func(name string) *dns.Msg {
@@ -154,6 +180,20 @@ spec:
 	for i := 0; i < 30 && (i+1)*50 <= len(enc); i++ {
 		query(fmt.Sprintf("%s.%d.reports.example.", enc[i*50:(i+1)*50], i))
 	}
+	// The Workload API on the node serves the worker its SVID, fetched from
+	// the controller with the agent's token; go-spiffe's client is the peer.
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	src, err := workloadapi.NewX509Source(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+socket)))
+	if err != nil {
+		t.Fatalf("workload API: %v", err)
+	}
+	svid, err := src.GetX509SVID()
+	src.Close()
+	if err != nil || svid.ID.String() != "spiffe://cluster.local/ns/"+ns+"/sa/worker" {
+		t.Fatalf("SVID from the node agent: %v %v", svid, err)
+	}
+
 	eventually(t, 30*time.Second, "the exfiltration alert forwarded to the controller", func() bool {
 		resp, err := http.Get("http://" + ctrlHTTP + "/v1/alerts?kind=exfiltration")
 		if err != nil {

@@ -42,7 +42,7 @@ func BenchmarkRotate10kWorkloads(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
 		for _, w := range ws {
-			if _, err := iss.IssueX509(context.Background(), w, p256(b).Public()); err != nil {
+			if _, err := iss.IssueX509(context.Background(), w, p256(b)); err != nil {
 				b.Fatal(err)
 			}
 		}

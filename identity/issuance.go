@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -88,7 +90,8 @@ type IssuanceConfig struct {
 
 // Issuance is the gRPC service node agents and workloads call to get
 // SVIDs. It has no generated stubs (no protoc here): one unary method,
-// /kordon.identity.v1.Issuance/SignX509SVID, whose request and response
+// /kordon.identity.v1.Issuance/Sign (an X.509-SVID for a CSR, or a
+// JWT-SVID for audiences), whose request and response
 // are JSON documents carried in google.protobuf.BytesValue.
 type Issuance struct {
 	cfg IssuanceConfig
@@ -105,6 +108,8 @@ type SignRequest struct {
 	Pod       string `json:"pod,omitempty"`
 	// TTLSeconds, 0 for the default.
 	TTLSeconds int64 `json:"ttlSeconds,omitempty"`
+	// JWTAudience, when set, asks for a JWT-SVID instead (no CSR needed).
+	JWTAudience []string `json:"jwtAudience,omitempty"`
 }
 
 // SignResponse is the JSON response.
@@ -114,9 +119,12 @@ type SignResponse struct {
 	BundlePEM string `json:"bundlePEM"`
 	// Bundle is the SPIFFE bundle (JWKS) of this trust domain.
 	Bundle json.RawMessage `json:"bundle"`
+	// JWTSVID and JWTExpiry answer a JWT request.
+	JWTSVID   string    `json:"jwtSvid,omitempty"`
+	JWTExpiry time.Time `json:"jwtExpiry,omitempty"`
 }
 
-const issuanceMethod = "/kordon.identity.v1.Issuance/SignX509SVID"
+const issuanceMethod = "/kordon.identity.v1.Issuance/Sign"
 
 // NewIssuance builds the service.
 func NewIssuance(cfg IssuanceConfig) (*Issuance, error) {
@@ -138,7 +146,7 @@ func (s *Issuance) Register(g *grpc.Server) {
 		ServiceName: "kordon.identity.v1.Issuance",
 		HandlerType: (*any)(nil),
 		Methods: []grpc.MethodDesc{{
-			MethodName: "SignX509SVID",
+			MethodName: "Sign",
 			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 				in := new(wrapperspb.BytesValue)
 				if err := dec(in); err != nil {
@@ -169,6 +177,17 @@ func (s *Issuance) handle(ctx context.Context, in *wrapperspb.BytesValue) (*wrap
 		s.log.Warn("issuance refused", "caller_namespace", ti.Namespace, "caller_sa", ti.ServiceAccount, "caller_node", ti.NodeName,
 			"namespace", req.Namespace, "pod", req.Pod, "error", err)
 		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
+	if len(req.JWTAudience) > 0 {
+		tok, exp, err := s.cfg.CA.SignJWTSVID(id, req.JWTAudience, time.Duration(req.TTLSeconds)*time.Second)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		out, err := json.Marshal(SignResponse{SPIFFEID: id.String(), JWTSVID: tok, JWTExpiry: exp})
+		if err != nil {
+			return nil, status.Error(codes.Internal, "response encoding failed")
+		}
+		return wrapperspb.Bytes(out), nil
 	}
 	svid, err := s.cfg.CA.SignCSR(req.CSR, id, time.Duration(req.TTLSeconds)*time.Second)
 	if err != nil {
@@ -362,4 +381,51 @@ func (c *IssuanceClient) Sign(ctx context.Context, req SignRequest) (*SignRespon
 		return nil, fmt.Errorf("identity: bad response: %w", err)
 	}
 	return &resp, nil
+}
+
+// RemoteIssuer is the node agent's Issuer: it asks the controller's
+// issuance API for SVIDs on behalf of the pods of its node (the controller
+// checks that they are scheduled there).
+type RemoteIssuer struct {
+	Client *IssuanceClient
+	// TrustBundles returns the trust bundles to serve (the node agent
+	// reads the controller's published bundle).
+	TrustBundles func(ctx context.Context) ([]*spiffebundle.Bundle, error)
+}
+
+var _ Issuer = (*RemoteIssuer)(nil)
+
+// IssueX509 sends a CSR signed with key for the pod.
+func (r *RemoteIssuer) IssueX509(ctx context.Context, w *workload.Workload, key crypto.Signer) (*SVID, error) {
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := r.Client.Sign(ctx, SignRequest{CSR: csr, Namespace: w.Namespace, Pod: w.Name})
+	if err != nil {
+		return nil, err
+	}
+	id, err := spiffeid.FromString(resp.SPIFFEID)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := parsePEMCerts([]byte(resp.ChainPEM))
+	if err != nil {
+		return nil, err
+	}
+	return &SVID{ID: id, Chain: chain}, nil
+}
+
+// IssueJWT asks for a JWT-SVID for the pod.
+func (r *RemoteIssuer) IssueJWT(ctx context.Context, w *workload.Workload, audience []string) (string, time.Time, error) {
+	resp, err := r.Client.Sign(ctx, SignRequest{Namespace: w.Namespace, Pod: w.Name, JWTAudience: audience})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return resp.JWTSVID, resp.JWTExpiry, nil
+}
+
+// Bundles implements Issuer.
+func (r *RemoteIssuer) Bundles(ctx context.Context) ([]*spiffebundle.Bundle, error) {
+	return r.TrustBundles(ctx)
 }

@@ -84,6 +84,8 @@ func installObjects() []map[string]any {
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta("kordon-controller", true, ctrl), "rules": []any{
 			rule([]any{""}, []any{"secrets"}, []any{"get", "list", "watch", "create", "update"}),
 			rule([]any{"coordination.k8s.io"}, []any{"leases"}, []any{"get", "create", "update"}),
+			// The trust bundle published for node agents.
+			rule([]any{""}, []any{"configmaps"}, []any{"get", "create", "update"}),
 		}},
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta("kordon-controller", true, ctrl),
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kordon-controller"},
@@ -93,6 +95,12 @@ func installObjects() []map[string]any {
 			rule([]any{"security.kordon.dev"}, []any{"egresspolicies"}, read),
 			rule([]any{"", "events.k8s.io"}, []any{"events"}, []any{"create", "patch"}),
 		}},
+		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta("kordon-node", true, node), "rules": []any{
+			rule([]any{""}, []any{"configmaps"}, []any{"get"}),
+		}},
+		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta("kordon-node", true, node),
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kordon-node"},
+			"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "kordon-node", "namespace": Namespace}}},
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta("kordon-node", false, node),
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kordon-node"},
 			"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "kordon-node", "namespace": Namespace}}},
@@ -148,7 +156,10 @@ func installObjects() []map[string]any {
 					"serviceAccountName": "kordon-node",
 					// hostNetwork: DNS is served on the node-local address
 					// and source IPs of pods are seen unchanged.
-					"hostNetwork":       true,
+					"hostNetwork": true,
+					// hostPID: SO_PEERCRED PIDs of Workload API callers must
+					// resolve in /proc to find their pod (as SPIRE's agent).
+					"hostPID":           true,
 					"dnsPolicy":         "Default",
 					"priorityClassName": "system-node-critical",
 					"tolerations":       []any{map[string]any{"operator": "Exists"}},
@@ -157,7 +168,9 @@ func installObjects() []map[string]any {
 						"image": Image,
 						"args": []any{"node", "--node=$(NODE_NAME)", "--dns-listen=" + NodeLocalDNS + ":53",
 							"--upstream=$(UPSTREAM_DNS)", "--controller-http=http://kordon-controller." + Namespace + ".svc:9080",
-							"--state-dir=/var/lib/kordon", "--http-listen=127.0.0.1:9081"},
+							"--state-dir=/var/lib/kordon", "--http-listen=127.0.0.1:9081", "--namespace=" + Namespace,
+							"--controller-issuance=kordon-controller." + Namespace + ".svc:15012",
+							"--workload-api-socket=/run/kordon/sockets/agent.sock", "--token-file=/var/run/secrets/kordon/token"},
 						"env": []any{
 							map[string]any{"name": "NODE_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "spec.nodeName"}}},
 							// The cluster DNS Service IP (kube-dns): set it to yours.
@@ -167,8 +180,12 @@ func installObjects() []map[string]any {
 							map[string]any{"name": "dns", "containerPort": 53, "protocol": "UDP"},
 							map[string]any{"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
 						},
-						"volumeMounts": []any{map[string]any{"name": "state", "mountPath": "/var/lib/kordon"}},
-						"resources":    map[string]any{"requests": map[string]any{"cpu": "50m", "memory": "64Mi"}, "limits": map[string]any{"memory": "512Mi"}},
+						"volumeMounts": []any{
+							map[string]any{"name": "state", "mountPath": "/var/lib/kordon"},
+							map[string]any{"name": "sockets", "mountPath": "/run/kordon/sockets"},
+							map[string]any{"name": "kordon-token", "mountPath": "/var/run/secrets/kordon", "readOnly": true},
+						},
+						"resources": map[string]any{"requests": map[string]any{"cpu": "50m", "memory": "64Mi"}, "limits": map[string]any{"memory": "512Mi"}},
 						"securityContext": map[string]any{
 							"allowPrivilegeEscalation": false,
 							"readOnlyRootFilesystem":   true,
@@ -177,7 +194,15 @@ func installObjects() []map[string]any {
 						},
 					}},
 					// Alert log, webhook cursor and quarantines survive restarts.
-					"volumes": []any{map[string]any{"name": "state", "hostPath": map[string]any{"path": "/var/lib/kordon", "type": "DirectoryOrCreate"}}},
+					"volumes": []any{
+						map[string]any{"name": "state", "hostPath": map[string]any{"path": "/var/lib/kordon", "type": "DirectoryOrCreate"}},
+						// Pods mount this directory to reach the Workload API.
+						map[string]any{"name": "sockets", "hostPath": map[string]any{"path": "/run/kordon/sockets", "type": "DirectoryOrCreate"}},
+						// A pod-bound token for the issuance API (audience kordon).
+						map[string]any{"name": "kordon-token", "projected": map[string]any{"sources": []any{map[string]any{
+							"serviceAccountToken": map[string]any{"audience": "kordon", "expirationSeconds": 3600, "path": "token"},
+						}}}},
+					},
 				},
 			},
 		}},

@@ -172,7 +172,21 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	go leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
 		Lock: lock, LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, ReleaseOnCancel: true,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(context.Context) { leader.Store(true); log.Info("became leader", "identity", id) },
+			OnStartedLeading: func(lctx context.Context) {
+				leader.Store(true)
+				log.Info("became leader", "identity", id)
+				// Publish the trust bundle for node agents while leading.
+				for {
+					if err := kube.PublishBundle(lctx, clients.Kube, f.namespace, ca); err != nil {
+						log.Warn("trust bundle not published", "error", err)
+					}
+					select {
+					case <-lctx.Done():
+						return
+					case <-time.After(30 * time.Second):
+					}
+				}
+			},
 			OnStoppedLeading: func() { leader.Store(false); log.Info("lost leadership", "identity", id) },
 		},
 	})

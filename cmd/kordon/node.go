@@ -27,6 +27,7 @@ import (
 func newNodeCmd() *cobra.Command {
 	var df dnsguardFlags
 	var kubeconfig, dnsListen, httpListen, stateDir, controllerHTTP, queryLog, rootNS string
+	var wl workloadAPIFlags
 	cmd := &cobra.Command{
 		Use:   "node --node NAME --dns-listen ADDR --upstream IP:PORT",
 		Short: "Run the node agent: DNS filtering for this node's pods, exfiltration detection, alert forwarding",
@@ -114,6 +115,11 @@ controller's feed (at least once, buffered on disk while the controller is down)
 			hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 			go func() { _ = hs.Serve(httpLn) }()
 			defer hs.Shutdown(context.Background())
+			if wl.socket != "" {
+				if err := wl.serve(ctx, clients, workloads, log); err != nil {
+					return err
+				}
+			}
 			ready.Store(true)
 			fmt.Fprintf(cmd.ErrOrStderr(), "kordon node %s ready: dns %s, http %s, %d pods on this node\n", df.node, pc.LocalAddr(), httpLn.Addr(), len(workloads.List()))
 			return srv.Serve(ctx, pc, ln)
@@ -128,5 +134,6 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&controllerHTTP, "controller-http", "http://kordon-controller.kordon-system.svc:9080", "controller feed to forward alerts to (empty: keep local)")
 	fl.StringVar(&queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
 	fl.StringVar(&rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
+	wl.register(cmd)
 	return cmd
 }

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kordon-dev/kordon/identity"
+	"github.com/kordon-dev/kordon/internal/kube"
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+)
+
+// workloadAPIFlags configure the node agent's SPIFFE Workload API, which
+// fetches SVIDs for this node's pods from the controller's issuance API.
+type workloadAPIFlags struct {
+	socket, tokenFile, issuance, namespace, procRoot string
+}
+
+func (w *workloadAPIFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&w.socket, "workload-api-socket", "/run/kordon/sockets/agent.sock", "SPIFFE Workload API Unix socket for pods (empty: off)")
+	fl.StringVar(&w.tokenFile, "token-file", "/var/run/secrets/kordon/token", "this agent's service-account token (audience kordon, bound to its pod)")
+	fl.StringVar(&w.issuance, "controller-issuance", "kordon-controller.kordon-system.svc:15012", "controller issuance API address")
+	fl.StringVar(&w.namespace, "namespace", "kordon-system", "kordon's namespace (trust bundle ConfigMap, controller identity)")
+	fl.StringVar(&w.procRoot, "proc-root", "/proc", "procfs used to attest callers (PID -> cgroup -> pod); the DaemonSet runs with hostPID")
+}
+
+// serve starts the Workload API; it returns once the socket listens.
+func (w *workloadAPIFlags) serve(ctx context.Context, clients *kube.Clients, reg *workload.Registry, log *slog.Logger) error {
+	var bundle *spiffebundle.Bundle
+	var err error
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		bundle, err = kube.ReadBundle(ctx, clients.Kube, w.namespace)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("workload API: %w (is the controller running?)", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second): // waiting for the controller to publish, bounded
+		}
+	}
+	ctrlID, err := identity.WorkloadID(bundle.TrustDomain(), w.namespace, "kordon-controller")
+	if err != nil {
+		return err
+	}
+	client, err := identity.DialIssuance(w.issuance, bundle.X509Authorities(), ctrlID, func() (string, error) {
+		b, err := os.ReadFile(w.tokenFile)
+		return strings.TrimSpace(string(b)), err
+	})
+	if err != nil {
+		return err
+	}
+	issuer := &identity.RemoteIssuer{Client: client, TrustBundles: func(ctx context.Context) ([]*spiffebundle.Bundle, error) {
+		b, err := kube.ReadBundle(ctx, clients.Kube, w.namespace)
+		if err != nil {
+			return nil, err
+		}
+		return []*spiffebundle.Bundle{b}, nil
+	}}
+	api, err := identity.NewWorkloadAPI(identity.WorkloadAPIConfig{Issuer: issuer, Attestor: &identity.ProcAttestor{ProcRoot: w.procRoot, Pods: reg}, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(w.socket), 0o755); err != nil {
+		return err
+	}
+	_ = os.Remove(w.socket) // a stale socket from a previous run
+	ln, err := net.Listen("unix", w.socket)
+	if err != nil {
+		return err
+	}
+	// Pods mount the directory; the API itself attests every caller.
+	if err := os.Chmod(w.socket, 0o777); err != nil {
+		return err
+	}
+	go func() {
+		if err := api.Serve(ctx, ln); err != nil {
+			log.Error("workload API stopped", "error", err)
+		}
+		client.Close()
+	}()
+	return nil
+}

@@ -1,0 +1,56 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/kordon-dev/kordon/identity"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// BundleConfigMap is where the controller publishes the trust bundle for
+// node agents (which may not read the CA Secret).
+const BundleConfigMap = "kordon-trust-bundle"
+
+// PublishBundle writes the CA's SPIFFE bundle to the ConfigMap if it changed.
+func PublishBundle(ctx context.Context, c kubernetes.Interface, namespace string, ca *identity.CA) error {
+	raw, err := ca.SPIFFEBundle().Marshal()
+	if err != nil {
+		return err
+	}
+	data := map[string]string{"bundle.spiffe": string(raw), "bundle.pem": string(ca.BundlePEM()), "trustDomain": ca.TrustDomain().Name()}
+	cms := c.CoreV1().ConfigMaps(namespace)
+	cur, err := cms.Get(ctx, BundleConfigMap, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: BundleConfigMap, Namespace: namespace,
+			Labels: map[string]string{"app.kubernetes.io/part-of": "kordon"}}, Data: data}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if cur.Data["bundle.spiffe"] == data["bundle.spiffe"] && cur.Data["bundle.pem"] == data["bundle.pem"] {
+		return nil
+	}
+	cur.Data = data
+	_, err = cms.Update(ctx, cur, metav1.UpdateOptions{})
+	return err
+}
+
+// ReadBundle reads the published bundle.
+func ReadBundle(ctx context.Context, c kubernetes.Interface, namespace string) (*spiffebundle.Bundle, error) {
+	cm, err := c.CoreV1().ConfigMaps(namespace).Get(ctx, BundleConfigMap, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("kube: trust bundle: %w", err)
+	}
+	td, err := spiffeid.TrustDomainFromString(cm.Data["trustDomain"])
+	if err != nil {
+		return nil, fmt.Errorf("kube: trust bundle: %w", err)
+	}
+	return spiffebundle.Parse(td, []byte(cm.Data["bundle.spiffe"]))
+}
