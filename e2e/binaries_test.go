@@ -211,4 +211,26 @@ spec:
 		}
 		return false
 	})
+	eventually(t, 30*time.Second, "a Warning Event on the offending pod", func() bool {
+		for _, r := range podEventReasons(t, ns, "worker-1") {
+			if r == "DNSExfiltration" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// podEventReasons lists the reasons of Events about a pod.
+func podEventReasons(t *testing.T, ns, pod string) []string {
+	t.Helper()
+	evs, err := clients.Kube.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range evs.Items {
+		out = append(out, e.Reason)
+	}
+	return out
 }

@@ -57,7 +57,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 			if err := kube.RunWorkloads(ctx, clients, workloads, df.node); err != nil {
 				return err
 			}
-			var hooks []alert.WebhookConfig
+			hooks := []alert.WebhookConfig{{Name: "events", Sink: &kube.EventSink{Client: clients.Kube, Node: df.node}}}
 			if controllerHTTP != "" {
 				hooks = append(hooks, alert.WebhookConfig{Name: "controller", URL: strings.TrimSuffix(controllerHTTP, "/") + "/v1/alerts"})
 			}

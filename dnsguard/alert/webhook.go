@@ -35,6 +35,14 @@ type WebhookConfig struct {
 	Client *http.Client
 	// After waits (default time.After); tests replace it.
 	After func(time.Duration) <-chan time.Time
+	// Sink, when set, receives alerts instead of an HTTP POST to URL (for
+	// example Kubernetes Events); it gets the same cursor, order and retries.
+	Sink Sink
+}
+
+// Sink receives alerts in order; an error makes the feed retry later.
+type Sink interface {
+	Deliver(ctx context.Context, a Alert) error
 }
 
 // webhook delivers alerts in ID order, at least once: the cursor (the last
@@ -52,7 +60,7 @@ func newWebhook(f *Feed, cfg WebhookConfig) (*webhook, error) {
 	if cfg.Name == "" || strings.Trim(cfg.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
 		return nil, fmt.Errorf("alert: webhook name %q must be letters, digits and '-'", cfg.Name)
 	}
-	if cfg.URL == "" {
+	if cfg.URL == "" && cfg.Sink == nil {
 		return nil, fmt.Errorf("alert: webhook %s has no URL", cfg.Name)
 	}
 	if cfg.Timeout <= 0 {
@@ -143,6 +151,11 @@ func (w *webhook) run(ctx context.Context) {
 }
 
 func (w *webhook) deliver(ctx context.Context, a Alert) error {
+	if w.cfg.Sink != nil {
+		ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+		defer cancel()
+		return w.cfg.Sink.Deliver(ctx, a)
+	}
 	body, err := json.Marshal(&a)
 	if err != nil {
 		return err
