@@ -19,6 +19,7 @@ type cacheKey struct {
 
 type cacheEntry struct {
 	msg     *dns.Msg
+	wire    *wireAnswer // nil when it cannot be served from wire
 	stored  time.Time
 	expires time.Time
 }
@@ -96,6 +97,18 @@ func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (*dns.Msg, bool)
 	return nil, false
 }
 
+// getWire returns the fresh wire answer for k and its age in seconds.
+func (c *cache) getWire(k cacheKey, now time.Time) (*wireAnswer, uint32, bool) {
+	s := c.shard(k)
+	s.mu.Lock()
+	e, ok := s.m[k]
+	s.mu.Unlock()
+	if !ok || e.wire == nil || !now.Before(e.expires) {
+		return nil, 0, false
+	}
+	return e.wire, uint32(now.Sub(e.stored) / time.Second), true
+}
+
 // put stores m if it is cacheable: NOERROR with answers (positive) or
 // NXDOMAIN/NODATA (negative, TTL from the SOA minimum, RFC 2308).
 func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
@@ -145,7 +158,7 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
 			}
 		}
 	}
-	s.m[k] = &cacheEntry{msg: stored, stored: now, expires: now.Add(ttl)}
+	s.m[k] = &cacheEntry{msg: stored, wire: packWire(stored, k.name+"."), stored: now, expires: now.Add(ttl)}
 	s.mu.Unlock()
 }
 

@@ -16,6 +16,7 @@ type metrics struct {
 	upstreamRequests *prometheus.CounterVec
 	logDropped       prometheus.Counter
 	rateLimited      prometheus.Counter
+	fastAnswers      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,11 +35,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Queries sent upstream, by upstream and result (ok, error)."}, []string{"upstream", "result"}),
 		logDropped:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "querylog_dropped_total", Help: "Query log records dropped because the writer fell behind."}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimited_total", Help: "Queries refused by the per-client rate limit."}),
+		fastAnswers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fast_path_answers_total", Help: "UDP cache hits answered from wire bytes without a full parse."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.rateLimited} {
+	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.rateLimited, m.fastAnswers} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

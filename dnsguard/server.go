@@ -105,10 +105,12 @@ type Server struct {
 	egress    atomic.Pointer[egressState]
 	blocklist atomic.Pointer[Blocklist]
 
-	mu      sync.Mutex
-	servers []*dns.Server
-	cancel  context.CancelFunc
-	closed  bool
+	mu       sync.Mutex
+	servers  []*dns.Server
+	cancel   context.CancelFunc
+	closed   bool
+	serving  sync.WaitGroup // Serve calls in progress
+	inflight sync.WaitGroup // queries being answered on the UDP fast path
 }
 
 // egressState is the compiled policy set plus a per-workload cache of
@@ -298,13 +300,21 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 			}
 		}
 	}
+	s.observe(&ev)
+}
+
+// observe records a completed query: metrics, the detector, the query log.
+func (s *Server) observe(ev *QueryEvent) {
 	s.metrics.queries.WithLabelValues(string(ev.Verdict), ev.RCode).Inc()
 	s.metrics.duration.Observe(ev.Latency)
-	if s.cfg.Inspector != nil && ev.QName != "" {
-		s.cfg.Inspector.Observe(&ev)
+	if ev.QName == "" {
+		return
 	}
-	if s.qlog != nil && ev.QName != "" {
-		s.qlog.log(&ev)
+	if s.cfg.Inspector != nil {
+		s.cfg.Inspector.Observe(ev)
+	}
+	if s.qlog != nil {
+		s.qlog.log(ev)
 	}
 }
 
@@ -552,35 +562,42 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	ctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
 	var started []*dns.Server
-	if udp != nil {
-		started = append(started, &dns.Server{PacketConn: udp, Handler: s, UDPSize: 65535})
-	}
 	if tcp != nil {
 		started = append(started, &dns.Server{Listener: tcp, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
 	}
 	s.servers = append(s.servers, started...)
+	s.serving.Add(1)
 	s.mu.Unlock()
+	defer s.serving.Done()
 	go s.fwd.healthCheck(ctx, s.cfg.HealthCheckInterval)
 	if s.clusterFw != s.fwd {
 		go s.clusterFw.healthCheck(ctx, s.cfg.HealthCheckInterval)
 	}
-	errc := make(chan error, len(started))
+	errc := make(chan error, len(started)+1)
 	for _, srv := range started {
 		go func(srv *dns.Server) { errc <- srv.ActivateAndServe() }(srv)
 	}
+	udpDone := make(chan struct{})
+	if udp != nil {
+		go func() { defer close(udpDone); errc <- s.serveUDP(ctx, udp) }()
+	} else {
+		close(udpDone)
+	}
+	var err error
 	select {
 	case <-ctx.Done():
-		for _, srv := range started {
-			_ = srv.Shutdown()
-		}
-		return nil
-	case err := <-errc:
+	case err = <-errc:
 		cancel()
-		for _, srv := range started {
-			_ = srv.Shutdown()
-		}
-		return err
 	}
+	for _, srv := range started {
+		_ = srv.Shutdown()
+	}
+	<-udpDone
+	s.inflight.Wait()
+	if ctx.Err() != nil && err == nil {
+		return nil
+	}
+	return err
 }
 
 // ListenUDPTCP binds addr for UDP and TCP, for Serve.
@@ -613,6 +630,9 @@ func (s *Server) Close() error {
 		_ = srv.Shutdown()
 	}
 	s.mu.Unlock()
+	// Wait for Serve to finish its in-flight queries before the query
+	// log they write to is closed.
+	s.serving.Wait()
 	s.fwd.close()
 	if s.clusterFw != s.fwd {
 		s.clusterFw.close()

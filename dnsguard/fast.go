@@ -1,0 +1,404 @@
+package dnsguard
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+
+	"github.com/kordon-dev/kordon/policy"
+	"github.com/miekg/dns"
+)
+
+// The UDP fast path answers the common case, a cache hit for an allowed
+// name, straight from wire bytes: it parses only the header, the single
+// question and an option-less OPT record, copies the cached packed answer,
+// patches the ID, the RD bit, the question's case (0x20) and the TTLs,
+// and writes it. Everything else (policy refusals, misses, EDNS options,
+// truncation, unusual names or opcodes) goes to the full miekg/dns path,
+// so answers are identical either way (TestFastPathMatchesSlowPath).
+
+// wireAnswer is a cached answer in wire form.
+type wireAnswer struct {
+	wire       []byte // ID 0, question lower-case, no OPT record
+	ttlOffsets []int  // offsets of every TTL field
+	ttls       []uint32
+	answers    []netip.Addr
+}
+
+// packWire builds the wire form of a cached answer, or nil when the answer
+// cannot be served from wire (it would need rewriting beyond our patches).
+func packWire(m *dns.Msg, lowerName string) *wireAnswer {
+	c := m.Copy()
+	c.Id = 0
+	c.Response = true
+	c.Authoritative = false
+	c.RecursionAvailable = true
+	c.RecursionDesired = true
+	c.Question = []dns.Question{{Name: lowerName, Qtype: m.Question[0].Qtype, Qclass: m.Question[0].Qclass}}
+	extra := c.Extra[:0]
+	for _, rr := range c.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	c.Extra = extra
+	w := &wireAnswer{}
+	for _, rr := range c.Answer {
+		if dns.CanonicalName(rr.Header().Name) == lowerName {
+			rr.Header().Name = lowerName // compresses to the question: the case follows it
+		}
+		switch a := rr.(type) {
+		case *dns.A:
+			if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
+				w.answers = append(w.answers, ip)
+			}
+		case *dns.AAAA:
+			if ip, ok := netip.AddrFromSlice(a.AAAA); ok {
+				w.answers = append(w.answers, ip)
+			}
+		}
+	}
+	c.Compress = true
+	wire, err := c.Pack()
+	if err != nil {
+		return nil
+	}
+	w.wire = wire
+	off, ok := skipQuestion(wire)
+	if !ok {
+		return nil
+	}
+	count := int(binary.BigEndian.Uint16(wire[6:])) + int(binary.BigEndian.Uint16(wire[8:])) + int(binary.BigEndian.Uint16(wire[10:]))
+	for i := 0; i < count; i++ {
+		off, ok = skipName(wire, off)
+		if !ok || off+10 > len(wire) {
+			return nil
+		}
+		w.ttlOffsets = append(w.ttlOffsets, off+4)
+		w.ttls = append(w.ttls, binary.BigEndian.Uint32(wire[off+4:]))
+		off += 10 + int(binary.BigEndian.Uint16(wire[off+8:]))
+	}
+	if off != len(wire) {
+		return nil
+	}
+	return w
+}
+
+func skipName(b []byte, off int) (int, bool) {
+	for off < len(b) {
+		l := int(b[off])
+		switch {
+		case l == 0:
+			return off + 1, true
+		case l&0xC0 == 0xC0:
+			return off + 2, off+2 <= len(b)
+		case l&0xC0 != 0:
+			return 0, false
+		}
+		off += 1 + l
+	}
+	return 0, false
+}
+
+func skipQuestion(b []byte) (int, bool) {
+	if len(b) < 12 || binary.BigEndian.Uint16(b[4:]) != 1 {
+		return 0, false
+	}
+	off, ok := skipName(b, 12)
+	if !ok || off+4 > len(b) {
+		return 0, false
+	}
+	return off + 4, true
+}
+
+// fastQuery is what the fast path parsed from a query.
+type fastQuery struct {
+	qname    string // presentation form as the client sent it, with the trailing dot
+	lower    string // lower-case presentation form
+	nameEnd  int    // offset after the question name
+	qtype    uint16
+	edns     bool
+	do       bool
+	udpSize  int
+	rd       bool
+	idHi, id byte
+}
+
+// parseFast accepts only plain queries: QR=0, opcode QUERY, one IN
+// question with letters, digits, '-' and '_' only, and at most an OPT
+// record without options. Anything else returns false.
+func parseFast(b []byte, q *fastQuery) bool {
+	if len(b) < 17 || b[2]&0x80 != 0 || (b[2]>>3)&0xF != 0 ||
+		binary.BigEndian.Uint16(b[4:]) != 1 || binary.BigEndian.Uint16(b[6:]) != 0 || binary.BigEndian.Uint16(b[8:]) != 0 {
+		return false
+	}
+	ar := binary.BigEndian.Uint16(b[10:])
+	if ar > 1 {
+		return false
+	}
+	var name, lower [255]byte
+	n := 0
+	off := 12
+	for {
+		if off >= len(b) {
+			return false
+		}
+		l := int(b[off])
+		if l == 0 {
+			off++
+			break
+		}
+		if l > 63 || off+1+l > len(b) || n+l+1 > 254 {
+			return false
+		}
+		for _, c := range b[off+1 : off+1+l] {
+			lc := c
+			switch {
+			case c >= 'A' && c <= 'Z':
+				lc = c + 32
+			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+			default:
+				return false // escapes needed: leave it to miekg/dns
+			}
+			name[n], lower[n] = c, lc
+			n++
+		}
+		name[n], lower[n] = '.', '.'
+		n++
+		off += 1 + l
+	}
+	if n == 0 {
+		return false // the root: rare, and keeps names non-empty below
+	}
+	if off+4 > len(b) {
+		return false
+	}
+	q.qtype = binary.BigEndian.Uint16(b[off:])
+	if binary.BigEndian.Uint16(b[off+2:]) != dns.ClassINET || q.qtype == dns.TypeANY || q.qtype == dns.TypeAXFR || q.qtype == dns.TypeIXFR {
+		return false
+	}
+	q.nameEnd = off
+	off += 4
+	q.edns, q.do, q.udpSize = false, false, 512
+	if ar == 1 {
+		// OPT: root name, type 41, class = UDP size, TTL = ext-rcode, version, flags; no options.
+		if off+11 != len(b) || b[off] != 0 || binary.BigEndian.Uint16(b[off+1:]) != dns.TypeOPT || b[off+6] != 0 || binary.BigEndian.Uint16(b[off+9:]) != 0 {
+			return false
+		}
+		q.edns = true
+		q.udpSize = int(max(binary.BigEndian.Uint16(b[off+3:]), 512))
+		q.do = b[off+7]&0x80 != 0
+	} else if off != len(b) {
+		return false
+	}
+	q.qname, q.lower = string(name[:n]), string(lower[:n])
+	q.rd = b[2]&0x01 != 0
+	return true
+}
+
+// appendOPT adds our OPT record (UDP 1232, the client's DO bit).
+func appendOPT(b []byte, do bool) []byte {
+	flags := byte(0)
+	if do {
+		flags = 0x80
+	}
+	b = append(b, 0, 0, 41, 0x04, 0xD0, 0, 0, flags, 0, 0, 0)
+	binary.BigEndian.PutUint16(b[10:], binary.BigEndian.Uint16(b[10:])+1)
+	return b
+}
+
+// serveUDP reads the socket with one goroutine per CPU.
+func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
+	n := runtime.GOMAXPROCS(0)
+	var wg sync.WaitGroup
+	errc := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- s.udpLoop(pc)
+		}()
+	}
+	go func() { <-ctx.Done(); pc.Close() }()
+	wg.Wait()
+	err := <-errc
+	if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) udpLoop(pc net.PacketConn) error {
+	buf := make([]byte, 65535)
+	out := make([]byte, 0, 4096)
+	var q fastQuery
+	for {
+		n, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		ua, _ := addr.(*net.UDPAddr)
+		if ua == nil {
+			continue
+		}
+		s.inflight.Add(1)
+		pkt := buf[:n]
+		if parseFast(pkt, &q) {
+			if out = s.answerFast(pc, ua, pkt, &q, out[:0]); out != nil {
+				s.inflight.Done()
+				continue
+			}
+			out = make([]byte, 0, 4096)
+		}
+		s.serveSlow(pc, ua, pkt)
+		s.inflight.Done()
+	}
+}
+
+// answerFast answers from the wire cache; it returns nil (having sent
+// nothing) when the query needs the full path.
+func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *fastQuery, out []byte) []byte {
+	now := s.cfg.Now()
+	ip, _ := netip.AddrFromSlice(ua.IP)
+	ip = ip.Unmap()
+	name := q.lower[:len(q.lower)-1]
+	key := cacheKey{name: name, qtype: q.qtype, qclass: dns.ClassINET, do: q.do}
+	// Cheap checks first, so a miss costs nothing extra.
+	wa, age, ok := s.cache.getWire(key, now)
+	if !ok {
+		return nil
+	}
+	wl, known := s.cfg.Registry.ByIP(ip)
+	if !known {
+		if s.cfg.UnknownClients != UnknownAllow {
+			return nil
+		}
+		wl = nil
+	}
+	if bl := s.blocklist.Load(); bl != nil {
+		if _, blocked := bl.Match(name); blocked {
+			return nil
+		}
+	}
+	_, we := s.egressFor(wl)
+	d := we.Decide(name)
+	if d.Verdict == policy.EgressBlock {
+		return nil
+	}
+	ev := QueryEvent{Time: now, QName: q.qname, QTypeCode: q.qtype, Cached: true, Policy: d.Policy, Verdict: VerdictAllowed}
+	if d.Verdict == policy.EgressAuditBlock {
+		ev.Verdict = VerdictAudit
+	}
+	ev.Client.IP = ip
+	if wl != nil {
+		ev.Client.Namespace, ev.Client.Pod, ev.Client.ServiceAccount = wl.Namespace, wl.Name, wl.ServiceAccount
+		ev.Client.SPIFFEID = wl.SPIFFEID(s.cfg.TrustDomain)
+		ev.Client.Node = wl.Node
+	}
+	if ev.Client.Node == "" {
+		ev.Client.Node = s.cfg.Node
+	}
+	if s.cfg.Inspector != nil {
+		if _, blocked := s.cfg.Inspector.Quarantined(&ev.Client, name); blocked {
+			return nil
+		}
+	}
+	if !s.limiter.allow(ip, now) {
+		return nil // the full path refuses and counts it
+	}
+	out = append(out, wa.wire...)
+	out[0], out[1] = pkt[0], pkt[1]
+	if q.rd {
+		out[2] |= 0x01
+	} else {
+		out[2] &^= 0x01
+	}
+	copy(out[12:q.nameEnd], pkt[12:q.nameEnd]) // the client's case (0x20)
+	for i, off := range wa.ttlOffsets {
+		ttl := wa.ttls[i]
+		if ttl > age {
+			ttl -= age
+		} else {
+			ttl = 0
+		}
+		binary.BigEndian.PutUint32(out[off:], ttl)
+	}
+	limit := 512
+	if q.edns {
+		out = appendOPT(out, q.do)
+		limit = min(q.udpSize, 1232)
+	}
+	if len(out) > limit {
+		return nil // needs truncation: the full path does it
+	}
+	if _, err := pc.WriteTo(out, ua); err != nil {
+		s.log.Debug("write failed", "client_ip", ip, "error", err)
+	}
+	s.metrics.fastAnswers.Inc()
+	s.metrics.cacheHits.Inc()
+	ev.QType = dns.TypeToString[q.qtype]
+	if ev.QType == "" {
+		ev.QType = "TYPE" + itoa(int(q.qtype))
+	}
+	ev.RCode = dns.RcodeToString[int(out[3]&0x0F)]
+	ev.Answers = wa.answers
+	ev.Latency = s.cfg.Now().Sub(now).Seconds()
+	s.observe(&ev)
+	return out
+}
+
+func itoa(i int) string {
+	var b [8]byte
+	n := len(b)
+	for {
+		n--
+		b[n] = byte('0' + i%10)
+		i /= 10
+		if i == 0 {
+			return string(b[n:])
+		}
+	}
+}
+
+// serveSlow hands a packet to the full miekg/dns path.
+func (s *Server) serveSlow(pc net.PacketConn, ua *net.UDPAddr, pkt []byte) {
+	m := new(dns.Msg)
+	if err := m.Unpack(pkt); err != nil {
+		// As miekg/dns's server: FORMERR for a parseable header, else drop.
+		if len(pkt) >= 12 && pkt[2]&0x80 == 0 {
+			resp := []byte{pkt[0], pkt[1], 0x80 | pkt[2]&0x79, dns.RcodeFormatError, 0, 0, 0, 0, 0, 0, 0, 0}
+			_, _ = pc.WriteTo(resp, ua)
+		}
+		return
+	}
+	s.ServeDNS(&udpWriter{pc: pc, addr: ua}, m)
+}
+
+// udpWriter is the dns.ResponseWriter of the full path on the fast socket.
+type udpWriter struct {
+	pc   net.PacketConn
+	addr *net.UDPAddr
+}
+
+func (w *udpWriter) LocalAddr() net.Addr  { return w.pc.LocalAddr() }
+func (w *udpWriter) RemoteAddr() net.Addr { return w.addr }
+func (w *udpWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	_, err = w.pc.WriteTo(b, w.addr)
+	return err
+}
+func (w *udpWriter) Write(b []byte) (int, error) { return w.pc.WriteTo(b, w.addr) }
+func (w *udpWriter) Close() error                { return nil }
+func (w *udpWriter) TsigStatus() error           { return nil }
+func (w *udpWriter) TsigTimersOnly(bool)         {}
+func (w *udpWriter) Hijack()                     {}
+func (w *udpWriter) Network() string             { return "udp" }
+
+var _ dns.ResponseWriter = (*udpWriter)(nil)
