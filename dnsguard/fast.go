@@ -254,8 +254,13 @@ func (s *Server) udpLoop(pc net.PacketConn) error {
 			}
 			out = make([]byte, 0, 4096)
 		}
-		s.serveSlow(pc, ua, pkt)
-		s.inflight.Done()
+		// The full path may wait on an upstream: give it its own goroutine
+		// (as miekg/dns does) so readers keep draining the socket.
+		cp := append([]byte(nil), pkt...)
+		go func() {
+			defer s.inflight.Done()
+			s.serveSlow(pc, ua, cp)
+		}()
 	}
 }
 

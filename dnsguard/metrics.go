@@ -1,6 +1,8 @@
 package dnsguard
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,6 +19,19 @@ type metrics struct {
 	logDropped       prometheus.Counter
 	rateLimited      prometheus.Counter
 	fastAnswers      prometheus.Counter
+	// queryChildren caches queries_total children by verdict+rcode: the
+	// label lookup is too slow for every query.
+	queryChildren sync.Map
+}
+
+// countQuery increments queries_total{verdict,rcode}.
+func (m *metrics) countQuery(verdict Verdict, rcode string) {
+	key := string(verdict) + "/" + rcode
+	c, ok := m.queryChildren.Load(key)
+	if !ok {
+		c, _ = m.queryChildren.LoadOrStore(key, m.queries.WithLabelValues(string(verdict), rcode))
+	}
+	c.(prometheus.Counter).Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {

@@ -2,7 +2,6 @@ package dnsguard
 
 import (
 	"bufio"
-	"encoding/json"
 	"io"
 	"sync"
 	"time"
@@ -39,7 +38,11 @@ func (l *queryLog) log(ev *QueryEvent) {
 func (l *queryLog) run() {
 	defer close(l.done)
 	bw := bufio.NewWriterSize(l.w, 64<<10)
-	enc := json.NewEncoder(bw)
+	var line []byte
+	encode := func(ev *QueryEvent) {
+		line = appendEvent(line[:0], ev)
+		_, _ = bw.Write(line)
+	}
 	t := time.NewTicker(l.flushEv)
 	defer t.Stop()
 	for {
@@ -49,7 +52,7 @@ func (l *queryLog) run() {
 				_ = bw.Flush()
 				return
 			}
-			_ = enc.Encode(&ev)
+			encode(&ev)
 			// Drain what is queued before flushing: one write per batch.
 			for n := 0; n < 4096; n++ {
 				select {
@@ -58,7 +61,7 @@ func (l *queryLog) run() {
 						_ = bw.Flush()
 						return
 					}
-					_ = enc.Encode(&ev)
+					encode(&ev)
 					continue
 				default:
 				}

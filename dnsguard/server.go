@@ -305,7 +305,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 
 // observe records a completed query: metrics, the detector, the query log.
 func (s *Server) observe(ev *QueryEvent) {
-	s.metrics.queries.WithLabelValues(string(ev.Verdict), ev.RCode).Inc()
+	s.metrics.countQuery(ev.Verdict, ev.RCode)
 	s.metrics.duration.Observe(ev.Latency)
 	if ev.QName == "" {
 		return
