@@ -161,14 +161,3 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
 	s.m[k] = &cacheEntry{msg: stored, wire: packWire(stored, k.name+"."), stored: now, expires: now.Add(ttl)}
 	s.mu.Unlock()
 }
-
-// len counts entries (for tests and metrics).
-func (c *cache) len() int {
-	n := 0
-	for i := range c.shards {
-		c.shards[i].mu.Lock()
-		n += len(c.shards[i].m)
-		c.shards[i].mu.Unlock()
-	}
-	return n
-}

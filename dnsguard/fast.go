@@ -117,15 +117,14 @@ func skipQuestion(b []byte) (int, bool) {
 
 // fastQuery is what the fast path parsed from a query.
 type fastQuery struct {
-	qname    string // presentation form as the client sent it, with the trailing dot
-	lower    string // lower-case presentation form
-	nameEnd  int    // offset after the question name
-	qtype    uint16
-	edns     bool
-	do       bool
-	udpSize  int
-	rd       bool
-	idHi, id byte
+	qname   string // presentation form as the client sent it, with the trailing dot
+	lower   string // lower-case presentation form
+	nameEnd int    // offset after the question name
+	qtype   uint16
+	edns    bool
+	do      bool
+	udpSize int
+	rd      bool
 }
 
 // parseFast accepts only plain queries: QR=0, opcode QUERY, one IN

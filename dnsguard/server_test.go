@@ -381,8 +381,7 @@ func TestFailover(t *testing.T) {
 	}
 	deadAddr := dead.LocalAddr().String()
 	dead.Close() // nothing listens: ICMP port unreachable or timeout
-	var h *harness
-	h = newHarness(t, func(c *Config) {
+	h := newHarness(t, func(c *Config) {
 		c.Timeout = 200 * time.Millisecond
 		c.Upstreams = append([]string{deadAddr}, c.Upstreams...)
 	})

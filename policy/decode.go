@@ -321,9 +321,8 @@ type yamlScalar interface {
 
 // structField describes one JSON-tagged field.
 type structField struct {
-	index  []int
-	name   string
-	inline bool
+	index []int
+	name  string
 }
 
 func fieldsOf(t reflect.Type) []structField {

@@ -264,7 +264,7 @@ func (e *evaluator) principal(p *rbacconfig.Principal) (bool, error) {
 	case *rbacconfig.Principal_RemoteIp:
 		return inCIDR(id.RemoteIp, e.req.RemoteIP), nil
 	case *rbacconfig.Principal_Metadata:
-		m := id.Metadata
+		m := id.Metadata //lint:ignore SA1019 what Compile emits (grpc-go refuses sourced_metadata)
 		if m.GetFilter() == "istio_authn" && len(m.GetPath()) == 1 && m.GetPath()[0].GetKey() == "request.auth.principal" {
 			sm := m.GetValue().GetStringMatch()
 			ok, err := e.str(sm, e.req.RequestPrincipal, e.req.RequestPrincipal != "")

@@ -508,7 +508,8 @@ func clientCluster(name string, eps []*workload.Workload, o buildOptions) *clust
 		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: o.certProvider, CertificateName: IdentityCertName},
 		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 			CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: o.certProvider, CertificateName: RootCertName},
-			MatchSubjectAltNames:          sans,
+			//lint:ignore SA1019 grpc-go v1.85 matches SANs from this field
+			MatchSubjectAltNames: sans,
 		}},
 	}}
 	return &clusterv3.Cluster{

@@ -78,23 +78,6 @@ func recvType(t testing.TB, c *adsclient.Client, typeURL string) *discoveryv3.Di
 	}
 }
 
-// openErr opens a stream, sends one request and returns the stream error.
-func openErr(t testing.TB, cc *grpc.ClientConn, node *corev3.Node, opts ...grpc.CallOption) error {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := adsclient.Open(ctx, cc, node, opts...)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.Subscribe(resourcev3.ListenerType); err != nil {
-		return err
-	}
-	_, err = c.Recv()
-	return err
-}
-
 func TestStreamAuthentication(t *testing.T) {
 	t.Parallel()
 	m := startMesh(t, shopWorkloads(), func(c *Config) {
