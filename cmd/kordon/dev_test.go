@@ -397,11 +397,18 @@ func TestDevDNSFlow(t *testing.T) {
 		}
 	}
 	recs := h.queryLogLines(t, len(tests))
-	for i, tc := range tests {
-		rec := recs[i]
-		client, _ := rec["client"].(map[string]any)
-		if rec["qname"] != tc.qname+"." || rec["verdict"] != tc.wantVerdict || client["ip"] != tc.from {
+	for _, tc := range tests {
+		// Records are written after the answers, so their order may
+		// differ from the queries': find each by client and name.
+		var rec map[string]any
+		for _, r := range recs {
+			if c, _ := r["client"].(map[string]any); c["ip"] == tc.from && r["qname"] == tc.qname+"." {
+				rec = r
+			}
+		}
+		if rec == nil || rec["verdict"] != tc.wantVerdict {
 			t.Errorf("%s: log record %v", tc.name, rec)
+			continue
 		}
 		if pol, _ := rec["policy"].(string); pol != tc.wantPolicy {
 			t.Errorf("%s: logged policy %q, want %q", tc.name, pol, tc.wantPolicy)
