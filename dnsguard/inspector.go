@@ -19,6 +19,7 @@ import (
 	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/dnsguard/detect"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/publicsuffix"
 )
 
@@ -37,6 +38,8 @@ type InspectorConfig struct {
 	// (deduplicated by the feed's cooldown).
 	BlockedAlerts bool
 	Logger        *slog.Logger
+	// Metrics registers kordon_detect_* collectors; nil skips them.
+	Metrics prometheus.Registerer
 }
 
 // Quarantine blocks one registrable domain for one workload until lifted.
@@ -65,6 +68,11 @@ type DetectionInspector struct {
 	mu          sync.RWMutex
 	quarantines map[string]*Quarantine // workload|domain
 	nq          atomic.Int32
+
+	detections *prometheus.CounterVec
+	dropCount  prometheus.CounterFunc
+	tracked    prometheus.GaugeFunc
+	quarGauge  prometheus.GaugeFunc
 }
 
 var _ Inspector = (*DetectionInspector)(nil)
@@ -84,6 +92,22 @@ func NewInspector(cfg InspectorConfig) (*DetectionInspector, error) {
 		quit: make(chan struct{}), done: make(chan struct{}), quarantines: map[string]*Quarantine{}}
 	if err := in.load(); err != nil {
 		return nil, err
+	}
+	const ns, sub = "kordon", "detect"
+	in.detections = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "detections_total",
+		Help: "Detector findings, by kind and severity (before the feed's cooldown)."}, []string{"kind", "severity"})
+	in.dropCount = prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "events_dropped_total",
+		Help: "Queries not inspected because the detector queue was full."}, func() float64 { return float64(in.dropped.Load()) })
+	in.tracked = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "queue_length",
+		Help: "Queries waiting for the detector."}, func() float64 { return float64(len(in.ch)) })
+	in.quarGauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "quarantines",
+		Help: "Active (workload, domain) quarantines."}, func() float64 { return float64(in.nq.Load()) })
+	if cfg.Metrics != nil {
+		for _, c := range []prometheus.Collector{in.detections, in.dropCount, in.tracked, in.quarGauge} {
+			if err := cfg.Metrics.Register(c); err != nil {
+				return nil, fmt.Errorf("dnsguard: metrics: %w", err)
+			}
+		}
 	}
 	go in.run()
 	return in, nil
@@ -201,6 +225,7 @@ func (in *DetectionInspector) handle(ev *QueryEvent) {
 	if det == nil {
 		return
 	}
+	in.detections.WithLabelValues(det.Kind, det.Severity).Inc()
 	a := in.baseAlert(ev, det.Domain)
 	a.Kind, a.Severity, a.Score, a.Policy = det.Kind, det.Severity, det.Score, ev.Detection.Policy
 	a.Evidence, _ = json.Marshal(det.Evidence)

@@ -11,6 +11,8 @@ import (
 	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/policy"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 const quarantinePolicy = `
@@ -34,11 +36,17 @@ func TestExfiltrationThroughResolverRaisesAlertAndQuarantines(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer feed.Close()
-	insp, err := NewInspector(InspectorConfig{Feed: feed, StateDir: dir})
+	reg := prometheus.NewRegistry()
+	insp, err := NewInspector(InspectorConfig{Feed: feed, StateDir: dir, Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer insp.Close()
+	defer func() {
+		if n := testutil.ToFloat64(insp.detections.WithLabelValues("exfiltration", "high")); n < 1 {
+			t.Errorf("kordon_detect_detections_total{exfiltration,high} = %v", n)
+		}
+	}()
 	h := newHarness(t, func(c *Config) { c.Inspector = insp; c.Now = time.Now })
 	set := mustSet(t, testPolicies+"---"+quarantinePolicy)
 	if err := h.srv.SetPolicies(set); err != nil {

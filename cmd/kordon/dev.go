@@ -332,6 +332,7 @@ func (d *devServer) newDNS(stdout io.Writer) error {
 		StateDir:      filepath.Join(d.stateDir, "quarantine"),
 		BlockedAlerts: true,
 		Logger:        d.log,
+		Metrics:       d.reg,
 	})
 	if err != nil {
 		return err

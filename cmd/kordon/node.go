@@ -66,7 +66,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 				return err
 			}
 			defer feed.Close()
-			insp, err := dnsguard.NewInspector(dnsguard.InspectorConfig{Feed: feed, StateDir: stateDir, BlockedAlerts: true, Logger: log})
+			insp, err := dnsguard.NewInspector(dnsguard.InspectorConfig{Feed: feed, StateDir: stateDir, BlockedAlerts: true, Logger: log, Metrics: reg})
 			if err != nil {
 				return err
 			}
