@@ -196,10 +196,17 @@ func (u *upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	}
 }
 
+// forget drops a query that will not wait for its answer (timeout, write
+// error, cancellation). If that was the last query on a retired socket,
+// the socket is closed here: no answer will arrive to let readLoop do it.
 func (c *udpConn) forget(id uint16) {
 	c.mu.Lock()
 	delete(c.pending, id)
+	closeNow := c.closed && len(c.pending) == 0
 	c.mu.Unlock()
+	if closeNow {
+		c.conn.Close()
+	}
 }
 
 func (u *upstream) exchangeTCP(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
