@@ -79,13 +79,32 @@ func validateRule(pos *Positions, path string, r *Rule) ErrorList {
 	return errs
 }
 
-func validateSource(pos *Positions, path string, s *Source) ErrorList {
+// listField is one list-valued field of a source or operation.
+type listField struct {
+	name  string
+	vals  []string
+	check func(string) string
+}
+
+// checkFields validates each field's values and requires at least one
+// field to be set (an empty source or operation is an error in Istio).
+func checkFields(pos *Positions, path string, fields []listField) ErrorList {
 	var errs ErrorList
-	fields := []struct {
-		name  string
-		vals  []string
-		check func(string) string
-	}{
+	set := 0
+	for _, f := range fields {
+		if len(f.vals) > 0 {
+			set++
+		}
+		errs = append(errs, checkValues(pos, path+"."+f.name, f.vals, f.check)...)
+	}
+	if set == 0 {
+		errs = append(errs, pos.Errorf(path, "at least one field must be set"))
+	}
+	return errs
+}
+
+func validateSource(pos *Positions, path string, s *Source) ErrorList {
+	errs := checkFields(pos, path, []listField{
 		{"principals", s.Principals, checkWildcard},
 		{"notPrincipals", s.NotPrincipals, checkWildcard},
 		{"requestPrincipals", s.RequestPrincipals, checkWildcard},
@@ -98,17 +117,7 @@ func validateSource(pos *Positions, path string, s *Source) ErrorList {
 		{"notIpBlocks", s.NotIPBlocks, checkCIDR},
 		{"remoteIpBlocks", s.RemoteIPBlocks, checkCIDR},
 		{"notRemoteIpBlocks", s.NotRemoteIPBlocks, checkCIDR},
-	}
-	set := 0
-	for _, f := range fields {
-		if len(f.vals) > 0 {
-			set++
-		}
-		errs = append(errs, checkValues(pos, path+"."+f.name, f.vals, f.check)...)
-	}
-	if set == 0 {
-		errs = append(errs, pos.Errorf(path, "at least one field must be set"))
-	}
+	})
 	if (len(s.ServiceAccounts) > 0 || len(s.NotServiceAccounts) > 0) && (len(s.Principals) > 0 || len(s.NotPrincipals) > 0 || len(s.Namespaces) > 0 || len(s.NotNamespaces) > 0) {
 		errs = append(errs, pos.Errorf(path+".serviceAccounts", "serviceAccounts cannot be combined with principals or namespaces"))
 	}
@@ -116,12 +125,7 @@ func validateSource(pos *Positions, path string, s *Source) ErrorList {
 }
 
 func validateOperation(pos *Positions, path string, o *Operation) ErrorList {
-	var errs ErrorList
-	fields := []struct {
-		name  string
-		vals  []string
-		check func(string) string
-	}{
+	return checkFields(pos, path, []listField{
 		{"hosts", o.Hosts, checkWildcard},
 		{"notHosts", o.NotHosts, checkWildcard},
 		{"ports", o.Ports, checkPort},
@@ -130,18 +134,7 @@ func validateOperation(pos *Positions, path string, o *Operation) ErrorList {
 		{"notMethods", o.NotMethods, checkMethod},
 		{"paths", o.Paths, checkPath},
 		{"notPaths", o.NotPaths, checkPath},
-	}
-	set := 0
-	for _, f := range fields {
-		if len(f.vals) > 0 {
-			set++
-		}
-		errs = append(errs, checkValues(pos, path+"."+f.name, f.vals, f.check)...)
-	}
-	if set == 0 {
-		errs = append(errs, pos.Errorf(path, "at least one field must be set"))
-	}
-	return errs
+	})
 }
 
 func checkValues(pos *Positions, path string, vals []string, check func(string) string) ErrorList {
