@@ -141,23 +141,41 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
 	stored.Id = 0
 	s := c.shard(k)
 	s.mu.Lock()
-	if len(s.m) >= c.perShard {
-		// Evict: expired entries first, else an arbitrary one (map order
-		// is random), which bounds memory without LRU bookkeeping.
-		evicted := false
-		for key, e := range s.m {
-			if now.After(e.expires.Add(c.stale)) {
-				delete(s.m, key)
-				evicted = true
-			}
-		}
-		if !evicted {
-			for key := range s.m {
-				delete(s.m, key)
-				break
-			}
-		}
+	if _, replace := s.m[k]; !replace && len(s.m) >= c.perShard {
+		s.evict(now, c.stale)
 	}
 	s.m[k] = &cacheEntry{msg: stored, wire: packWire(stored, k.name+"."), stored: now, expires: now.Add(ttl)}
 	s.mu.Unlock()
+}
+
+// evictSample is how many entries one eviction looks at.
+const evictSample = 16
+
+// evict frees one slot in a full shard in constant time, so a full cache
+// under a stream of misses does not scan the shard on every insert. It
+// samples a few entries (map iteration order is random): those past their
+// stale window are dropped; if none is, the sampled entry expiring first
+// goes. s.mu must be held.
+func (s *cacheShard) evict(now time.Time, stale time.Duration) {
+	var (
+		victim    cacheKey
+		victimExp time.Time
+		found     bool
+		dropped   bool
+		seen      int
+	)
+	for key, e := range s.m {
+		if now.After(e.expires.Add(stale)) {
+			delete(s.m, key)
+			dropped = true
+		} else if !found || e.expires.Before(victimExp) {
+			victim, victimExp, found = key, e.expires, true
+		}
+		if seen++; seen == evictSample {
+			break
+		}
+	}
+	if !dropped && found {
+		delete(s.m, victim)
+	}
 }
