@@ -261,12 +261,19 @@ func newForwarder(addrs []string, timeout time.Duration, m *metrics) (*forwarder
 }
 
 // forward sends q to the first healthy upstream, then the others. It
-// returns the answer and the upstream that gave it.
+// returns the answer and the upstream that gave it. A SERVFAIL or REFUSED
+// answer also moves on to the next upstream (without marking the first
+// unhealthy: it answered); if no upstream does better, the first such
+// answer is returned.
 func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, error) {
 	if f == nil || len(f.ups) == 0 {
 		return nil, "", ErrNoHealthyUpstream
 	}
-	var lastErr error = ErrNoHealthyUpstream
+	var (
+		lastErr  error = ErrNoHealthyUpstream
+		soft     *dns.Msg
+		softFrom string
+	)
 	// First pass: healthy upstreams; second pass: the rest, so a full
 	// outage still gets tried rather than refused outright.
 	for pass := 0; pass < 2; pass++ {
@@ -280,7 +287,13 @@ func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, 
 					f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(1)
 				}
 				f.metrics.upstreamRequests.WithLabelValues(u.addr, "ok").Inc()
-				return m, u.addr, nil
+				if m.Rcode != dns.RcodeServerFailure && m.Rcode != dns.RcodeRefused {
+					return m, u.addr, nil
+				}
+				if soft == nil {
+					soft, softFrom = m, u.addr
+				}
+				continue
 			}
 			lastErr = err
 			f.metrics.upstreamRequests.WithLabelValues(u.addr, "error").Inc()
@@ -288,9 +301,15 @@ func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, 
 				f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(0)
 			}
 			if ctx.Err() != nil {
+				if soft != nil {
+					return soft, softFrom, nil
+				}
 				return nil, "", ctx.Err()
 			}
 		}
+	}
+	if soft != nil {
+		return soft, softFrom, nil
 	}
 	return nil, "", lastErr
 }

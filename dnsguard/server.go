@@ -444,7 +444,9 @@ func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout*time.Duration(len(fwd.ups)+1))
 	defer cancel()
 	m, from, err := fwd.forward(ctx, up)
-	if err != nil {
+	if err != nil || m.Rcode == dns.RcodeServerFailure {
+		// RFC 8767: an unreachable upstream, or one that could not resolve
+		// the name either (SERVFAIL), is answered from the stale cache.
 		if stale, ok := s.cache.get(key, ev.Time, true); ok {
 			s.metrics.cacheStale.Inc()
 			ev.Cached = true
@@ -453,10 +455,12 @@ func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool
 			addEDE(resp, dns.ExtendedErrorCodeStaleAnswer, "upstream unavailable: serving stale data")
 			return resp
 		}
-		s.log.Debug("upstream failed", "qname", q.Name, "error", err)
-		resp := s.reply(r, dns.RcodeServerFailure)
-		addEDE(resp, dns.ExtendedErrorCodeNetworkError, "upstream unavailable")
-		return resp
+		if err != nil {
+			s.log.Debug("upstream failed", "qname", q.Name, "error", err)
+			resp := s.reply(r, dns.RcodeServerFailure)
+			addEDE(resp, dns.ExtendedErrorCodeNetworkError, "upstream unavailable")
+			return resp
+		}
 	}
 	ev.Upstream = from
 	s.cache.put(key, m, ev.Time)
