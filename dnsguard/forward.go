@@ -30,6 +30,12 @@ type upstream struct {
 	conns []*udpConn
 	next  uint32
 
+	// tcpIdle holds idle TCP connections for truncated answers, reused
+	// one query at a time (at most maxIdleTCP kept).
+	tcpMu     sync.Mutex
+	tcpIdle   []*dns.Conn
+	tcpClosed bool
+
 	// fails counts consecutive failures; healthy is derived from it.
 	fails   atomic.Int32
 	maxFail int32
@@ -49,6 +55,7 @@ const (
 	queriesPerSock  = 4096
 	maxUDPResponse  = 65535
 	defaultMaxFails = 3
+	maxIdleTCP      = 4
 )
 
 func newUpstream(addr string, timeout time.Duration) (*upstream, error) {
@@ -209,17 +216,81 @@ func (c *udpConn) forget(id uint16) {
 	}
 }
 
+// exchangeTCP sends q over a pooled TCP connection (RFC 7766 reuse). A
+// reused connection the upstream has meanwhile closed is retried once on
+// a fresh one.
 func (u *upstream) exchangeTCP(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	cl := &dns.Client{Net: "tcp", Timeout: u.timeout}
 	q.Id = dns.Id()
-	m, _, err := cl.ExchangeContext(ctx, q, u.addr)
+	deadline := time.Now().Add(u.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	for {
+		c, reused, err := u.getTCP(deadline)
+		if err != nil {
+			return nil, err
+		}
+		m, err := tcpRoundTrip(c, q, deadline)
+		if err != nil {
+			c.Close()
+			if reused && ctx.Err() == nil && time.Now().Before(deadline) {
+				continue
+			}
+			return nil, fmt.Errorf("dnsguard: upstream %s over tcp: %w", u.addr, err)
+		}
+		u.putTCP(c)
+		if !sameQuestion(q, m) {
+			return nil, errors.New("dnsguard: upstream answered a different question")
+		}
+		return m, nil
+	}
+}
+
+func tcpRoundTrip(c *dns.Conn, q *dns.Msg, deadline time.Time) (*dns.Msg, error) {
+	if err := c.SetDeadline(deadline); err != nil {
+		return nil, err
+	}
+	if err := c.WriteMsg(q); err != nil {
+		return nil, err
+	}
+	m, err := c.ReadMsg()
 	if err != nil {
 		return nil, err
 	}
-	if !sameQuestion(q, m) {
-		return nil, errors.New("dnsguard: upstream answered a different question")
+	if m.Id != q.Id {
+		return nil, errors.New("answer id mismatch")
 	}
 	return m, nil
+}
+
+// getTCP pops an idle connection or dials a new one.
+func (u *upstream) getTCP(deadline time.Time) (*dns.Conn, bool, error) {
+	u.tcpMu.Lock()
+	if n := len(u.tcpIdle); n > 0 {
+		c := u.tcpIdle[n-1]
+		u.tcpIdle = u.tcpIdle[:n-1]
+		u.tcpMu.Unlock()
+		return c, true, nil
+	}
+	u.tcpMu.Unlock()
+	nc, err := net.DialTimeout("tcp", u.addr, time.Until(deadline))
+	if err != nil {
+		return nil, false, fmt.Errorf("dnsguard: upstream %s over tcp: %w", u.addr, err)
+	}
+	return &dns.Conn{Conn: nc}, false, nil
+}
+
+// putTCP returns a healthy connection to the idle pool.
+func (u *upstream) putTCP(c *dns.Conn) {
+	u.tcpMu.Lock()
+	if !u.tcpClosed && len(u.tcpIdle) < maxIdleTCP {
+		u.tcpIdle = append(u.tcpIdle, c)
+		c = nil
+	}
+	u.tcpMu.Unlock()
+	if c != nil {
+		c.Close()
+	}
 }
 
 func sameQuestion(q, m *dns.Msg) bool {
@@ -231,6 +302,13 @@ func sameQuestion(q, m *dns.Msg) bool {
 }
 
 func (u *upstream) close() {
+	u.tcpMu.Lock()
+	for _, c := range u.tcpIdle {
+		c.Close()
+	}
+	u.tcpIdle = nil
+	u.tcpClosed = true
+	u.tcpMu.Unlock()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for i, c := range u.conns {
