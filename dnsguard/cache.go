@@ -137,7 +137,10 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
 	if ttl <= 0 {
 		return
 	}
-	stored := m.Copy()
+	// A shallow copy: callers (finish) never modify m's records or
+	// section slices in place, so the cache can share them.
+	stored := new(dns.Msg)
+	*stored = *m
 	stored.Id = 0
 	s := c.shard(k)
 	s.mu.Lock()

@@ -31,25 +31,31 @@ type wireAnswer struct {
 
 // packWire builds the wire form of a cached answer, or nil when the answer
 // cannot be served from wire (it would need rewriting beyond our patches).
+//
+// m is shared with the cache and is not modified: c is a shallow copy with
+// its own section slices, and only records it renames are copied.
 func packWire(m *dns.Msg, lowerName string) *wireAnswer {
-	c := m.Copy()
+	c := *m
 	c.Id = 0
 	c.Response = true
 	c.Authoritative = false
 	c.RecursionAvailable = true
 	c.RecursionDesired = true
 	c.Question = []dns.Question{{Name: lowerName, Qtype: m.Question[0].Qtype, Qclass: m.Question[0].Qclass}}
-	extra := c.Extra[:0]
-	for _, rr := range c.Extra {
+	extra := make([]dns.RR, 0, len(m.Extra))
+	for _, rr := range m.Extra {
 		if rr.Header().Rrtype != dns.TypeOPT {
 			extra = append(extra, rr)
 		}
 	}
 	c.Extra = extra
+	c.Answer = append([]dns.RR(nil), m.Answer...)
 	w := &wireAnswer{}
-	for _, rr := range c.Answer {
-		if dns.CanonicalName(rr.Header().Name) == lowerName {
+	for i, rr := range c.Answer {
+		if n := rr.Header().Name; n != lowerName && dns.CanonicalName(n) == lowerName {
+			rr = dns.Copy(rr)
 			rr.Header().Name = lowerName // compresses to the question: the case follows it
+			c.Answer[i] = rr
 		}
 		switch a := rr.(type) {
 		case *dns.A:

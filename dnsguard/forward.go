@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ErrNoHealthyUpstream is returned when every upstream failed.
@@ -39,6 +40,10 @@ type upstream struct {
 	// fails counts consecutive failures; healthy is derived from it.
 	fails   atomic.Int32
 	maxFail int32
+
+	// okCount and errCount are this upstream's upstream_requests_total
+	// children, looked up once rather than per query.
+	okCount, errCount prometheus.Counter
 }
 
 // udpConn is one pooled socket.
@@ -333,6 +338,8 @@ func newForwarder(addrs []string, timeout time.Duration, m *metrics) (*forwarder
 		if err != nil {
 			return nil, err
 		}
+		u.okCount = m.upstreamRequests.WithLabelValues(u.addr, "ok")
+		u.errCount = m.upstreamRequests.WithLabelValues(u.addr, "error")
 		f.ups = append(f.ups, u)
 	}
 	return f, nil
@@ -359,12 +366,14 @@ func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, 
 			if u.healthy() != (pass == 0) {
 				continue
 			}
-			m, err := u.exchange(ctx, q.Copy())
+			// exchange only sets the ID: a shallow copy keeps q intact.
+			qc := *q
+			m, err := u.exchange(ctx, &qc)
 			if err == nil {
 				if u.fails.Swap(0) >= u.maxFail {
 					f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(1)
 				}
-				f.metrics.upstreamRequests.WithLabelValues(u.addr, "ok").Inc()
+				u.okCount.Inc()
 				if m.Rcode != dns.RcodeServerFailure && m.Rcode != dns.RcodeRefused {
 					return m, u.addr, nil
 				}
@@ -374,7 +383,7 @@ func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, 
 				continue
 			}
 			lastErr = err
-			f.metrics.upstreamRequests.WithLabelValues(u.addr, "error").Inc()
+			u.errCount.Inc()
 			if u.fails.Add(1) == u.maxFail {
 				f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(0)
 			}

@@ -477,14 +477,23 @@ func (s *Server) finish(r *dns.Msg, m *dns.Msg) *dns.Msg {
 	m.RecursionAvailable = true
 	m.RecursionDesired = r.RecursionDesired
 	m.Authoritative = false
+	// m's records and section slices may be shared with the cache: a
+	// record is copied before it is renamed, and Extra is a new slice.
 	qname := r.Question[0].Name
-	for _, rr := range m.Answer {
-		if h := rr.Header(); strings.EqualFold(h.Name, qname) {
-			h.Name = qname
+	renamed := false
+	for i, rr := range m.Answer {
+		if h := rr.Header(); h.Name != qname && strings.EqualFold(h.Name, qname) {
+			if !renamed {
+				m.Answer = append([]dns.RR(nil), m.Answer...)
+				renamed = true
+			}
+			rr = dns.Copy(rr)
+			rr.Header().Name = qname
+			m.Answer[i] = rr
 		}
 	}
 	// Strip the upstream's OPT; add ours if the client speaks EDNS.
-	extra := m.Extra[:0]
+	extra := make([]dns.RR, 0, len(m.Extra)+1)
 	for _, rr := range m.Extra {
 		if rr.Header().Rrtype != dns.TypeOPT {
 			extra = append(extra, rr)
