@@ -253,11 +253,11 @@ func (s *Server) udpLoop(pc net.PacketConn) error {
 		s.inflight.Add(1)
 		pkt := buf[:n]
 		if parseFast(pkt, &q) {
-			if out = s.answerFast(pc, ua, pkt, &q, out[:0]); out != nil {
+			if res := s.answerFast(pc, ua, pkt, &q, out[:0]); res != nil {
+				out = res
 				s.inflight.Done()
 				continue
 			}
-			out = make([]byte, 0, 4096)
 		}
 		// The full path may wait on an upstream: give it its own goroutine
 		// (as miekg/dns does) so readers keep draining the socket.
@@ -306,7 +306,7 @@ func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *f
 	ev.Client.IP = ip
 	if wl != nil {
 		ev.Client.Namespace, ev.Client.Pod, ev.Client.ServiceAccount = wl.Namespace, wl.Name, wl.ServiceAccount
-		ev.Client.SPIFFEID = wl.SPIFFEID(s.cfg.TrustDomain)
+		ev.Client.SPIFFEID = s.ids.id(wl)
 		ev.Client.Node = wl.Node
 	}
 	if ev.Client.Node == "" {
@@ -397,13 +397,29 @@ type udpWriter struct {
 func (w *udpWriter) LocalAddr() net.Addr  { return w.pc.LocalAddr() }
 func (w *udpWriter) RemoteAddr() net.Addr { return w.addr }
 func (w *udpWriter) WriteMsg(m *dns.Msg) error {
-	b, err := m.Pack()
+	bp := packBufs.Get().(*[]byte)
+	defer packBufs.Put(bp)
+	// PackBuffer packs in place only when len (not cap) is large enough.
+	b, err := m.PackBuffer((*bp)[:cap(*bp)])
 	if err != nil {
 		return err
+	}
+	if cap(b) <= maxPooledPack {
+		*bp = b[:0] // keep a grown buffer for the next reply
 	}
 	_, err = w.pc.WriteTo(b, w.addr)
 	return err
 }
+
+// maxPooledPack bounds the reply buffers kept in packBufs.
+const maxPooledPack = 64 << 10
+
+// packBufs holds reply buffers for the full path on the UDP socket.
+var packBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, 1232)
+	return &b
+}}
+
 func (w *udpWriter) Write(b []byte) (int, error) { return w.pc.WriteTo(b, w.addr) }
 func (w *udpWriter) Close() error                { return nil }
 func (w *udpWriter) TsigStatus() error           { return nil }

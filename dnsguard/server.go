@@ -101,6 +101,7 @@ type Server struct {
 	cache     *cache
 	qlog      *queryLog
 	limiter   *rateLimiter
+	ids       *idCache
 
 	egress    atomic.Pointer[egressState]
 	blocklist atomic.Pointer[Blocklist]
@@ -209,6 +210,7 @@ func New(cfg Config) (*Server, error) {
 		s.qlog = newQueryLog(cfg.QueryLog, cfg.QueryLogBuffer, m.logDropped.Inc)
 	}
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
+	s.ids = newIDCache(cfg.TrustDomain)
 	if cfg.Blocklist != nil {
 		s.blocklist.Store(cfg.Blocklist)
 	}
@@ -353,7 +355,7 @@ func (s *Server) handle(w dns.ResponseWriter, r *dns.Msg, ev *QueryEvent) *dns.M
 		ev.Client.Namespace = wl.Namespace
 		ev.Client.Pod = wl.Name
 		ev.Client.ServiceAccount = wl.ServiceAccount
-		ev.Client.SPIFFEID = wl.SPIFFEID(s.cfg.TrustDomain)
+		ev.Client.SPIFFEID = s.ids.id(wl)
 		ev.Client.Node = wl.Node
 	} else {
 		wl = nil
