@@ -19,19 +19,36 @@ type metrics struct {
 	logDropped       prometheus.Counter
 	rateLimited      prometheus.Counter
 	fastAnswers      prometheus.Counter
-	// queryChildren caches queries_total children by verdict+rcode: the
-	// label lookup is too slow for every query.
-	queryChildren sync.Map
+	// queryChildren caches queries_total children by verdict and rcode:
+	// the label lookup is too slow for every query. A struct key under a
+	// read lock costs no allocation (a concatenated string key did).
+	queryMu       sync.RWMutex
+	queryChildren map[queryKey]prometheus.Counter
+}
+
+type queryKey struct {
+	verdict Verdict
+	rcode   string
 }
 
 // countQuery increments queries_total{verdict,rcode}.
 func (m *metrics) countQuery(verdict Verdict, rcode string) {
-	key := string(verdict) + "/" + rcode
-	c, ok := m.queryChildren.Load(key)
+	k := queryKey{verdict, rcode}
+	m.queryMu.RLock()
+	c, ok := m.queryChildren[k]
+	m.queryMu.RUnlock()
 	if !ok {
-		c, _ = m.queryChildren.LoadOrStore(key, m.queries.WithLabelValues(string(verdict), rcode))
+		m.queryMu.Lock()
+		if c, ok = m.queryChildren[k]; !ok {
+			if m.queryChildren == nil {
+				m.queryChildren = map[queryKey]prometheus.Counter{}
+			}
+			c = m.queries.WithLabelValues(string(verdict), rcode)
+			m.queryChildren[k] = c
+		}
+		m.queryMu.Unlock()
 	}
-	c.(prometheus.Counter).Inc()
+	c.Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
