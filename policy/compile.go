@@ -63,7 +63,8 @@ func (s *Set) ForWorkload(namespace string, labels map[string]string, rootNamesp
 type RBACConfig struct {
 	// Action is the kordon action this config enforces.
 	Action Action
-	// Rules is the Envoy RBAC config. For AUDIT it carries only
+	// Rules is the Envoy RBAC config (action DENY, ALLOW, or LOG for
+	// AUDIT); HTTPConfig/NetworkConfig put AUDIT configs into
 	// shadow_rules, which never change a decision.
 	Rules *rbacconfig.RBAC
 }
@@ -425,11 +426,14 @@ func authnMetadata(key, claim, v string) *rbacconfig.Principal {
 			path = append(path, &matcherv3.MetadataMatcher_PathSegment{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: part}})
 		}
 	}
-	m := &matcherv3.MetadataMatcher{
-		Filter: "istio_authn",
-		Path:   path,
-		Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(v, false)}},
+	value := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(v, false)}}
+	if claim != "" {
+		// Istio's authn filter stores every claim as a list: match any
+		// element, as istiod does.
+		value = &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{
+			MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: value}}}}
 	}
+	m := &matcherv3.MetadataMatcher{Filter: "istio_authn", Path: path, Value: value}
 	//lint:ignore SA1019 sourced_metadata replaces it, but grpc-go NACKs sourced_metadata (notes/real-xds-data-plane.md)
 	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Metadata{Metadata: m}}
 }
