@@ -216,19 +216,32 @@ func appendOPT(b []byte, do bool) []byte {
 	return b
 }
 
-// serveUDP reads the socket with one goroutine per CPU.
+// serveUDP reads the socket with one goroutine per CPU. When pc has
+// SO_REUSEPORT (ListenUDPTCP), each goroutine gets a socket of its own on
+// the same address: readers of one socket take turns in Go's netpoller,
+// while sibling sockets are read in parallel.
 func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 	n := runtime.GOMAXPROCS(0)
+	conns := []net.PacketConn{pc}
+	for _, c := range reusePortSiblings(pc, n-1) {
+		conns = append(conns, c)
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, n)
 	for i := 0; i < n; i++ {
+		c := conns[i%len(conns)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- s.udpLoop(pc)
+			errc <- s.udpLoop(c)
 		}()
 	}
-	go func() { <-ctx.Done(); pc.Close() }()
+	go func() {
+		<-ctx.Done()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
 	wg.Wait()
 	err := <-errc
 	if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
@@ -238,6 +251,9 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 }
 
 func (s *Server) udpLoop(pc net.PacketConn) error {
+	if batched, err := s.batchLoop(pc); batched {
+		return err
+	}
 	buf := make([]byte, 65535)
 	out := make([]byte, 0, 4096)
 	var q fastQuery
@@ -272,9 +288,31 @@ func (s *Server) udpLoop(pc net.PacketConn) error {
 // answerFast answers from the wire cache; it returns nil (having sent
 // nothing) when the query needs the full path.
 func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *fastQuery, out []byte) []byte {
-	now := s.cfg.Now()
 	ip, _ := netip.AddrFromSlice(ua.IP)
-	ip = ip.Unmap()
+	var ev QueryEvent
+	out = s.hitReply(ip.Unmap(), pkt, q, out, &ev)
+	if out == nil {
+		return nil
+	}
+	if _, err := pc.WriteTo(out, ua); err != nil {
+		s.log.Debug("write failed", "client_ip", ev.Client.IP, "error", err)
+	}
+	s.observeFast(&ev)
+	return out
+}
+
+// observeFast records a query answered on the fast path, after its reply
+// was sent.
+func (s *Server) observeFast(ev *QueryEvent) {
+	ev.Latency = s.cfg.Now().Sub(ev.Time).Seconds()
+	s.observe(ev)
+}
+
+// hitReply builds the answer to an allowed, cached query into out and
+// fills ev (all but Latency); it returns nil when the query needs the
+// full path (which then decides, refuses or counts it).
+func (s *Server) hitReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, ev *QueryEvent) []byte {
+	now := s.cfg.Now()
 	name := q.lower[:len(q.lower)-1]
 	key := cacheKey{name: name, qtype: q.qtype, qclass: dns.ClassINET, do: q.do}
 	// Cheap checks first, so a miss costs nothing extra.
@@ -299,7 +337,7 @@ func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *f
 	if d.Verdict == policy.EgressBlock {
 		return nil
 	}
-	ev := QueryEvent{Time: now, QName: q.qname, QTypeCode: q.qtype, Cached: true, Policy: d.Policy, Verdict: VerdictAllowed}
+	*ev = QueryEvent{Time: now, QName: q.qname, QTypeCode: q.qtype, Cached: true, Policy: d.Policy, Verdict: VerdictAllowed}
 	if d.Verdict == policy.EgressAuditBlock {
 		ev.Verdict = VerdictAudit
 	}
@@ -311,6 +349,9 @@ func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *f
 	}
 	if ev.Client.Node == "" {
 		ev.Client.Node = s.cfg.Node
+	}
+	if det, polName := we.Detection(); det != nil {
+		ev.Detection = DetectionSettings{Sensitivity: det.Sensitivity, Quarantine: det.Action == policy.DetectionQuarantine, Policy: polName}
 	}
 	if s.cfg.Inspector != nil {
 		if _, blocked := s.cfg.Inspector.Quarantined(&ev.Client, name); blocked {
@@ -345,9 +386,6 @@ func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *f
 	if len(out) > limit {
 		return nil // needs truncation: the full path does it
 	}
-	if _, err := pc.WriteTo(out, ua); err != nil {
-		s.log.Debug("write failed", "client_ip", ip, "error", err)
-	}
 	s.metrics.fastAnswers.Inc()
 	s.metrics.cacheHits.Inc()
 	ev.QType = dns.TypeToString[q.qtype]
@@ -356,8 +394,6 @@ func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *f
 	}
 	ev.RCode = dns.RcodeToString[int(out[3]&0x0F)]
 	ev.Answers = wa.answers
-	ev.Latency = s.cfg.Now().Sub(now).Seconds()
-	s.observe(&ev)
 	return out
 }
 

@@ -615,9 +615,12 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	return err
 }
 
-// ListenUDPTCP binds addr for UDP and TCP, for Serve.
+// ListenUDPTCP binds addr for UDP and TCP, for Serve. On Linux the UDP
+// socket has SO_REUSEPORT, so Serve adds one sibling socket per CPU on the
+// same address and the kernel spreads clients over them (as CoreDNS and
+// unbound do).
 func ListenUDPTCP(addr string) (net.PacketConn, net.Listener, error) {
-	pc, err := net.ListenPacket("udp", addr)
+	pc, err := reusePortConfig.ListenPacket(context.Background(), "udp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dnsguard: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -101,6 +102,7 @@ func newDNSGuardCmd() *cobra.Command {
 	var df dnsguardFlags
 	var listen, workloadsFile, logPath, metricsListen string
 	var policyPaths []string
+	var pprofOn bool
 	cmd := &cobra.Command{
 		Use:   "dnsguard --listen ADDR --upstream IP:PORT --workloads FILE --policies DIR",
 		Short: "Run the filtering DNS resolver on its own",
@@ -151,6 +153,12 @@ func newDNSGuardCmd() *cobra.Command {
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
 				mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+				if pprofOn {
+					mux.HandleFunc("/debug/pprof/", pprof.Index)
+					mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+					mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+					mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+				}
 				hs := &http.Server{Addr: metricsListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 				go func() {
 					if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -176,5 +184,6 @@ func newDNSGuardCmd() *cobra.Command {
 	fl.StringArrayVar(&policyPaths, "policies", nil, "EgressPolicy files or directories (repeatable)")
 	fl.StringVar(&logPath, "log", "", "query log: a file, - for stdout, empty for none")
 	fl.StringVar(&metricsListen, "metrics-listen", "", "address for /metrics and /healthz (empty: off)")
+	fl.BoolVar(&pprofOn, "pprof", false, "also serve Go profiles under /debug/pprof/ on --metrics-listen (as CoreDNS's pprof plugin)")
 	return cmd
 }
