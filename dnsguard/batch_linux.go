@@ -5,6 +5,8 @@ package dnsguard
 import (
 	"net"
 	"net/netip"
+	"strconv"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -19,16 +21,23 @@ import (
 // any other read. All buffers are allocated once per reader goroutine, so
 // the steady state allocates nothing here.
 type batchIO struct {
-	rc syscall.RawConn
+	sender
+	errno syscall.Errno // of the last recv that read nothing
 
 	rh    [batchSize]unix.Mmsghdr
 	riov  [batchSize]unix.Iovec
 	names [batchSize]unix.RawSockaddrInet6
 	bufs  [batchSize][batchBufSize]byte
+}
 
+// sender writes queued datagrams with sendmmsg(2).
+type sender struct {
+	rc   syscall.RawConn
 	wh   [batchSize]unix.Mmsghdr
 	wiov [batchSize]unix.Iovec
 	nw   int
+	// failedMask has bit i set when message i of the last flush failed.
+	failedMask uint64
 }
 
 const (
@@ -38,9 +47,31 @@ const (
 	batchBufSize = 4096
 )
 
-// newBatchIO returns nil when pc is not a socket we can batch on (then
-// the portable ReadFrom/WriteTo loop is used).
-func newBatchIO(pc net.PacketConn) *batchIO {
+// batchPool recycles batchIOs (128 KiB each): upstream sockets are
+// replaced every few thousand queries and each has a reader.
+var batchPool = sync.Pool{New: func() any {
+	b := &batchIO{}
+	for i := range b.rh {
+		b.riov[i].Base = &b.bufs[i][0]
+		b.riov[i].SetLen(batchBufSize)
+		b.rh[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		b.rh[i].Hdr.Iov = &b.riov[i]
+		b.rh[i].Hdr.SetIovlen(1)
+	}
+	b.sender.init()
+	return b
+}}
+
+func (s *sender) init() {
+	for i := range s.wh {
+		s.wh[i].Hdr.Iov = &s.wiov[i]
+		s.wh[i].Hdr.SetIovlen(1)
+	}
+}
+
+// rawConn returns pc's raw socket, or nil when pc is not a UDP socket we
+// can batch on (then the portable ReadFrom/WriteTo code is used).
+func rawConn(pc net.PacketConn) syscall.RawConn {
 	uc, ok := pc.(*net.UDPConn)
 	if !ok {
 		return nil
@@ -49,17 +80,24 @@ func newBatchIO(pc net.PacketConn) *batchIO {
 	if err != nil {
 		return nil
 	}
-	b := &batchIO{rc: rc}
-	for i := range b.rh {
-		b.riov[i].Base = &b.bufs[i][0]
-		b.riov[i].SetLen(batchBufSize)
-		b.rh[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
-		b.rh[i].Hdr.Iov = &b.riov[i]
-		b.rh[i].Hdr.SetIovlen(1)
-		b.wh[i].Hdr.Iov = &b.wiov[i]
-		b.wh[i].Hdr.SetIovlen(1)
+	return rc
+}
+
+// newBatchIO returns nil when pc cannot be batched on; release returns
+// the buffers.
+func newBatchIO(pc net.PacketConn) *batchIO {
+	rc := rawConn(pc)
+	if rc == nil {
+		return nil
 	}
+	b := batchPool.Get().(*batchIO)
+	b.rc = rc
 	return b
+}
+
+func (b *batchIO) release() {
+	b.rc, b.nw = nil, 0
+	batchPool.Put(b)
 }
 
 // recv waits for at least one datagram and returns how many were read.
@@ -90,8 +128,10 @@ func (b *batchIO) recv() (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	b.errno = errno
 	if errno != 0 {
-		// Transient per-socket errors (e.g. ENOMEM): report none read.
+		// Per-socket errors (ENOMEM, or ECONNREFUSED on a connected
+		// socket): none read; the caller decides (see errno).
 		return 0, nil
 	}
 	return n, nil
@@ -134,8 +174,9 @@ func (b *batchIO) queue(i int, reply []byte) {
 
 // flush sends every queued reply. A reply the kernel refuses (e.g. the
 // client's port is gone) is skipped; the rest still go out.
-func (b *batchIO) flush() (failed int, err error) {
+func (b *sender) flush() (failed int, err error) {
 	sent := 0
+	b.failedMask = 0
 	for sent < b.nw {
 		var (
 			n     int
@@ -160,6 +201,7 @@ func (b *batchIO) flush() (failed int, err error) {
 		}
 		if errno != 0 {
 			failed++
+			b.failedMask |= 1 << sent
 			sent++ // the first unsent message failed: skip it
 			continue
 		}
@@ -169,18 +211,23 @@ func (b *batchIO) flush() (failed int, err error) {
 	return failed, nil
 }
 
-// batchLoop serves pc with batched I/O. It returns false at once when pc
-// cannot be batched on.
-func (s *Server) batchLoop(pc net.PacketConn) (bool, error) {
+// batchLoop serves pc with batched I/O; group is the first socket of
+// pc's SO_REUSEPORT group (pc itself when alone). It returns false at once
+// when pc cannot be batched on.
+func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 	b := newBatchIO(pc)
 	if b == nil {
 		return false, nil
 	}
+	defer b.release()
 	var (
-		q    fastQuery
-		evs  [batchSize]QueryEvent
-		outs [batchSize][]byte
+		q     fastQuery
+		evs   [batchSize]QueryEvent
+		outs  [batchSize][]byte
+		sends [batchSize]missSend
+		up    sender
 	)
+	up.init()
 	for i := range outs {
 		outs[i] = make([]byte, 0, batchBufSize)
 	}
@@ -189,6 +236,7 @@ func (s *Server) batchLoop(pc net.PacketConn) (bool, error) {
 		if err != nil {
 			return true, err
 		}
+		nsend := 0
 		for i := 0; i < n; i++ {
 			pkt, whole := b.packet(i)
 			ap, ok := b.addr(i)
@@ -196,22 +244,32 @@ func (s *Server) batchLoop(pc net.PacketConn) (bool, error) {
 				continue // oversized or non-IP: drop, as miekg/dns would
 			}
 			ip := ap.Addr().Unmap()
+			var admitted *missHint
 			if parseFast(pkt, &q) {
 				j := b.nw
-				if res := s.hitReply(ip, pkt, &q, outs[j][:0], &evs[j]); res != nil {
+				res, fwd := s.fastReply(ip, pkt, &q, outs[j][:0], &evs[j])
+				if res != nil {
 					outs[j] = res
 					b.queue(i, res)
 					continue
+				}
+				if fwd != nil {
+					if s.startMiss(pc, group, ap, pkt, &q, &evs[j], fwd, &sends[nsend]) {
+						nsend++
+						continue
+					}
+					admitted = &missHint{} // the limiter already counted it
 				}
 			}
 			ua := net.UDPAddrFromAddrPort(ap)
 			cp := append([]byte(nil), pkt...)
 			s.inflight.Add(1)
-			go func() {
+			go func(hint *missHint) {
 				defer s.inflight.Done()
-				s.serveSlow(pc, ua, cp)
-			}()
+				s.serveSlow(pc, ua, cp, hint)
+			}(admitted)
 		}
+		sendMisses(&up, sends[:nsend])
 		nw := b.nw
 		if failed, err := b.flush(); err != nil {
 			return true, err
@@ -222,4 +280,145 @@ func (s *Server) batchLoop(pc net.PacketConn) (bool, error) {
 			s.observeFast(&evs[j])
 		}
 	}
+}
+
+// sendMisses writes fast misses' queries, one sendmmsg per upstream
+// socket.
+func sendMisses(up *sender, ms []missSend) {
+	for len(ms) > 0 {
+		// Gather the queries for ms[0]'s socket at the front.
+		c, k := ms[0].c, 1
+		for i := 1; i < len(ms); i++ {
+			if ms[i].c == c {
+				ms[k], ms[i] = ms[i], ms[k]
+				k++
+			}
+		}
+		up.rc = c.rc
+		for i := 0; i < k; i++ {
+			up.wh[i].Hdr.Name, up.wh[i].Hdr.Namelen = nil, 0
+			up.wiov[i].Base = &ms[i].buf[0]
+			up.wiov[i].SetLen(ms[i].n)
+		}
+		up.nw = k
+		if _, err := up.flush(); err != nil {
+			up.failedMask = 1<<k - 1 // the socket is closed: none went out
+		}
+		for i := 0; i < k; i++ {
+			if up.failedMask&(1<<i) != 0 {
+				ms[i].writeFailed()
+			}
+			ms[i].fm, ms[i].c = nil, nil
+		}
+		ms = ms[k:]
+	}
+	up.rc = nil
+}
+
+// packetReader reads datagrams from an upstream socket in batches.
+type packetReader struct{ b *batchIO }
+
+func newPacketReader(c *net.UDPConn) *packetReader { return &packetReader{b: newBatchIO(c)} }
+
+// recv reports an ICMP refusal (ECONNREFUSED on the connected socket) as
+// an error, so queries waiting on a closed port fail now, not at their
+// timeouts.
+func (r *packetReader) recv() (int, error) {
+	n, err := r.b.recv()
+	if err == nil && r.b.errno == syscall.ECONNREFUSED {
+		return 0, r.b.errno
+	}
+	return n, err
+}
+
+// packet returns datagram i; an oversized (cut) one comes back empty.
+func (r *packetReader) packet(i int) []byte {
+	if p, whole := r.b.packet(i); whole {
+		return p
+	}
+	return nil
+}
+
+func (r *packetReader) release() { r.b.release() }
+
+// replyBatch collects replies to clients built while handling one batch
+// of upstream answers, and sends them with one sendmmsg. Replies go out
+// through the client socket group's first socket: SO_REUSEPORT siblings
+// share one address, so any of them sends from the port the client asked.
+type replyBatch struct {
+	group net.PacketConn
+	snd   *sender
+	names [batchSize]unix.RawSockaddrInet6
+	bufs  [batchSize][]byte
+}
+
+// slot returns an empty buffer to build the next reply in.
+func (r *replyBatch) slot() []byte {
+	i := 0
+	if r.snd != nil {
+		i = r.snd.nw
+	}
+	if r.bufs[i] == nil {
+		r.bufs[i] = make([]byte, 0, 1232)
+	}
+	return r.bufs[i][:0]
+}
+
+// add queues reply (built in slot()) to a client of group.
+func (r *replyBatch) add(group net.PacketConn, to netip.AddrPort, reply []byte) {
+	if group != r.group {
+		r.flush()
+		r.group, r.snd = group, nil
+		if rc := rawConn(group); rc != nil {
+			r.snd = &sender{rc: rc}
+			r.snd.init()
+			// The reply was built in the slot after the flushed ones:
+			// move it to the first (a copy onto itself if it is there).
+			reply = append(r.slot(), reply...)
+		}
+	}
+	if r.snd == nil {
+		_, _ = group.WriteTo(reply, net.UDPAddrFromAddrPort(to))
+		return
+	}
+	i := r.snd.nw
+	n := putSockaddr(&r.names[i], to)
+	r.snd.wh[i].Hdr.Name = (*byte)(unsafe.Pointer(&r.names[i]))
+	r.snd.wh[i].Hdr.Namelen = n
+	r.snd.wiov[i].Base = &reply[0]
+	r.snd.wiov[i].SetLen(len(reply))
+	r.bufs[i] = reply
+	r.snd.nw++
+	if r.snd.nw == batchSize {
+		r.flush()
+	}
+}
+
+func (r *replyBatch) flush() {
+	if r.snd != nil && r.snd.nw > 0 {
+		_, _ = r.snd.flush()
+	}
+}
+
+// putSockaddr writes ap as a sockaddr into sa and returns its length.
+func putSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
+	port := ap.Port()
+	if ap.Addr().Is4() {
+		s4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*s4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ap.Addr().As4()}
+		p := (*[2]byte)(unsafe.Pointer(&s4.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		return unix.SizeofSockaddrInet4
+	}
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
+	if z := ap.Addr().Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.Scope_id = uint32(ifi.Index)
+		} else if n, err := strconv.Atoi(z); err == nil {
+			sa.Scope_id = uint32(n)
+		}
+	}
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p[0], p[1] = byte(port>>8), byte(port)
+	return unix.SizeofSockaddrInet6
 }

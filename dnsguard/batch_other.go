@@ -2,8 +2,51 @@
 
 package dnsguard
 
-import "net"
+import (
+	"net"
+	"net/netip"
+)
 
 // batchLoop is Linux-only (recvmmsg/sendmmsg); elsewhere the portable
 // ReadFrom/WriteTo loop serves.
-func (s *Server) batchLoop(net.PacketConn) (bool, error) { return false, nil }
+func (s *Server) batchLoop(_, _ net.PacketConn) (bool, error) { return false, nil }
+
+// packetReader reads one datagram per call.
+type packetReader struct {
+	c   *net.UDPConn
+	buf []byte
+	n   int
+}
+
+func newPacketReader(c *net.UDPConn) *packetReader {
+	return &packetReader{c: c, buf: make([]byte, maxUDPResponse)}
+}
+
+func (r *packetReader) recv() (int, error) {
+	n, err := r.c.Read(r.buf)
+	if err != nil {
+		return 0, err
+	}
+	r.n = n
+	return 1, nil
+}
+
+func (r *packetReader) packet(int) []byte { return r.buf[:r.n] }
+func (r *packetReader) release()          {}
+
+// replyBatch sends each reply at once.
+type replyBatch struct{ buf []byte }
+
+func (r *replyBatch) slot() []byte {
+	if r.buf == nil {
+		r.buf = make([]byte, 0, 1232)
+	}
+	return r.buf[:0]
+}
+
+func (r *replyBatch) add(group net.PacketConn, to netip.AddrPort, reply []byte) {
+	_, _ = group.WriteTo(reply, net.UDPAddrFromAddrPort(to))
+	r.buf = reply[:0]
+}
+
+func (r *replyBatch) flush() {}

@@ -18,7 +18,7 @@ type cacheKey struct {
 }
 
 type cacheEntry struct {
-	msg     *dns.Msg
+	msg     *dns.Msg    // nil for answers cached by a fast miss (see message)
 	wire    *wireAnswer // nil when it cannot be served from wire
 	stored  time.Time
 	expires time.Time
@@ -66,7 +66,10 @@ func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (*dns.Msg, bool)
 		return nil, false
 	}
 	if now.Before(e.expires) {
-		m := e.msg.Copy()
+		m := e.message()
+		if m == nil {
+			return nil, false
+		}
 		age := uint32(now.Sub(e.stored) / time.Second)
 		for _, rrs := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
 			for _, rr := range rrs {
@@ -84,7 +87,10 @@ func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (*dns.Msg, bool)
 		return m, true
 	}
 	if allowStale && now.Before(e.expires.Add(c.stale)) {
-		m := e.msg.Copy()
+		m := e.message()
+		if m == nil {
+			return nil, false
+		}
 		for _, rrs := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
 			for _, rr := range rrs {
 				if rr.Header().Rrtype != dns.TypeOPT {
@@ -95,6 +101,33 @@ func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (*dns.Msg, bool)
 		return m, true
 	}
 	return nil, false
+}
+
+// message returns a copy of the entry as a dns.Msg the caller may
+// modify: a deep copy of msg, or, for an entry stored in wire form only,
+// the wire unpacked (the full path needs it rarely: TCP, truncation,
+// serve-stale).
+func (e *cacheEntry) message() *dns.Msg {
+	if e.msg != nil {
+		return e.msg.Copy()
+	}
+	m := new(dns.Msg)
+	if m.Unpack(e.wire.wire) != nil {
+		return nil
+	}
+	return m
+}
+
+// putWire stores an answer already in wire form (from wireFromUpstream)
+// for ttl.
+func (c *cache) putWire(k cacheKey, wa *wireAnswer, now time.Time, ttl time.Duration) {
+	s := c.shard(k)
+	s.mu.Lock()
+	if _, replace := s.m[k]; !replace && len(s.m) >= c.perShard {
+		s.evict(now, c.stale)
+	}
+	s.m[k] = &cacheEntry{wire: wa, stored: now, expires: now.Add(ttl)}
+	s.mu.Unlock()
 }
 
 // getWire returns the fresh wire answer for k and its age in seconds.

@@ -25,8 +25,11 @@ import (
 type wireAnswer struct {
 	wire       []byte // ID 0, question lower-case, no OPT record
 	ttlOffsets []int  // offsets of every TTL field
-	ttls       []uint32
-	answers    []netip.Addr
+	// qnameCopies are offsets of answer owner names spelled out in full
+	// as the query name: they take the client's case like the question.
+	qnameCopies []int
+	ttls        []uint32
+	answers     []netip.Addr
 }
 
 // packWire builds the wire form of a cached answer, or nil when the answer
@@ -233,7 +236,7 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- s.udpLoop(c)
+			errc <- s.udpLoop(c, pc)
 		}()
 	}
 	go func() {
@@ -250,8 +253,8 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 	return err
 }
 
-func (s *Server) udpLoop(pc net.PacketConn) error {
-	if batched, err := s.batchLoop(pc); batched {
+func (s *Server) udpLoop(pc, group net.PacketConn) error {
+	if batched, err := s.batchLoop(pc, group); batched {
 		return err
 	}
 	buf := make([]byte, 65535)
@@ -280,7 +283,7 @@ func (s *Server) udpLoop(pc net.PacketConn) error {
 		cp := append([]byte(nil), pkt...)
 		go func() {
 			defer s.inflight.Done()
-			s.serveSlow(pc, ua, cp)
+			s.serveSlow(pc, ua, cp, nil)
 		}()
 	}
 }
@@ -290,7 +293,7 @@ func (s *Server) udpLoop(pc net.PacketConn) error {
 func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *fastQuery, out []byte) []byte {
 	ip, _ := netip.AddrFromSlice(ua.IP)
 	var ev QueryEvent
-	out = s.hitReply(ip.Unmap(), pkt, q, out, &ev)
+	out, _ = s.fastReply(ip.Unmap(), pkt, q, out, &ev)
 	if out == nil {
 		return nil
 	}
@@ -308,36 +311,32 @@ func (s *Server) observeFast(ev *QueryEvent) {
 	s.observe(ev)
 }
 
-// hitReply builds the answer to an allowed, cached query into out and
-// fills ev (all but Latency); it returns nil when the query needs the
-// full path (which then decides, refuses or counts it).
-func (s *Server) hitReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, ev *QueryEvent) []byte {
+// fastReply answers an allowed, cached query from wire bytes into out and
+// fills ev (all but Latency). When it returns no reply, a non-nil
+// forwarder means the query is an allowed cache miss that may be
+// forwarded from wire bytes through it (startMiss); nil means the full
+// path must answer (it then decides, refuses or counts the query).
+func (s *Server) fastReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, ev *QueryEvent) ([]byte, *forwarder) {
 	now := s.cfg.Now()
 	name := q.lower[:len(q.lower)-1]
-	key := cacheKey{name: name, qtype: q.qtype, qclass: dns.ClassINET, do: q.do}
-	// Cheap checks first, so a miss costs nothing extra.
-	wa, age, ok := s.cache.getWire(key, now)
-	if !ok {
-		return nil
-	}
 	wl, known := s.cfg.Registry.ByIP(ip)
 	if !known {
 		if s.cfg.UnknownClients != UnknownAllow {
-			return nil
+			return nil, nil
 		}
 		wl = nil
 	}
 	if bl := s.blocklist.Load(); bl != nil {
 		if _, blocked := bl.Match(name); blocked {
-			return nil
+			return nil, nil
 		}
 	}
-	_, we := s.egressFor(wl)
+	st, we := s.egressFor(wl)
 	d := we.Decide(name)
 	if d.Verdict == policy.EgressBlock {
-		return nil
+		return nil, nil
 	}
-	*ev = QueryEvent{Time: now, QName: q.qname, QTypeCode: q.qtype, Cached: true, Policy: d.Policy, Verdict: VerdictAllowed}
+	*ev = QueryEvent{Time: now, QName: q.qname, QTypeCode: q.qtype, Policy: d.Policy, Verdict: VerdictAllowed}
 	if d.Verdict == policy.EgressAuditBlock {
 		ev.Verdict = VerdictAudit
 	}
@@ -355,12 +354,41 @@ func (s *Server) hitReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, e
 	}
 	if s.cfg.Inspector != nil {
 		if _, blocked := s.cfg.Inspector.Quarantined(&ev.Client, name); blocked {
-			return nil
+			return nil, nil
 		}
 	}
 	if !s.limiter.allow(ip, now) {
-		return nil // the full path refuses and counts it
+		return nil, nil // the full path refuses and counts it
 	}
+	ev.QType = dns.TypeToString[q.qtype]
+	if ev.QType == "" {
+		ev.QType = "TYPE" + itoa(int(q.qtype))
+	}
+	key := cacheKey{name: name, qtype: q.qtype, qclass: dns.ClassINET, do: q.do}
+	wa, age, ok := s.cache.getWire(key, now)
+	if !ok {
+		if st.ix.IsInCluster(name) {
+			return nil, s.clusterFw
+		}
+		return nil, s.fwd
+	}
+	out = patchReply(out, wa, age, pkt, q)
+	if out == nil {
+		return nil, nil // needs truncation: the full path does it
+	}
+	s.metrics.fastAnswers.Inc()
+	s.metrics.cacheHits.Inc()
+	ev.Cached = true
+	ev.RCode = dns.RcodeToString[int(out[3]&0x0F)]
+	ev.Answers = wa.answers
+	return out, nil
+}
+
+// patchReply builds the reply to the client's query pkt from a cached
+// wire answer aged age seconds: the client's ID, RD bit and question case
+// (0x20), decremented TTLs, and an OPT record if the client sent one. It
+// returns nil if the reply would need truncating.
+func patchReply(out []byte, wa *wireAnswer, age uint32, pkt []byte, q *fastQuery) []byte {
 	out = append(out, wa.wire...)
 	out[0], out[1] = pkt[0], pkt[1]
 	if q.rd {
@@ -369,6 +397,9 @@ func (s *Server) hitReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, e
 		out[2] &^= 0x01
 	}
 	copy(out[12:q.nameEnd], pkt[12:q.nameEnd]) // the client's case (0x20)
+	for _, off := range wa.qnameCopies {
+		copy(out[off:off+q.nameEnd-12], pkt[12:q.nameEnd])
+	}
 	for i, off := range wa.ttlOffsets {
 		ttl := wa.ttls[i]
 		if ttl > age {
@@ -384,16 +415,8 @@ func (s *Server) hitReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, e
 		limit = min(q.udpSize, 1232)
 	}
 	if len(out) > limit {
-		return nil // needs truncation: the full path does it
+		return nil
 	}
-	s.metrics.fastAnswers.Inc()
-	s.metrics.cacheHits.Inc()
-	ev.QType = dns.TypeToString[q.qtype]
-	if ev.QType == "" {
-		ev.QType = "TYPE" + itoa(int(q.qtype))
-	}
-	ev.RCode = dns.RcodeToString[int(out[3]&0x0F)]
-	ev.Answers = wa.answers
 	return out
 }
 
@@ -411,7 +434,8 @@ func itoa(i int) string {
 }
 
 // serveSlow hands a packet to the full miekg/dns path.
-func (s *Server) serveSlow(pc net.PacketConn, ua *net.UDPAddr, pkt []byte) {
+// hint, if set, is what a fast miss learned (see missHint).
+func (s *Server) serveSlow(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, hint *missHint) {
 	m := new(dns.Msg)
 	if err := m.Unpack(pkt); err != nil {
 		// As miekg/dns's server: FORMERR for a parseable header, else drop.
@@ -421,7 +445,7 @@ func (s *Server) serveSlow(pc net.PacketConn, ua *net.UDPAddr, pkt []byte) {
 		}
 		return
 	}
-	s.ServeDNS(&udpWriter{pc: pc, addr: ua}, m)
+	s.serveDNS(&udpWriter{pc: pc, addr: ua}, m, hint)
 }
 
 // udpWriter is the dns.ResponseWriter of the full path on the fast socket.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -30,6 +31,9 @@ type upstream struct {
 	mu    sync.Mutex
 	conns []*udpConn
 	next  uint32
+	// live holds every socket whose reader runs, including retired ones
+	// still waiting for answers, for the fast-miss timeout sweep.
+	live map[*udpConn]struct{}
 
 	// tcpIdle holds idle TCP connections for truncated answers, reused
 	// one query at a time (at most maxIdleTCP kept).
@@ -48,11 +52,21 @@ type upstream struct {
 
 // udpConn is one pooled socket.
 type udpConn struct {
+	up      *upstream
 	conn    *net.UDPConn
+	rc      syscall.RawConn // conn's, for batched writes
 	mu      sync.Mutex
-	pending map[uint16]chan *dns.Msg
+	pending map[uint16]waiter
 	used    int
 	closed  bool
+}
+
+// waiter is a query waiting for its answer on a udpConn: either a full
+// path exchange blocked on ch, or a fast-path miss that the socket's
+// reader answers itself.
+type waiter struct {
+	ch chan *dns.Msg
+	fm *fastMiss
 }
 
 const (
@@ -70,53 +84,58 @@ func newUpstream(addr string, timeout time.Duration) (*upstream, error) {
 	if _, err := net.ResolveUDPAddr("udp", addr); err != nil {
 		return nil, fmt.Errorf("dnsguard: upstream %q: %w", addr, err)
 	}
-	return &upstream{addr: addr, timeout: timeout, conns: make([]*udpConn, poolSize), maxFail: defaultMaxFails}, nil
+	return &upstream{addr: addr, timeout: timeout, conns: make([]*udpConn, poolSize), maxFail: defaultMaxFails, live: map[*udpConn]struct{}{}}, nil
 }
 
 func (u *upstream) healthy() bool { return u.fails.Load() < u.maxFail }
 
 // acquire returns a pooled socket with a fresh random query ID registered
-// on it, replacing worn-out sockets. Registering under the socket's lock
-// means a socket being retired is never closed under a query.
-func (u *upstream) acquire() (*udpConn, uint16, chan *dns.Msg, error) {
+// on it for w, replacing worn-out sockets. Registering under the socket's
+// lock means a socket being retired is never closed under a query.
+func (u *upstream) acquire(w waiter) (*udpConn, uint16, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	i := int(u.next % uint32(len(u.conns)))
 	u.next++
-	ch := make(chan *dns.Msg, 1)
 	c := u.conns[i]
 	if c != nil {
 		c.mu.Lock()
 		if c.used < queriesPerSock && !c.closed {
 			c.used++
-			id := c.register(ch)
+			id := c.register(w)
 			c.mu.Unlock()
-			return c, id, ch, nil
+			return c, id, nil
 		}
 		c.mu.Unlock()
 		c.retire()
 	}
 	raddr, err := net.ResolveUDPAddr("udp", u.addr)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, 0, err
 	}
 	nc, err := net.DialUDP("udp", nil, raddr)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, 0, err
 	}
-	c = &udpConn{conn: nc, pending: map[uint16]chan *dns.Msg{}, used: 1}
-	id := c.register(ch)
+	rc, err := nc.SyscallConn()
+	if err != nil {
+		nc.Close()
+		return nil, 0, err
+	}
+	c = &udpConn{up: u, conn: nc, rc: rc, pending: map[uint16]waiter{}, used: 1}
+	id := c.register(w)
 	u.conns[i] = c
+	u.live[c] = struct{}{}
 	go c.readLoop()
-	return c, id, ch, nil
+	return c, id, nil
 }
 
-// register picks a random unused ID for ch; c.mu must be held.
-func (c *udpConn) register(ch chan *dns.Msg) uint16 {
+// register picks a random unused ID for w; c.mu must be held.
+func (c *udpConn) register(w waiter) uint16 {
 	for {
 		id := uint16(rand.Uint32())
 		if _, taken := c.pending[id]; !taken {
-			c.pending[id] = ch
+			c.pending[id] = w
 			return id
 		}
 	}
@@ -133,34 +152,92 @@ func (c *udpConn) retire() {
 	}
 }
 
+// readLoop hands answers to their waiters, reading batches of datagrams
+// where the platform allows. Fast-path misses are answered right here,
+// their replies sent in one batch per read.
 func (c *udpConn) readLoop() {
-	buf := make([]byte, maxUDPResponse)
+	r := newPacketReader(c.conn)
+	defer r.release()
+	var (
+		done    []*fastMiss
+		replies replyBatch
+	)
+	defer func() {
+		c.up.mu.Lock()
+		delete(c.up.live, c)
+		c.up.mu.Unlock()
+	}()
 	for {
-		n, err := c.conn.Read(buf)
+		n, err := r.recv()
 		if err != nil {
 			c.mu.Lock()
 			c.closed = true
-			for id, ch := range c.pending {
-				close(ch)
+			var orphans []*fastMiss
+			for id, w := range c.pending {
+				if w.ch != nil {
+					close(w.ch)
+				} else {
+					orphans = append(orphans, w.fm)
+				}
 				delete(c.pending, id)
 			}
 			c.mu.Unlock()
+			refused := errors.Is(err, syscall.ECONNREFUSED)
+			for _, fm := range orphans {
+				if refused { // the upstream failed them, as exchange would see
+					c.up.failed(fm.srv.metrics)
+					fm.handoff(&missHint{asked: c.up})
+				} else {
+					fm.handoff(&missHint{})
+				}
+			}
 			return
 		}
-		m := new(dns.Msg)
-		if err := m.Unpack(buf[:n]); err != nil {
-			continue // garbage or spoofing attempt: ignore, the query times out
+		closeNow := false
+		for i := 0; i < n; i++ {
+			pkt := r.packet(i)
+			if len(pkt) < 12 || pkt[2]&0x80 == 0 {
+				continue // not an answer: ignore, the query times out
+			}
+			id := uint16(pkt[0])<<8 | uint16(pkt[1])
+			c.mu.Lock()
+			w, ok := c.pending[id]
+			c.mu.Unlock()
+			if !ok {
+				continue // late (timed out) or spoofed: ignore
+			}
+			var m *dns.Msg
+			if w.ch != nil {
+				// Unparseable bytes under a valid ID are ignored, as any
+				// garbage: the query times out rather than failing early.
+				if m = new(dns.Msg); m.Unpack(pkt) != nil {
+					continue
+				}
+			}
+			c.mu.Lock()
+			if w2, still := c.pending[id]; still && w2 == w {
+				delete(c.pending, id)
+			} else {
+				ok = false // timed out meanwhile
+			}
+			closeNow = closeNow || c.closed && len(c.pending) == 0
+			c.mu.Unlock()
+			switch {
+			case !ok:
+			case w.ch != nil:
+				w.ch <- m
+			default:
+				if w.fm.complete(pkt, &replies) {
+					done = append(done, w.fm)
+				}
+			}
 		}
-		c.mu.Lock()
-		ch, ok := c.pending[m.Id]
-		if ok {
-			delete(c.pending, m.Id)
+		replies.flush()
+		for i, fm := range done {
+			fm.finish()
+			done[i] = nil
 		}
-		closeNow := c.closed && len(c.pending) == 0
-		c.mu.Unlock()
-		if ok {
-			ch <- m
-		}
+		done = done[:0]
 		if closeNow {
 			c.conn.Close()
 			return
@@ -171,7 +248,8 @@ func (c *udpConn) readLoop() {
 // exchange sends q (whose ID it overwrites) and waits for the matching
 // answer. A truncated answer is retried over TCP.
 func (u *upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	c, id, ch, err := u.acquire()
+	ch := make(chan *dns.Msg, 1)
+	c, id, err := u.acquire(waiter{ch: ch})
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +268,7 @@ func (u *upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	select {
 	case m, ok := <-ch:
 		if !ok {
-			return nil, errors.New("dnsguard: upstream socket closed")
+			return nil, errors.New("dnsguard: upstream socket closed or answer unparseable")
 		}
 		if !sameQuestion(q, m) {
 			return nil, errors.New("dnsguard: upstream answered a different question")
@@ -209,16 +287,89 @@ func (u *upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 }
 
 // forget drops a query that will not wait for its answer (timeout, write
-// error, cancellation). If that was the last query on a retired socket,
-// the socket is closed here: no answer will arrive to let readLoop do it.
-func (c *udpConn) forget(id uint16) {
+// error, cancellation) and reports whether it was still pending. If that
+// was the last query on a retired socket, the socket is closed here: no
+// answer will arrive to let readLoop do it.
+func (c *udpConn) forget(id uint16) bool {
 	c.mu.Lock()
+	_, was := c.pending[id]
 	delete(c.pending, id)
 	closeNow := c.closed && len(c.pending) == 0
 	c.mu.Unlock()
 	if closeNow {
 		c.conn.Close()
 	}
+	return was
+}
+
+// expireMisses removes the fast misses on c past their deadline.
+func (c *udpConn) expireMisses(now time.Time) []*fastMiss {
+	var late []*fastMiss
+	c.mu.Lock()
+	for id, w := range c.pending {
+		if w.fm != nil && now.After(w.fm.deadline) {
+			delete(c.pending, id)
+			late = append(late, w.fm)
+		}
+	}
+	closeNow := late != nil && c.closed && len(c.pending) == 0
+	c.mu.Unlock()
+	if closeNow {
+		c.conn.Close()
+	}
+	return late
+}
+
+// expire hands timed-out fast misses to the full path, counting each as
+// a failure of its upstream (the full path then tries the others first).
+func (f *forwarder) expire(now time.Time) {
+	if f == nil {
+		return
+	}
+	for _, u := range f.ups {
+		u.mu.Lock()
+		conns := make([]*udpConn, 0, len(u.live))
+		for c := range u.live {
+			conns = append(conns, c)
+		}
+		u.mu.Unlock()
+		for _, c := range conns {
+			for _, fm := range c.expireMisses(now) {
+				u.failed(f.metrics)
+				fm.handoff(&missHint{asked: u})
+			}
+		}
+	}
+}
+
+// succeeded records an answer from u (any rcode: it is reachable).
+func (u *upstream) succeeded(m *metrics) {
+	if u.fails.Swap(0) >= u.maxFail {
+		m.upstreamHealthy.WithLabelValues(u.addr).Set(1)
+	}
+	u.okCount.Inc()
+}
+
+// failed records a timeout or error from u.
+func (u *upstream) failed(m *metrics) {
+	u.errCount.Inc()
+	if u.fails.Add(1) == u.maxFail {
+		m.upstreamHealthy.WithLabelValues(u.addr).Set(0)
+	}
+}
+
+// firstHealthy is the upstream a fast miss goes to: the first healthy one
+// in order, as forward tries them; nil if none is healthy.
+func (f *forwarder) firstHealthy() *upstream {
+	if f == nil {
+		return nil
+	}
+	for _, u := range f.ups {
+		if u.healthy() {
+			return u
+		}
+	}
+	return nil
 }
 
 // exchangeTCP sends q over a pooled TCP connection (RFC 7766 reuse). A
@@ -350,7 +501,11 @@ func newForwarder(addrs []string, timeout time.Duration, m *metrics) (*forwarder
 // answer also moves on to the next upstream (without marking the first
 // unhealthy: it answered); if no upstream does better, the first such
 // answer is returned.
-func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, error) {
+//
+// hint carries a fast miss's attempt: the upstream it asked is not asked
+// again (its answer, if any, counts as that attempt's result), and one
+// that answered truncated is asked over TCP.
+func (f *forwarder) forward(ctx context.Context, q *dns.Msg, hint *missHint) (*dns.Msg, string, error) {
 	if f == nil || len(f.ups) == 0 {
 		return nil, "", ErrNoHealthyUpstream
 	}
@@ -358,22 +513,38 @@ func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, 
 		lastErr  error = ErrNoHealthyUpstream
 		soft     *dns.Msg
 		softFrom string
+		asked    *upstream
+		viaTCP   *upstream
 	)
+	if hint != nil {
+		asked, viaTCP = hint.asked, hint.tcp
+		if m := hint.answer; m != nil {
+			if m.Rcode != dns.RcodeServerFailure && m.Rcode != dns.RcodeRefused {
+				return m, asked.addr, nil
+			}
+			soft, softFrom = m, asked.addr
+		}
+	}
 	// First pass: healthy upstreams; second pass: the rest, so a full
 	// outage still gets tried rather than refused outright.
 	for pass := 0; pass < 2; pass++ {
 		for _, u := range f.ups {
-			if u.healthy() != (pass == 0) {
+			if u.healthy() != (pass == 0) || u == asked {
 				continue
 			}
 			// exchange only sets the ID: a shallow copy keeps q intact.
 			qc := *q
-			m, err := u.exchange(ctx, &qc)
+			var (
+				m   *dns.Msg
+				err error
+			)
+			if u == viaTCP {
+				m, err = u.exchangeTCP(ctx, &qc) // it already answered truncated over UDP
+			} else {
+				m, err = u.exchange(ctx, &qc)
+			}
 			if err == nil {
-				if u.fails.Swap(0) >= u.maxFail {
-					f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(1)
-				}
-				u.okCount.Inc()
+				u.succeeded(f.metrics)
 				if m.Rcode != dns.RcodeServerFailure && m.Rcode != dns.RcodeRefused {
 					return m, u.addr, nil
 				}
@@ -383,10 +554,7 @@ func (f *forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, string, 
 				continue
 			}
 			lastErr = err
-			u.errCount.Inc()
-			if u.fails.Add(1) == u.maxFail {
-				f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(0)
-			}
+			u.failed(f.metrics)
 			if ctx.Err() != nil {
 				if soft != nil {
 					return soft, softFrom, nil

@@ -19,6 +19,7 @@ type metrics struct {
 	logDropped       prometheus.Counter
 	rateLimited      prometheus.Counter
 	fastAnswers      prometheus.Counter
+	fastMisses       prometheus.Counter
 	// queryChildren caches queries_total children by verdict and rcode:
 	// the label lookup is too slow for every query. A struct key under a
 	// read lock costs no allocation (a concatenated string key did).
@@ -68,11 +69,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		logDropped:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "querylog_dropped_total", Help: "Query log records dropped because the writer fell behind."}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimited_total", Help: "Queries refused by the per-client rate limit."}),
 		fastAnswers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fast_path_answers_total", Help: "UDP cache hits answered from wire bytes without a full parse."}),
+		fastMisses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fast_path_forwarded_total",
+			Help: "UDP cache misses forwarded and answered from wire bytes (the rest of the misses went through the full path)."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.rateLimited, m.fastAnswers} {
+	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.rateLimited, m.fastAnswers, m.fastMisses} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

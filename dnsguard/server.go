@@ -266,11 +266,16 @@ func (s *Server) egressFor(w *workload.Workload) (*egressState, *policy.Workload
 // ServeDNS answers one query. It never panics on malformed input: the
 // miekg/dns server already answers unparseable packets with FORMERR, and
 // here questions are checked before use.
-func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) { s.serveDNS(w, r, nil) }
+
+// serveDNS is ServeDNS; hint, if set, is what the fast path learned
+// about this query before handing it over (it was already admitted by
+// the rate limiter).
+func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg, hint *missHint) {
 	start := s.cfg.Now()
 	ev := QueryEvent{Time: start}
 	ev.Client.IP = addrOf(w.RemoteAddr())
-	resp := s.handle(w, r, &ev)
+	resp := s.handle(r, &ev, hint)
 	if resp == nil {
 		return // dropped
 	}
@@ -321,7 +326,7 @@ func (s *Server) observe(ev *QueryEvent) {
 }
 
 // handle decides and builds the response (nil: drop).
-func (s *Server) handle(w dns.ResponseWriter, r *dns.Msg, ev *QueryEvent) *dns.Msg {
+func (s *Server) handle(r *dns.Msg, ev *QueryEvent, hint *missHint) *dns.Msg {
 	ev.Verdict = VerdictAllowed
 	if r.Response {
 		return nil // never answer answers (reflection loops)
@@ -343,7 +348,7 @@ func (s *Server) handle(w dns.ResponseWriter, r *dns.Msg, ev *QueryEvent) *dns.M
 		m := s.reply(r, dns.RcodeBadVers)
 		return m
 	}
-	if !s.limiter.allow(ev.Client.IP, ev.Time) {
+	if hint == nil && !s.limiter.allow(ev.Client.IP, ev.Time) {
 		s.metrics.rateLimited.Inc()
 		ev.Verdict = VerdictBlocked
 		ev.Policy = "rate-limit"
@@ -418,11 +423,11 @@ func (s *Server) handle(w dns.ResponseWriter, r *dns.Msg, ev *QueryEvent) *dns.M
 		m.Answer = []dns.RR{&dns.HINFO{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: 3600}, Cpu: "RFC8482"}}
 		return m
 	}
-	return s.resolve(r, q, name, st.ix.IsInCluster(name), ev)
+	return s.resolve(r, q, name, st.ix.IsInCluster(name), ev, hint)
 }
 
 // resolve answers from the cache or upstream, serving stale on failure.
-func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool, ev *QueryEvent) *dns.Msg {
+func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool, ev *QueryEvent, hint *missHint) *dns.Msg {
 	do := false
 	if opt := r.IsEdns0(); opt != nil {
 		do = opt.Do()
@@ -445,7 +450,7 @@ func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout*time.Duration(len(fwd.ups)+1))
 	defer cancel()
-	m, from, err := fwd.forward(ctx, up)
+	m, from, err := fwd.forward(ctx, up, hint)
 	if err != nil || m.Rcode == dns.RcodeServerFailure {
 		// RFC 8767: an unreachable upstream, or one that could not resolve
 		// the name either (SERVFAIL), is answered from the stale cache.
@@ -588,6 +593,12 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	if s.clusterFw != s.fwd {
 		go s.clusterFw.healthCheck(ctx, s.cfg.HealthCheckInterval)
 	}
+	// The sweeper times out fast-path misses; it outlives ctx until every
+	// in-flight query is answered.
+	sweepStop := make(chan struct{})
+	sweepDone := make(chan struct{})
+	go func() { defer close(sweepDone); s.sweepMisses(sweepStop) }()
+	defer func() { close(sweepStop); <-sweepDone }()
 	errc := make(chan error, len(started)+1)
 	for _, srv := range started {
 		go func(srv *dns.Server) { errc <- srv.ActivateAndServe() }(srv)
@@ -613,6 +624,25 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 		return nil
 	}
 	return err
+}
+
+// sweepMisses hands fast-path misses whose upstream did not answer in
+// time to the full path, until stop is closed.
+func (s *Server) sweepMisses(stop <-chan struct{}) {
+	every := min(max(s.cfg.Timeout/8, 5*time.Millisecond), 100*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			s.fwd.expire(now)
+			if s.clusterFw != s.fwd {
+				s.clusterFw.expire(now)
+			}
+		}
+	}
 }
 
 // ListenUDPTCP binds addr for UDP and TCP, for Serve. On Linux the UDP

@@ -75,6 +75,15 @@ func (u *fakeUpstream) serve(w dns.ResponseWriter, r *dns.Msg) {
 		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 			m.Truncate(512)
 		}
+	case strings.HasPrefix(name, "cname.") && q.Qtype == dns.TypeA:
+		// A CNAME chain, compressed (as most servers send it).
+		target := "target." + strings.TrimPrefix(name, "cname.")
+		m.Compress = true
+		m.Answer = []dns.RR{
+			&dns.CNAME{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 300}, Target: target},
+			&dns.A{Hdr: dns.RR_Header{Name: target, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 40}, A: net.ParseIP("192.0.2.7")},
+		}
+		m.SetEdns0(4096, false) // an OPT record to strip
 	case q.Qtype == dns.TypeA:
 		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("192.0.2.1")}}
 	}

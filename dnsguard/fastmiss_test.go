@@ -1,0 +1,210 @@
+package dnsguard
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/kordon-dev/kordon/policy"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// twin builds a second server with h's configuration and policies but
+// its own empty cache, to answer the same queries on the full path.
+func twin(t *testing.T, h *harness) *Server {
+	t.Helper()
+	cfg := h.srv.cfg
+	cfg.QueryLog, cfg.Metrics, cfg.Inspector = nil, nil, nil
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Parse("p.yaml", []byte(testPolicies), policy.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.SetPolicies(set); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+// TestFastMissMatchesFullPath: a cache miss forwarded and answered from
+// wire bytes gets the answer the full path gives (a twin server with an
+// empty cache), and so do the cache hits that follow, on the fast path
+// and on the full path reading the wire-only cache entry.
+func TestFastMissMatchesFullPath(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	full := twin(t, h)
+	cases := []struct {
+		name      string
+		qtype     uint16
+		edns, do  bool
+		rd, cd    bool
+		wantRcode int
+	}{
+		{"Fm1.CDN.example.", dns.TypeA, true, false, true, false, dns.RcodeSuccess},  // literal owner name (no compression)
+		{"fm2.cdn.example.", dns.TypeA, false, false, true, false, dns.RcodeSuccess}, // no EDNS
+		{"FM3.cdn.EXAMPLE.", dns.TypeA, true, true, false, true, dns.RcodeSuccess},   // DO, CD, no RD
+		{"x.Nx.example.", dns.TypeA, true, false, true, false, dns.RcodeNameError},   // NXDOMAIN + SOA
+		{"fm4.cdn.example.", dns.TypeAAAA, true, false, true, false, dns.RcodeSuccess},
+		{"cname.FM5.cdn.example.", dns.TypeA, true, false, true, false, dns.RcodeSuccess}, // compressed chain, upstream OPT
+	}
+	for _, tc := range cases {
+		mk := func() *dns.Msg {
+			m := new(dns.Msg)
+			m.SetQuestion(tc.name, tc.qtype)
+			m.RecursionDesired, m.CheckingDisabled = tc.rd, tc.cd
+			if tc.edns {
+				m.SetEdns0(1232, tc.do)
+			}
+			return m
+		}
+		before := testutil.ToFloat64(h.srv.metrics.fastMisses)
+		fast := h.exchange(t, "127.0.0.10", mk(), "udp")
+		if got := testutil.ToFloat64(h.srv.metrics.fastMisses); got != before+1 {
+			t.Fatalf("%s: the miss was not answered on the fast path (%v -> %v)", tc.name, before, got)
+		}
+		if fast.Rcode != tc.wantRcode {
+			t.Fatalf("%s: rcode %s, want %s", tc.name, dns.RcodeToString[fast.Rcode], dns.RcodeToString[tc.wantRcode])
+		}
+		slowQ := mk()
+		slowQ.Id = fast.Id
+		rec := &recorder{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 10), Port: 40000}}
+		full.ServeDNS(rec, slowQ)
+		if fast.String() != rec.msg.String() {
+			t.Errorf("%s: fast miss and full path differ\nfast:\n%s\nfull:\n%s", tc.name, fast, rec.msg)
+		}
+		hit := h.exchange(t, "127.0.0.10", mk(), "udp")
+		hit.Id = fast.Id
+		if hit.String() != fast.String() {
+			t.Errorf("%s: cache hit after a fast miss differs\nhit:\n%s\nmiss:\n%s", tc.name, hit, fast)
+		}
+		rec2 := &recorder{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 10), Port: 40000}}
+		h.srv.ServeDNS(rec2, slowQ) // the full path reading the wire-only entry
+		if rec2.msg.String() != fast.String() {
+			t.Errorf("%s: full-path cache hit differs\nfull:\n%s\nmiss:\n%s", tc.name, rec2.msg, fast)
+		}
+	}
+	// One query per name from each server: no retries, and the hits
+	// (fast and full path) came from the cache.
+	if n := h.up.queries.Load(); n != int64(2*len(cases)) {
+		t.Errorf("upstream saw %d queries, want %d", n, 2*len(cases))
+	}
+	// The fast miss is logged like any forwarded query.
+	var found bool
+	for _, ev := range h.logEvents(t, 3*len(cases)) {
+		if ev.QName == "Fm1.CDN.example." && !ev.Cached {
+			found = true
+			if ev.Upstream != h.up.addr || ev.RCode != "NOERROR" || len(ev.Answers) != 1 || ev.Client.Pod != "frontend" || ev.Policy != "shop/frontend-egress" {
+				t.Errorf("fast miss event: %+v", ev)
+			}
+		}
+	}
+	if !found {
+		t.Error("no query log record for the fast miss")
+	}
+}
+
+// TestWireFromUpstreamRefuses: layouts the wire cache does not rewrite in
+// place go to the full path.
+func TestWireFromUpstreamRefuses(t *testing.T) {
+	c := newCache(10, 0, 3600e9, 300e9, 0)
+	base := func() *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion("a.example.", dns.TypeA)
+		m.Response = true
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "a.example.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)}}
+		return m
+	}
+	pack := func(m *dns.Msg) []byte {
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	qEnd := 12 + len("\x01a\x07example\x00") + 4
+	ok := pack(base())
+	if _, ttl, good := c.wireFromUpstream(ok, qEnd); !good || ttl != 60e9 {
+		t.Fatalf("plain answer refused (ttl %v)", ttl)
+	}
+	optFirst := base()
+	optFirst.SetEdns0(1232, false)
+	optFirst.Extra = append(optFirst.Extra, &dns.TXT{Hdr: dns.RR_Header{Name: "x.example.", Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 5}, Txt: []string{"x"}})
+	for name, b := range map[string][]byte{
+		"opt not last": pack(optFirst),
+		"cut short":    ok[:len(ok)-2],
+		"trailing":     append(append([]byte(nil), ok...), 0),
+	} {
+		if _, _, good := c.wireFromUpstream(b, qEnd); good {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestFastMissTimeoutAsksEachUpstreamOnce: a fast miss whose upstream
+// stays silent is handed to the full path, which goes on to the next
+// upstream without asking the silent one again.
+func TestFastMissTimeoutAsksEachUpstreamOnce(t *testing.T) {
+	t.Parallel()
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	got := make(chan int, 1)
+	go func() {
+		n, buf := 0, make([]byte, 512)
+		for {
+			if _, _, err := silent.ReadFrom(buf); err != nil {
+				got <- n
+				return
+			}
+			n++
+		}
+	}()
+	h := newHarness(t, func(c *Config) {
+		c.Timeout = 200 * time.Millisecond
+		c.Upstreams = append([]string{silent.LocalAddr().String()}, c.Upstreams...)
+	})
+	r := h.query(t, "127.0.0.10", "slow.cdn.example.", dns.TypeA, "udp")
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Fatalf("want an answer from the second upstream, got\n%s", r)
+	}
+	h.srv.Close()
+	silent.Close()
+	if n := <-got; n != 1 {
+		t.Errorf("the silent upstream was asked %d times, want 1", n)
+	}
+	if n := h.up.queries.Load(); n != 1 {
+		t.Errorf("the second upstream was asked %d times, want 1", n)
+	}
+}
+
+// TestFastMissRefusedPortFailsOverAtOnce: an upstream port that answers
+// with ICMP port unreachable fails its queries at once, not at the
+// timeout (a minute here: the client gives up after 3 s).
+func TestFastMissRefusedPortFailsOverAtOnce(t *testing.T) {
+	t.Parallel()
+	dead, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.LocalAddr().String()
+	dead.Close()
+	h := newHarness(t, func(c *Config) {
+		c.Timeout = time.Minute
+		c.Upstreams = append([]string{deadAddr}, c.Upstreams...)
+	})
+	r := h.query(t, "127.0.0.10", "refused.cdn.example.", dns.TypeA, "udp")
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Fatalf("want an answer from the second upstream, got\n%s", r)
+	}
+	if n := testutil.ToFloat64(h.srv.metrics.upstreamRequests.WithLabelValues(deadAddr, "error")); n != 1 {
+		t.Errorf("dead upstream errors = %v, want 1", n)
+	}
+}
