@@ -237,6 +237,7 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 			return true, err
 		}
 		nsend := 0
+		now := s.cfg.Now()
 		for i := 0; i < n; i++ {
 			pkt, whole := b.packet(i)
 			ap, ok := b.addr(i)
@@ -247,7 +248,7 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 			var admitted *missHint
 			if parseFast(pkt, &q) {
 				j := b.nw
-				res, fwd := s.fastReply(ip, pkt, &q, outs[j][:0], &evs[j])
+				res, fwd := s.fastReply(ip, pkt, &q, outs[j][:0], &evs[j], now)
 				if res != nil {
 					outs[j] = res
 					b.queue(i, res)
@@ -276,9 +277,7 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 		} else if failed > 0 {
 			s.log.Debug("udp replies not sent", "count", failed)
 		}
-		for j := 0; j < nw; j++ {
-			s.observeFast(&evs[j])
-		}
+		s.observeAll(evs[:nw], s.cfg.Now())
 	}
 }
 

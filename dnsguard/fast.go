@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/kordon-dev/kordon/policy"
 	"github.com/miekg/dns"
@@ -292,23 +293,16 @@ func (s *Server) udpLoop(pc, group net.PacketConn) error {
 // nothing) when the query needs the full path.
 func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *fastQuery, out []byte) []byte {
 	ip, _ := netip.AddrFromSlice(ua.IP)
-	var ev QueryEvent
-	out, _ = s.fastReply(ip.Unmap(), pkt, q, out, &ev)
+	var ev [1]QueryEvent
+	out, _ = s.fastReply(ip.Unmap(), pkt, q, out, &ev[0], s.cfg.Now())
 	if out == nil {
 		return nil
 	}
 	if _, err := pc.WriteTo(out, ua); err != nil {
-		s.log.Debug("write failed", "client_ip", ev.Client.IP, "error", err)
+		s.log.Debug("write failed", "client_ip", ev[0].Client.IP, "error", err)
 	}
-	s.observeFast(&ev)
+	s.observeAll(ev[:], s.cfg.Now())
 	return out
-}
-
-// observeFast records a query answered on the fast path, after its reply
-// was sent.
-func (s *Server) observeFast(ev *QueryEvent) {
-	ev.Latency = s.cfg.Now().Sub(ev.Time).Seconds()
-	s.observe(ev)
 }
 
 // fastReply answers an allowed, cached query from wire bytes into out and
@@ -316,8 +310,9 @@ func (s *Server) observeFast(ev *QueryEvent) {
 // forwarder means the query is an allowed cache miss that may be
 // forwarded from wire bytes through it (startMiss); nil means the full
 // path must answer (it then decides, refuses or counts the query).
-func (s *Server) fastReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, ev *QueryEvent) ([]byte, *forwarder) {
-	now := s.cfg.Now()
+//
+// now is when the query was read (one clock reading per batch).
+func (s *Server) fastReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, ev *QueryEvent, now time.Time) ([]byte, *forwarder) {
 	name := q.lower[:len(q.lower)-1]
 	wl, known := s.cfg.Registry.ByIP(ip)
 	if !known {

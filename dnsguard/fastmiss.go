@@ -92,7 +92,8 @@ type missHint struct {
 
 // complete handles the upstream's answer to fm (already matched by ID and
 // removed from its socket). It returns true when a reply was queued on rb;
-// then finish must be called after rb is flushed. Otherwise fm was handed
+// then the reader records it (observeAll) after rb is flushed and
+// marks it done. Otherwise fm was handed
 // to the full path.
 func (fm *fastMiss) complete(resp []byte, rb *replyBatch) bool {
 	s, u := fm.srv, fm.up
@@ -153,12 +154,6 @@ func (fm *fastMiss) complete(resp []byte, rb *replyBatch) bool {
 	fm.ev.RCode = dns.RcodeToString[int(rcode)]
 	fm.ev.Answers = wa.answers
 	return true
-}
-
-// finish records fm once its reply is sent.
-func (fm *fastMiss) finish() {
-	fm.srv.observeFast(&fm.ev)
-	fm.srv.inflight.Done()
 }
 
 // handoff answers fm's client on the full path, in a goroutine of its own

@@ -160,6 +160,7 @@ func (c *udpConn) readLoop() {
 	defer r.release()
 	var (
 		done    []*fastMiss
+		evs     []QueryEvent
 		replies replyBatch
 	)
 	defer func() {
@@ -233,11 +234,19 @@ func (c *udpConn) readLoop() {
 			}
 		}
 		replies.flush()
-		for i, fm := range done {
-			fm.finish()
-			done[i] = nil
+		if len(done) > 0 {
+			evs = evs[:0]
+			for _, fm := range done {
+				evs = append(evs, fm.ev)
+			}
+			srv := done[0].srv
+			srv.observeAll(evs, srv.cfg.Now())
+			for i, fm := range done {
+				fm.srv.inflight.Done()
+				done[i] = nil
+			}
+			done = done[:0]
 		}
-		done = done[:0]
 		if closeNow {
 			c.conn.Close()
 			return

@@ -207,7 +207,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.cache = newCache(cfg.CacheSize, cfg.MinTTL, cfg.MaxTTL, cfg.NegativeTTL, cfg.ServeStale)
 	if cfg.QueryLog != nil {
-		s.qlog = newQueryLog(cfg.QueryLog, cfg.QueryLogBuffer, m.logDropped.Inc)
+		s.qlog = newQueryLog(cfg.QueryLog, cfg.QueryLogBuffer, func(n int) { m.logDropped.Add(float64(n)) })
 	}
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
 	s.ids = newIDCache(cfg.TrustDomain)
@@ -322,6 +322,23 @@ func (s *Server) observe(ev *QueryEvent) {
 	}
 	if s.qlog != nil {
 		s.qlog.log(ev)
+	}
+}
+
+// observeAll records queries answered on the fast path once their
+// replies were sent at now (all have a QName).
+func (s *Server) observeAll(evs []QueryEvent, now time.Time) {
+	for i := range evs {
+		ev := &evs[i]
+		ev.Latency = now.Sub(ev.Time).Seconds()
+		s.metrics.countQuery(ev.Verdict, ev.RCode)
+		s.metrics.duration.Observe(ev.Latency)
+		if s.cfg.Inspector != nil {
+			s.cfg.Inspector.Observe(ev)
+		}
+	}
+	if s.qlog != nil {
+		s.qlog.logAll(evs)
 	}
 }
 

@@ -7,15 +7,20 @@
 # at a fixed rate, and dnsguard's ratios to each peer. dnsguard runs with
 # 1,000 EgressPolicy rules and full JSON query logging to a file.
 #
-#   bench/dns/run.sh                 # defaults: 15 s per measurement
-#   DURATION=5 RATE=2000 bench/dns/run.sh
+#   bench/dns/run.sh                 # defaults: 3 rounds of 10 s per measurement
+#   DURATION=5 RUNS=1 RATE=2000 bench/dns/run.sh
+#
+# With RUNS > 1 the servers take turns round after round (so drift on a
+# shared machine hits them alike) and the table shows each figure's
+# median over the rounds.
 #
 # Installs its peers if missing: dnsperf, nsd, unbound (apt) and CoreDNS
 # v1.12.1 (go install into $(go env GOPATH)/kordon-cache, ~5 min cold).
 # All traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DURATION=${DURATION:-15}
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
 RATE=${RATE:-2000}
 CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-100}
@@ -172,21 +177,34 @@ run_latency() {
 for i in $(seq 1 100); do echo "hit$i.bench.test A"; done > "$WORK/hit.txt"
 gen_miss() { awk -v p="$1" 'BEGIN { for (i = 0; i < 1500000; i++) printf "%s%d.bench.test A\n", p, i }' > "$2"; }
 
-declare -A QPS CPU P50 P99
-for name in dnsguard coredns unbound; do
-  case $name in dnsguard) port=$DG_PORT pid=$DG_PID ;; coredns) port=$CD_PORT pid=$CD_PID ;; unbound) port=$UB_PORT pid=$UB_PID ;; esac
-  dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/hit.txt" -n 1 >/dev/null 2>&1 # warm
-  read -r QPS[$name-hit] CPU[$name-hit] < <(run_load "$name" "$port" "$pid" "$WORK/hit.txt")
-  read -r P50[$name-hit] P99[$name-hit] < <(run_latency "$port" "$WORK/hit.txt")
-  gen_miss "m-$name-" "$WORK/miss-$name.txt"
-  read -r QPS[$name-miss] CPU[$name-miss] < <(run_load "$name" "$port" "$pid" "$WORK/miss-$name.txt")
-  gen_miss "l-$name-" "$WORK/lat-$name.txt"
-  read -r P50[$name-miss] P99[$name-miss] < <(run_latency "$port" "$WORK/lat-$name.txt")
-  rm -f "$WORK/miss-$name.txt" "$WORK/lat-$name.txt"
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
+
+declare -A QPS CPU P50 P99 RQ RC
+for run in $(seq 1 "$RUNS"); do
+  for name in dnsguard coredns unbound; do
+    case $name in dnsguard) port=$DG_PORT pid=$DG_PID ;; coredns) port=$CD_PORT pid=$CD_PID ;; unbound) port=$UB_PORT pid=$UB_PID ;; esac
+    [ "$run" = 1 ] && dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/hit.txt" -n 1 >/dev/null 2>&1 # warm
+    read -r q c < <(run_load "$name" "$port" "$pid" "$WORK/hit.txt")
+    RQ[$name-hit]+=" $q"; RC[$name-hit]+=" $c"; hq=$q
+    gen_miss "m$run-$name-" "$WORK/miss-$name.txt"
+    read -r q c < <(run_load "$name" "$port" "$pid" "$WORK/miss-$name.txt")
+    RQ[$name-miss]+=" $q"; RC[$name-miss]+=" $c"
+    if [ "$run" = 1 ]; then
+      read -r P50[$name-hit] P99[$name-hit] < <(run_latency "$port" "$WORK/hit.txt")
+      gen_miss "l-$name-" "$WORK/lat-$name.txt"
+      read -r P50[$name-miss] P99[$name-miss] < <(run_latency "$port" "$WORK/lat-$name.txt")
+    fi
+    rm -f "$WORK/miss-$name.txt" "$WORK/lat-$name.txt"
+    echo "round $run/$RUNS $name: hits $hq qps, misses $q qps" >&2
+  done
+done
+for k in "${!RQ[@]}"; do
+  QPS[$k]=$(echo "${RQ[$k]}" | median)
+  CPU[$k]=$(echo "${RC[$k]}" | median)
 done
 
 echo
-echo "DNS benchmark: dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION; latency at $RATE qps; upstream NSD; $(nproc) cores"
+echo "DNS benchmark: dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION, median of $RUNS rounds; latency at $RATE qps; upstream NSD; $(nproc) cores"
 echo "dnsguard: 1,000 EgressPolicy rules, JSON query log on ($(wc -l < "$WORK/query.log") lines written)"
 printf '%-9s | %-6s | %10s | %10s | %8s | %8s\n' server load QPS "CPU us/q" "p50 ms" "p99 ms"
 for load in hit miss; do
