@@ -135,6 +135,9 @@ type fastQuery struct {
 	do      bool
 	udpSize int
 	rd      bool
+	// nameBuf and lowerBuf are scratch space for parsing (kept here so they are
+	// not cleared on every query).
+	nameBuf, lowerBuf [255]byte
 }
 
 // parseFast accepts only plain queries: QR=0, opcode QUERY, one IN
@@ -149,8 +152,9 @@ func parseFast(b []byte, q *fastQuery) bool {
 	if ar > 1 {
 		return false
 	}
-	var name, lower [255]byte
+	name, lower := &q.nameBuf, &q.lowerBuf
 	n := 0
+	upper := false
 	off := 12
 	for {
 		if off >= len(b) {
@@ -169,6 +173,7 @@ func parseFast(b []byte, q *fastQuery) bool {
 			switch {
 			case c >= 'A' && c <= 'Z':
 				lc = c + 32
+				upper = true
 			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
 			default:
 				return false // escapes needed: leave it to miekg/dns
@@ -204,7 +209,11 @@ func parseFast(b []byte, q *fastQuery) bool {
 	} else if off != len(b) {
 		return false
 	}
-	q.qname, q.lower = string(name[:n]), string(lower[:n])
+	q.qname = string(name[:n])
+	q.lower = q.qname
+	if upper {
+		q.lower = string(lower[:n])
+	}
 	q.rd = b[2]&0x01 != 0
 	return true
 }

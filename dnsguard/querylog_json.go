@@ -69,11 +69,26 @@ func appendOptString(b []byte, key, v string) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// jsonSafe marks the bytes appendJSONString copies as they are.
+var jsonSafe = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
 // appendJSONString quotes s as encoding/json does (HTML-safe escaping,
 // invalid UTF-8 as U+FFFD).
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
-	for i := 0; i < len(s); {
+	// Most strings (names, pods, policies) need no escaping: copy the
+	// safe prefix at once.
+	i := 0
+	for i < len(s) && jsonSafe[s[i]] {
+		i++
+	}
+	b = append(b, s[:i]...)
+	for i < len(s) {
 		c := s[i]
 		if c < utf8.RuneSelf {
 			switch {

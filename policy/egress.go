@@ -117,6 +117,7 @@ type EgressIndex struct {
 	policies []*compiledEgress
 	// clusterSuffix is "." + ClusterDomain.
 	clusterSuffix string
+	mergedCache
 }
 
 // CompileEgress compiles the EgressPolicies of set.
@@ -175,6 +176,8 @@ type WorkloadEgress struct {
 	enforceAllow *compiledEgress
 	auditAllow   *compiledEgress
 	detection    *compiledEgress
+	// merged is set when many policies select the workload.
+	merged *mergedSets
 }
 
 // ForWorkload returns the policies selecting a workload (its namespace's
@@ -182,7 +185,8 @@ type WorkloadEgress struct {
 // workload; it is immutable.
 func (ix *EgressIndex) ForWorkload(namespace string, labels map[string]string) *WorkloadEgress {
 	w := &WorkloadEgress{ix: ix}
-	for _, c := range ix.policies {
+	var ids []int
+	for id, c := range ix.policies {
 		ns := c.src.Metadata.Namespace
 		if ns != namespace && ns != ix.opts.RootNamespace {
 			continue
@@ -191,6 +195,7 @@ func (ix *EgressIndex) ForWorkload(namespace string, labels map[string]string) *
 			continue
 		}
 		w.policies = append(w.policies, c)
+		ids = append(ids, id)
 		if c.allow.Len() > 0 {
 			w.hasAllow = true
 			if c.audit && w.auditAllow == nil {
@@ -203,6 +208,9 @@ func (ix *EgressIndex) ForWorkload(namespace string, labels map[string]string) *
 		if c.src.Spec.Detection != nil && w.detection == nil {
 			w.detection = c
 		}
+	}
+	if len(w.policies) >= mergedThreshold {
+		w.merged = ix.merged(w.policies, ids)
 	}
 	return w
 }
@@ -235,6 +243,9 @@ func (ix *EgressIndex) IsInCluster(name string) bool {
 // selecting policy has an allow list, the name must be in one of them or
 // in the cluster domain.
 func (w *WorkloadEgress) Decide(name string) EgressDecision {
+	if w.merged != nil {
+		return w.decideMerged(name)
+	}
 	var auditDeny *compiledEgress
 	var auditPattern DomainPattern
 	for _, c := range w.policies {
@@ -257,6 +268,32 @@ func (w *WorkloadEgress) Decide(name string) EgressDecision {
 		if _, ok := c.allow.Match(name); ok {
 			return EgressDecision{Verdict: EgressAllow, Policy: c.name}
 		}
+	}
+	if w.enforceAllow != nil {
+		return EgressDecision{Verdict: EgressBlock, Policy: w.enforceAllow.name}
+	}
+	return EgressDecision{Verdict: EgressAuditBlock, Policy: w.auditAllow.name}
+}
+
+// decideMerged is Decide with one lookup per set instead of one per
+// policy; the matching policy's own set then names the pattern, so the
+// result is the same as the loop's.
+func (w *WorkloadEgress) decideMerged(name string) EgressDecision {
+	if i := w.merged.enforceDeny.first(name); i >= 0 {
+		c := w.policies[i]
+		p, _ := c.deny.Match(name)
+		return EgressDecision{Verdict: EgressBlock, Policy: c.name, Denied: true, Pattern: p.String()}
+	}
+	if i := w.merged.auditDeny.first(name); i >= 0 {
+		c := w.policies[i]
+		p, _ := c.deny.Match(name)
+		return EgressDecision{Verdict: EgressAuditBlock, Policy: c.name, Denied: true, Pattern: p.String()}
+	}
+	if !w.hasAllow || w.ix.IsInCluster(name) {
+		return EgressDecision{Verdict: EgressAllow}
+	}
+	if i := w.merged.allow.first(name); i >= 0 {
+		return EgressDecision{Verdict: EgressAllow, Policy: w.policies[i].name}
 	}
 	if w.enforceAllow != nil {
 		return EgressDecision{Verdict: EgressBlock, Policy: w.enforceAllow.name}
