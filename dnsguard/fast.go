@@ -235,10 +235,7 @@ func appendOPT(b []byte, do bool) []byte {
 // while sibling sockets are read in parallel.
 func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 	n := runtime.GOMAXPROCS(0)
-	conns := []net.PacketConn{pc}
-	for _, c := range reusePortSiblings(pc, n-1) {
-		conns = append(conns, c)
-	}
+	conns := append([]net.PacketConn{pc}, reusePortSiblings(pc, n-1)...)
 	var wg sync.WaitGroup
 	errc := make(chan error, n)
 	for i := 0; i < n; i++ {
