@@ -208,3 +208,64 @@ func TestFastMissRefusedPortFailsOverAtOnce(t *testing.T) {
 		t.Errorf("dead upstream errors = %v, want 1", n)
 	}
 }
+
+// FuzzWireFromUpstream feeds arbitrary upstream answers (anyone who can
+// spoof one can send these) to the wire cache: never a panic, and what it
+// accepts must be a well-formed message that patches into a well-formed
+// reply.
+func FuzzWireFromUpstream(f *testing.F) {
+	q := new(dns.Msg)
+	q.SetQuestion("www.Example.com.", dns.TypeA)
+	qb, _ := q.Pack()
+	qEnd := len(qb)
+	seed := func(m *dns.Msg) {
+		b, err := m.Pack()
+		if err == nil {
+			f.Add(b[qEnd:], byte(m.Rcode))
+		}
+	}
+	a := new(dns.Msg)
+	a.SetReply(q)
+	a.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "www.example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)}}
+	seed(a)
+	a.Compress = true
+	a.SetEdns0(1232, false)
+	seed(a)
+	nx := new(dns.Msg)
+	nx.SetRcode(q, dns.RcodeNameError)
+	nx.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60}, Ns: "ns.example.com.", Mbox: "h.example.com.", Minttl: 30}}
+	seed(nx)
+	c := newCache(10, 0, time.Hour, 5*time.Minute, 0)
+	var fq fastQuery
+	if !parseFast(qb, &fq) {
+		f.Fatal("query not fast")
+	}
+	f.Fuzz(func(t *testing.T, tail []byte, flags byte) {
+		resp := append(append([]byte(nil), qb...), tail...)
+		resp[2] = 0x80 | 0x01
+		resp[3] = flags & 0x0F
+		// The counts come from the tail's first bytes, so they vary too.
+		if len(tail) >= 6 {
+			copy(resp[6:12], tail[:6])
+		}
+		wa, _, ok := c.wireFromUpstream(resp, qEnd)
+		if !ok {
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(wa.wire); err != nil {
+			t.Fatalf("accepted answer does not unpack: %v", err)
+		}
+		out := patchReply(nil, wa, 5, qb, &fq)
+		if out == nil {
+			return // too big for the client: the full path truncates
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(out); err != nil {
+			t.Fatalf("patched reply does not unpack: %v", err)
+		}
+		if r.Id != q.Id || len(r.Question) != 1 || r.Question[0].Name != "www.Example.com." {
+			t.Fatalf("reply header or question wrong:\n%s", r)
+		}
+	})
+}
