@@ -216,6 +216,8 @@ echo
 for load in hit miss; do
   for peer in coredns unbound; do
     awk -v n="$load" -v p="$peer" -v a="${QPS[dnsguard-$load]}" -v b="${QPS[$peer-$load]}" -v ca="${CPU[dnsguard-$load]}" -v cb="${CPU[$peer-$load]}" \
-      'BEGIN { printf "ratio dnsguard/%-7s %-4s: QPS %.2fx, CPU per query %.2fx\n", p, n, (b>0?a/b:0), (cb>0?ca/cb:0) }'
+      'BEGIN { printf "ratio dnsguard/%-7s %-4s: QPS %.2fx, CPU per query %.2fx (queries per CPU-second %.2fx)\n", p, n, (b>0?a/b:0), (cb>0?ca/cb:0), (ca>0?cb/ca:0) }'
   done
 done
+echo "(QPS is capped by dnsperf, which shares the $(nproc) cores: a server cannot go faster than"
+echo " dnsperf can send; queries per CPU-second, 1/CPU per query, is each server's own capacity.)"
