@@ -330,12 +330,15 @@ func (r *packetReader) recv() (int, error) {
 	return n, err
 }
 
-// packet returns datagram i; an oversized (cut) one comes back empty.
+// packet returns datagram i. One larger than the buffer (an upstream
+// ignoring our EDNS size) comes back as its header and question with TC
+// set, so the query is retried over TCP like any truncated answer.
 func (r *packetReader) packet(i int) []byte {
-	if p, whole := r.b.packet(i); whole {
+	p, whole := r.b.packet(i)
+	if whole {
 		return p
 	}
-	return nil
+	return truncatedAnswer(p)
 }
 
 func (r *packetReader) release() { r.b.release() }

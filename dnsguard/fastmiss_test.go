@@ -2,6 +2,8 @@ package dnsguard
 
 import (
 	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -268,4 +270,71 @@ func FuzzWireFromUpstream(f *testing.F) {
 			t.Fatalf("reply header or question wrong:\n%s", r)
 		}
 	})
+}
+
+// TestOversizedUpstreamAnswerRetriedOverTCP: an upstream that ignores our
+// EDNS size and sends a UDP answer larger than the reader's buffer gets
+// the query again over TCP (the cut datagram counts as truncated), on the
+// fast path and on the full path.
+func TestOversizedUpstreamAnswerRetriedOverTCP(t *testing.T) {
+	t.Parallel()
+	answer := func(r *dns.Msg) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		for i := 0; i < 30; i++ {
+			m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60}, Txt: []string{strings.Repeat("x", 200)}})
+		}
+		return m
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { // a UDP responder that never truncates
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			r := new(dns.Msg)
+			if r.Unpack(buf[:n]) != nil {
+				continue
+			}
+			b, _ := answer(r).Pack()
+			_, _ = pc.WriteTo(b, from)
+		}
+	}()
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tcpQueries atomic.Int64
+	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		tcpQueries.Add(1)
+		_ = w.WriteMsg(answer(r))
+	})}
+	go func() { _ = tcp.ActivateAndServe() }()
+	t.Cleanup(func() { _ = tcp.Shutdown(); pc.Close() })
+
+	h := newHarness(t, func(c *Config) { c.Upstreams = []string{pc.LocalAddr().String()} })
+	m := new(dns.Msg)
+	m.SetQuestion("huge.example.", dns.TypeTXT)
+	m.SetEdns0(1232, false)
+	r := h.exchange(t, "127.0.0.20", m, "udp") // an unknown client: everything allowed
+	if !r.Truncated || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("want a truncated NOERROR for the UDP client, got\n%s", r)
+	}
+	if n := tcpQueries.Load(); n != 1 {
+		t.Fatalf("upstream saw %d TCP queries, want 1", n)
+	}
+	m2 := new(dns.Msg)
+	m2.SetQuestion("huge2.example.", dns.TypeTXT)
+	r = h.exchange(t, "127.0.0.20", m2, "tcp") // full path: UDP upstream, then TCP
+	if len(r.Answer) != 30 {
+		t.Fatalf("want 30 records over TCP, got %d", len(r.Answer))
+	}
+	if n := tcpQueries.Load(); n != 2 {
+		t.Fatalf("upstream saw %d TCP queries, want 2", n)
+	}
 }

@@ -254,6 +254,21 @@ func (c *udpConn) readLoop() {
 	}
 }
 
+// truncatedAnswer cuts an answer that did not fit our buffer down to its
+// header and question and sets TC; nil if even those are unreadable.
+func truncatedAnswer(p []byte) []byte {
+	end, ok := skipQuestion(p)
+	if !ok {
+		return nil
+	}
+	p = p[:end]
+	p[2] |= 0x02
+	for i := 6; i < 12; i++ {
+		p[i] = 0
+	}
+	return p
+}
+
 // exchange sends q (whose ID it overwrites) and waits for the matching
 // answer. A truncated answer is retried over TCP.
 func (u *upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
