@@ -272,6 +272,7 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 		}
 		sendMisses(&up, sends[:nsend])
 		nw := b.nw
+		s.countFast(evs[:nw])
 		if failed, err := b.flush(); err != nil {
 			return true, err
 		} else if failed > 0 {

@@ -304,6 +304,7 @@ func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *f
 	if out == nil {
 		return nil
 	}
+	s.countFast(ev[:])
 	if _, err := pc.WriteTo(out, ua); err != nil {
 		s.log.Debug("write failed", "client_ip", ev[0].Client.IP, "error", err)
 	}
@@ -377,9 +378,7 @@ func (s *Server) fastReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, 
 	if out == nil {
 		return nil, nil // needs truncation: the full path does it
 	}
-	s.metrics.fastAnswers.Inc()
-	s.metrics.cacheHits.Inc()
-	ev.Cached = true
+	ev.Cached = true // counted by observeAll
 	ev.RCode = dns.RcodeToString[int(out[3]&0x0F)]
 	ev.Answers = wa.answers
 	return out, nil

@@ -147,8 +147,6 @@ func (fm *fastMiss) complete(resp []byte, rb *replyBatch) bool {
 		fm.handoff(&missHint{asked: u, answer: m})
 		return false
 	}
-	s.metrics.cacheMisses.Inc()
-	s.metrics.fastMisses.Inc()
 	rb.add(fm.group, fm.client, out)
 	fm.ev.Upstream = u.addr
 	fm.ev.RCode = dns.RcodeToString[int(rcode)]

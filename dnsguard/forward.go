@@ -233,12 +233,15 @@ func (c *udpConn) readLoop() {
 				}
 			}
 		}
-		replies.flush()
 		if len(done) > 0 {
 			evs = evs[:0]
 			for _, fm := range done {
 				evs = append(evs, fm.ev)
 			}
+			done[0].srv.countFast(evs)
+		}
+		replies.flush()
+		if len(done) > 0 {
 			srv := done[0].srv
 			srv.observeAll(evs, srv.cfg.Now())
 			for i, fm := range done {

@@ -34,7 +34,11 @@ type queryKey struct {
 
 // countQuery increments queries_total{verdict,rcode}.
 func (m *metrics) countQuery(verdict Verdict, rcode string) {
-	k := queryKey{verdict, rcode}
+	m.countQueries(queryKey{verdict, rcode}, 1)
+}
+
+// countQueries adds n to queries_total{verdict,rcode}.
+func (m *metrics) countQueries(k queryKey, n int) {
 	m.queryMu.RLock()
 	c, ok := m.queryChildren[k]
 	m.queryMu.RUnlock()
@@ -44,12 +48,12 @@ func (m *metrics) countQuery(verdict Verdict, rcode string) {
 			if m.queryChildren == nil {
 				m.queryChildren = map[queryKey]prometheus.Counter{}
 			}
-			c = m.queries.WithLabelValues(string(verdict), rcode)
+			c = m.queries.WithLabelValues(string(k.verdict), k.rcode)
 			m.queryChildren[k] = c
 		}
 		m.queryMu.Unlock()
 	}
-	c.Inc()
+	c.Add(float64(n))
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {

@@ -325,18 +325,54 @@ func (s *Server) observe(ev *QueryEvent) {
 	}
 }
 
-// observeAll records queries answered on the fast path once their
-// replies were sent at now (all have a QName).
+// countFast counts a batch of fast-path answers (cache hits, and fast
+// misses: the events not Cached) before their replies are sent.
+func (s *Server) countFast(evs []QueryEvent) {
+	hits := 0
+	for i := range evs {
+		if evs[i].Cached {
+			hits++
+		}
+	}
+	if hits > 0 {
+		s.metrics.cacheHits.Add(float64(hits))
+		s.metrics.fastAnswers.Add(float64(hits))
+	}
+	if misses := len(evs) - hits; misses > 0 {
+		s.metrics.cacheMisses.Add(float64(misses))
+		s.metrics.fastMisses.Add(float64(misses))
+	}
+}
+
+// observeAll records queries answered on the fast path (cache hits and
+// fast misses) once their replies were sent at now (all have a QName).
+//
+// Counters are added once per batch (per run of equal labels), not per
+// query: they are shared by every reader.
 func (s *Server) observeAll(evs []QueryEvent, now time.Time) {
+	var (
+		run    int
+		runKey queryKey
+	)
 	for i := range evs {
 		ev := &evs[i]
 		ev.Latency = now.Sub(ev.Time).Seconds()
-		s.metrics.countQuery(ev.Verdict, ev.RCode)
+		if k := (queryKey{ev.Verdict, ev.RCode}); run == 0 || k == runKey {
+			runKey = k
+			run++
+		} else {
+			s.metrics.countQueries(runKey, run)
+			runKey, run = k, 1
+		}
 		s.metrics.duration.Observe(ev.Latency)
 		if s.cfg.Inspector != nil {
 			s.cfg.Inspector.Observe(ev)
 		}
 	}
+	if run > 0 {
+		s.metrics.countQueries(runKey, run)
+	}
+
 	if s.qlog != nil {
 		s.qlog.logAll(evs)
 	}
