@@ -9,6 +9,7 @@
 #
 #   bench/dns/run.sh                 # defaults: 3 rounds of 10 s per measurement
 #   DURATION=5 RUNS=1 RATE=2000 bench/dns/run.sh
+#   PIN=1 bench/dns/run.sh           # servers on CPU 1, dnsperf and NSD on CPU 0
 #
 # With RUNS > 1 the servers take turns round after round (so drift on a
 # shared machine hits them alike) and the table shows each figure's
@@ -21,6 +22,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
+# PIN=1 gives the servers CPU 1 and dnsperf + NSD CPU 0 (taskset), so the
+# server under test never competes with the load generator for a core.
+PIN=${PIN:-0}
+SRV=() GEN=()
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then SRV=(taskset -c 1); GEN=(taskset -c 0); fi
 RATE=${RATE:-2000}
 CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-100}
@@ -85,7 +91,7 @@ zone:
   name: bench.test
   zonefile: bench.test.zone
 CONF
-/usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 & PIDS+=($!)
+"${GEN[@]}" /usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 & PIDS+=($!)
 
 # --- dnsguard: 1,000 rules (100 policies x 10 patterns), logging on.
 mkdir -p "$WORK/policies"
@@ -99,7 +105,7 @@ W
     printf '  - "*.bench.test"\n'
   done
 } > "$WORK/policies/egress.yaml"
-"$KORDON" dnsguard --listen 127.0.0.1:$DG_PORT --upstream 127.0.0.1:$NSD_PORT \
+"${SRV[@]}" "$KORDON" dnsguard --listen 127.0.0.1:$DG_PORT --upstream 127.0.0.1:$NSD_PORT \
   --workloads "$WORK/workloads.yaml" --policies "$WORK/policies" --log "$WORK/query.log" \
   --cache-size 2000000 >"$WORK/dnsguard.out" 2>&1 & DG_PID=$!; PIDS+=($DG_PID)
 
@@ -111,7 +117,7 @@ cat > "$WORK/Corefile" <<C
   cache 3600
 }
 C
-"$COREDNS" -conf "$WORK/Corefile" -quiet >"$WORK/coredns.log" 2>&1 & CD_PID=$!; PIDS+=($CD_PID)
+"${SRV[@]}" "$COREDNS" -conf "$WORK/Corefile" -quiet >"$WORK/coredns.log" 2>&1 & CD_PID=$!; PIDS+=($CD_PID)
 
 # --- unbound: forward only, 2 threads.
 cat > "$WORK/unbound.conf" <<U
@@ -137,7 +143,7 @@ forward-zone:
   name: "."
   forward-addr: 127.0.0.1@$NSD_PORT
 U
-/usr/sbin/unbound -d -c "$WORK/unbound.conf" >"$WORK/unbound.log" 2>&1 & UB_PID=$!; PIDS+=($UB_PID)
+"${SRV[@]}" /usr/sbin/unbound -d -c "$WORK/unbound.conf" >"$WORK/unbound.log" 2>&1 & UB_PID=$!; PIDS+=($UB_PID)
 
 wait_ready() { # name port
   for _ in $(seq 1 100); do
@@ -159,7 +165,7 @@ TCK=$(getconf CLK_TCK)
 run_load() {
   local port=$2 pid=$3 data=$4 before after out qps completed
   before=$(cpu_ticks "$pid")
-  out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$data" -c "$CLIENTS" -q "$OUTSTANDING" -l "$DURATION" -t 2 2>&1)
+  out=$("${GEN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$data" -c "$CLIENTS" -q "$OUTSTANDING" -l "$DURATION" -t 2 2>&1)
   after=$(cpu_ticks "$pid")
   qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
   completed=$(echo "$out" | awk '/Queries completed/ {print $3}')
@@ -167,7 +173,7 @@ run_load() {
 }
 # latency PORT DATAFILE -> "p50_ms p99_ms" at a fixed rate
 run_latency() {
-  dnsperf -s 127.0.0.1 -p "$1" -d "$2" -c 4 -Q "$RATE" -l 5 -t 2 -v 2>/dev/null |
+  "${GEN[@]}" dnsperf -s 127.0.0.1 -p "$1" -d "$2" -c 4 -Q "$RATE" -l 5 -t 2 -v 2>/dev/null |
     awk '/^> / {print $NF*1000}' | sort -n |
     awk '{a[NR]=$1} END { if (NR==0) {print "n/a n/a"; exit} printf "%.2f %.2f\n", a[int(NR*0.5)+1], a[int(NR*0.99)+1] }'
 }
@@ -204,7 +210,7 @@ for k in "${!RQ[@]}"; do
 done
 
 echo
-echo "DNS benchmark: dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION, median of $RUNS rounds; latency at $RATE qps; upstream NSD; $(nproc) cores"
+echo "DNS benchmark: dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION, median of $RUNS rounds; latency at $RATE qps; upstream NSD; $(nproc) cores${SRV:+; servers pinned to CPU 1, dnsperf and NSD to CPU 0}"
 echo "dnsguard: 1,000 EgressPolicy rules, JSON query log on ($(wc -l < "$WORK/query.log") lines written)"
 printf '%-9s | %-6s | %10s | %10s | %8s | %8s\n' server load QPS "CPU us/q" "p50 ms" "p99 ms"
 for load in hit miss; do
@@ -219,5 +225,9 @@ for load in hit miss; do
       'BEGIN { printf "ratio dnsguard/%-7s %-4s: QPS %.2fx, CPU per query %.2fx (queries per CPU-second %.2fx)\n", p, n, (b>0?a/b:0), (cb>0?ca/cb:0), (ca>0?cb/ca:0) }'
   done
 done
-echo "(QPS is capped by dnsperf, which shares the $(nproc) cores: a server cannot go faster than"
-echo " dnsperf can send; queries per CPU-second, 1/CPU per query, is each server's own capacity.)"
+if [ ${#SRV[@]} -eq 0 ]; then
+  echo "(dnsperf shares the $(nproc) cores with the server: a server cannot go faster than dnsperf can"
+  echo " send; PIN=1 separates them. Queries per CPU-second, 1/CPU per query, is each server's own capacity.)"
+else
+  echo "(each server had one core to itself; queries per CPU-second, 1/CPU per query, is its own capacity.)"
+fi
