@@ -148,25 +148,19 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
 	if m.Truncated {
 		return
 	}
-	var ttl time.Duration
-	switch {
-	case m.Rcode == dns.RcodeSuccess && len(m.Answer) > 0:
-		minTTL := ^uint32(0)
-		for _, rr := range m.Answer {
-			minTTL = min(minTTL, rr.Header().Ttl)
-		}
-		ttl = time.Duration(minTTL) * time.Second
-		ttl = min(max(ttl, c.minTTL), c.maxTTL)
-	case m.Rcode == dns.RcodeNameError || (m.Rcode == dns.RcodeSuccess && len(m.Answer) == 0):
-		ttl = c.negTTL
-		for _, rr := range m.Ns {
-			if soa, ok := rr.(*dns.SOA); ok {
-				ttl = min(time.Duration(min(soa.Hdr.Ttl, soa.Minttl))*time.Second, c.negTTL)
-			}
-		}
-	default:
+	if m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError {
 		return // SERVFAIL, REFUSED: never cached
 	}
+	minTTL, soaTTL := ^uint32(0), int64(-1)
+	for _, rr := range m.Answer {
+		minTTL = min(minTTL, rr.Header().Ttl)
+	}
+	for _, rr := range m.Ns {
+		if soa, ok := rr.(*dns.SOA); ok {
+			soaTTL = int64(min(soa.Hdr.Ttl, soa.Minttl))
+		}
+	}
+	ttl := c.ttlFor(m.Rcode, len(m.Answer), minTTL, soaTTL)
 	if ttl <= 0 {
 		return
 	}
@@ -180,8 +174,22 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
 	if _, replace := s.m[k]; !replace && len(s.m) >= c.perShard {
 		s.evict(now, c.stale)
 	}
-	s.m[k] = &cacheEntry{msg: stored, wire: packWire(stored, k.name+"."), stored: now, expires: now.Add(ttl)}
+	s.m[k] = &cacheEntry{msg: stored, wire: c.packWire(stored, k.name+"."), stored: now, expires: now.Add(ttl)}
 	s.mu.Unlock()
+}
+
+// ttlFor is how long an answer is cached: positive answers (NOERROR with
+// answers) for their smallest TTL within MinTTL..MaxTTL; NXDOMAIN and
+// NODATA for the SOA's min(TTL, MINIMUM) capped by the negative TTL, or
+// the negative TTL without an SOA (RFC 2308). soaTTL < 0: no SOA.
+func (c *cache) ttlFor(rcode, answers int, minAnswerTTL uint32, soaTTL int64) time.Duration {
+	if rcode == dns.RcodeSuccess && answers > 0 {
+		return min(max(time.Duration(minAnswerTTL)*time.Second, c.minTTL), c.maxTTL)
+	}
+	if soaTTL >= 0 {
+		return min(time.Duration(soaTTL)*time.Second, c.negTTL)
+	}
+	return c.negTTL
 }
 
 // evictSample is how many entries one eviction looks at.

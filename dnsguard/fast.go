@@ -35,16 +35,14 @@ type wireAnswer struct {
 
 // packWire builds the wire form of a cached answer, or nil when the answer
 // cannot be served from wire (it would need rewriting beyond our patches).
+// The packed message is indexed by the same walk as an upstream's answer
+// on the fast-miss path (wireFromUpstream).
 //
 // m is shared with the cache and is not modified: c is a shallow copy with
 // its own section slices, and only records it renames are copied.
-func packWire(m *dns.Msg, lowerName string) *wireAnswer {
+func (ca *cache) packWire(m *dns.Msg, lowerName string) *wireAnswer {
 	c := *m
 	c.Id = 0
-	c.Response = true
-	c.Authoritative = false
-	c.RecursionAvailable = true
-	c.RecursionDesired = true
 	c.Question = []dns.Question{{Name: lowerName, Qtype: m.Question[0].Qtype, Qclass: m.Question[0].Qclass}}
 	extra := make([]dns.RR, 0, len(m.Extra))
 	for _, rr := range m.Extra {
@@ -54,22 +52,11 @@ func packWire(m *dns.Msg, lowerName string) *wireAnswer {
 	}
 	c.Extra = extra
 	c.Answer = append([]dns.RR(nil), m.Answer...)
-	w := &wireAnswer{}
 	for i, rr := range c.Answer {
 		if n := rr.Header().Name; n != lowerName && dns.CanonicalName(n) == lowerName {
 			rr = dns.Copy(rr)
 			rr.Header().Name = lowerName // compresses to the question: the case follows it
 			c.Answer[i] = rr
-		}
-		switch a := rr.(type) {
-		case *dns.A:
-			if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
-				w.answers = append(w.answers, ip)
-			}
-		case *dns.AAAA:
-			if ip, ok := netip.AddrFromSlice(a.AAAA); ok {
-				w.answers = append(w.answers, ip)
-			}
 		}
 	}
 	c.Compress = true
@@ -77,25 +64,15 @@ func packWire(m *dns.Msg, lowerName string) *wireAnswer {
 	if err != nil {
 		return nil
 	}
-	w.wire = wire
-	off, ok := skipQuestion(wire)
+	qEnd, ok := skipQuestion(wire)
 	if !ok {
 		return nil
 	}
-	count := int(binary.BigEndian.Uint16(wire[6:])) + int(binary.BigEndian.Uint16(wire[8:])) + int(binary.BigEndian.Uint16(wire[10:]))
-	for i := 0; i < count; i++ {
-		off, ok = skipName(wire, off)
-		if !ok || off+10 > len(wire) {
-			return nil
-		}
-		w.ttlOffsets = append(w.ttlOffsets, off+4)
-		w.ttls = append(w.ttls, binary.BigEndian.Uint32(wire[off+4:]))
-		off += 10 + int(binary.BigEndian.Uint16(wire[off+8:]))
-	}
-	if off != len(wire) {
+	wa, _, ok := ca.wireFromUpstream(wire, qEnd)
+	if !ok {
 		return nil
 	}
-	return w
+	return wa
 }
 
 func skipName(b []byte, off int) (int, bool) {

@@ -215,8 +215,7 @@ func (c *cache) wireFromUpstream(resp []byte, qEnd int) (*wireAnswer, time.Durat
 	ar := int(binary.BigEndian.Uint16(w[10:]))
 	wa := &wireAnswer{}
 	rcode := int(w[3] & 0x0F)
-	minTTL := ^uint32(0)
-	negTTL := c.negTTL
+	minTTL, soaTTL := ^uint32(0), int64(-1)
 	off := qEnd
 	for i := 0; i < an+ns+ar; i++ {
 		start := off
@@ -261,8 +260,7 @@ func (c *cache) wireFromUpstream(resp []byte, qEnd int) (*wireAnswer, time.Durat
 				wa.answers = append(wa.answers, netip.AddrFrom16([16]byte(rd)))
 			}
 		case i < an+ns && typ == dns.TypeSOA && end-off-10 >= 22:
-			soaMin := binary.BigEndian.Uint32(w[end-4:])
-			negTTL = min(time.Duration(min(ttl, soaMin))*time.Second, c.negTTL)
+			soaTTL = int64(min(ttl, binary.BigEndian.Uint32(w[end-4:])))
 		}
 		off = end
 	}
@@ -270,13 +268,7 @@ func (c *cache) wireFromUpstream(resp []byte, qEnd int) (*wireAnswer, time.Durat
 		return nil, 0, false
 	}
 	wa.wire = w
-	var ttl time.Duration
-	switch {
-	case rcode == dns.RcodeSuccess && an > 0:
-		ttl = min(max(time.Duration(minTTL)*time.Second, c.minTTL), c.maxTTL)
-	default: // NXDOMAIN or NODATA (RFC 2308)
-		ttl = negTTL
-	}
+	ttl := c.ttlFor(rcode, an, minTTL, soaTTL)
 	return wa, ttl, true
 }
 
