@@ -286,7 +286,7 @@ func TestOversizedUpstreamAnswerRetriedOverTCP(t *testing.T) {
 		}
 		return m
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := ListenUDPTCP("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,10 +305,6 @@ func TestOversizedUpstreamAnswerRetriedOverTCP(t *testing.T) {
 			_, _ = pc.WriteTo(b, from)
 		}
 	}()
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	var tcpQueries atomic.Int64
 	tcp := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		tcpQueries.Add(1)

@@ -36,11 +36,7 @@ func TestTCPFallbackReusesConnections(t *testing.T) {
 }
 
 func testTCPPool(t *testing.T, maxTCPQueries int, wantConns int64) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, ln, err := ListenUDPTCP("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
