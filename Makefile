@@ -44,7 +44,8 @@ bench: ## Run the DNS benchmark against CoreDNS and unbound, and the xDS benchma
 	$(GO) run ./bench/xds
 
 .PHONY: lint
-lint: $(STATICCHECK) ## gofmt, go vet and staticcheck (pinned)
+lint: $(STATICCHECK) ## gofmt, go vet, staticcheck (pinned) and go mod tidy -diff
+	$(GO) mod tidy -diff
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
