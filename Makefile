@@ -26,7 +26,7 @@ deps: ## Install the test tools (apt packages) if missing
 
 .PHONY: test
 test: deps e2e-bins ## Run every test, e2e included (installs what it needs)
-	KORDON_E2E_REQUIRED=1 KORDON_E2E_BIN=$(E2E_BIN) $(GO) test $(GOTEST_FLAGS) ./...
+	KORDON_E2E_REQUIRED=1 KORDON_NETNS_REQUIRED=1 KORDON_E2E_BIN=$(E2E_BIN) $(GO) test $(GOTEST_FLAGS) ./...
 
 E2E_BIN := $(CACHE)/e2e-bin/k8s-v1.34.4-etcd-v3.6.16
 
@@ -56,6 +56,10 @@ $(STATICCHECK):
 .PHONY: demo
 demo: build ## Run kordon dev on the examples: DNS allowed/blocked, an exfiltration alert
 	./hack/demo.sh
+
+.PHONY: demo-egress
+demo-egress: build ## (root) The backdoored-Redis story in network namespaces: direct-IP egress blocked, or let through and alerted
+	./hack/demo-egress.sh
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for 20s
