@@ -66,7 +66,18 @@ var enums = map[string][]any{
 	"EgressPolicySpec.Mode":          {"Enforce", "Audit"},
 	"DetectionSpec.Sensitivity":      {"Low", "Medium", "High"},
 	"DetectionSpec.Action":           {"Alert", "Quarantine"},
+	"EgressPort.Protocol":            {"TCP", "UDP", "SCTP"},
 }
+
+// ranges lists the inclusive bounds of integer fields, by "Type.Field".
+var ranges = map[string][2]int{
+	"EgressPort.Port":    {1, 65535},
+	"EgressPort.EndPort": {1, 65535},
+}
+
+// itemFormats lists the OpenAPI format of the items of []string fields,
+// by "Type.Field".
+var itemFormats = map[string]string{"EgressPolicySpec.AllowCIDRs": "cidr"}
 
 // intOrString lists []string fields whose items may be written as numbers.
 var intOrString = map[string]bool{"Operation.Ports": true, "Operation.NotPorts": true}
@@ -91,11 +102,17 @@ func schemaFor(t reflect.Type, d docs, owner, field string) map[string]any {
 		s["type"] = "boolean"
 	case reflect.Int, reflect.Int32, reflect.Int64, reflect.Uint32:
 		s["type"] = "integer"
+		if r, ok := ranges[key]; ok {
+			s["minimum"], s["maximum"] = r[0], r[1]
+		}
 	case reflect.Slice:
 		s["type"] = "array"
 		item := schemaFor(t.Elem(), d, t.Elem().Name(), "")
 		if intOrString[key] {
 			item = map[string]any{"x-kubernetes-int-or-string": true}
+		}
+		if f, ok := itemFormats[key]; ok {
+			item["format"] = f
 		}
 		delete(item, "description")
 		s["items"] = item

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 )
 
@@ -38,6 +39,7 @@ func validateEgressPolicy(p *EgressPolicy) ErrorList {
 			}
 		}
 	}
+	errs = append(errs, validateEgressFirewall(pos, spec)...)
 	if d := spec.Detection; d != nil {
 		switch d.Sensitivity {
 		case "", SensitivityLow, SensitivityMedium, SensitivityHigh:
@@ -108,6 +110,10 @@ type compiledEgress struct {
 	allow *DomainSet
 	deny  *DomainSet
 	audit bool
+	// cidrs are spec.allowCIDRs, sorted and deduplicated.
+	cidrs []netip.Prefix
+	// ports are spec.ports, merged; nil means any port.
+	ports []PortRange
 }
 
 // EgressIndex holds every compiled EgressPolicy of a Set. It is immutable
@@ -146,6 +152,9 @@ func CompileEgress(set *Set, opts EgressOptions) (*EgressIndex, error) {
 		if c.deny, err = compilePatterns(p.Spec.Deny); err != nil {
 			return nil, fmt.Errorf("policy: EgressPolicy %s: %w", c.name, err)
 		}
+		if c.cidrs, c.ports, err = compileEgressFirewall(&p.Spec); err != nil {
+			return nil, fmt.Errorf("policy: EgressPolicy %s: %w", c.name, err)
+		}
 		ix.policies = append(ix.policies, c)
 	}
 	return ix, nil
@@ -178,6 +187,12 @@ type WorkloadEgress struct {
 	detection    *compiledEgress
 	// merged is set when many policies select the workload.
 	merged *mergedSets
+
+	// fw is the firewall view (see Firewall), computed by ForWorkload;
+	// fwAudit is true when fw.Mode is FirewallAudit, so NamePorts consults
+	// the Audit policies.
+	fw      Firewall
+	fwAudit bool
 }
 
 // ForWorkload returns the policies selecting a workload (its namespace's
@@ -212,6 +227,7 @@ func (ix *EgressIndex) ForWorkload(namespace string, labels map[string]string) *
 	if len(w.policies) >= mergedThreshold {
 		w.merged = ix.merged(w.policies, ids)
 	}
+	w.computeFirewall()
 	return w
 }
 

@@ -196,10 +196,30 @@ type EgressPolicySpec struct {
 	Allow []string `json:"allow,omitempty"`
 	// Deny always wins over Allow.
 	Deny []string `json:"deny,omitempty"`
+	// AllowCIDRs are destination ranges the selected workloads may reach
+	// without DNS (e.g. a partner's fixed range), IPv4 or IPv6 CIDR
+	// notation. The range must be written masked (10.0.0.0/8, not
+	// 10.1.2.3/8) and a single address as /32 or /128.
+	AllowCIDRs []string `json:"allowCIDRs,omitempty"`
+	// Ports restricts destination ports for both allowed names and
+	// AllowCIDRs (empty: any port, any protocol).
+	Ports []EgressPort `json:"ports,omitempty"`
 	// Mode is Enforce (default) or Audit (answer normally, log the verdict).
 	Mode EgressMode `json:"mode,omitempty"`
 	// Detection tunes exfiltration and tunneling detection.
 	Detection *DetectionSpec `json:"detection,omitempty"`
+}
+
+// EgressPort is one destination port or range, as Kubernetes
+// NetworkPolicy's NetworkPolicyPort.
+type EgressPort struct {
+	// Protocol is TCP (default), UDP or SCTP.
+	Protocol string `json:"protocol,omitempty"`
+	// Port is the destination port, 1-65535.
+	Port int `json:"port"`
+	// EndPort, when set, makes Port..EndPort an inclusive range; it must be
+	// >= Port.
+	EndPort int `json:"endPort,omitempty"`
 }
 
 // DetectionSpec configures the exfiltration detector for the selected
