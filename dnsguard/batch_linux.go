@@ -245,32 +245,30 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 				continue // oversized or non-IP: drop, as miekg/dns would
 			}
 			ip := ap.Addr().Unmap()
-			var admitted *missHint
+			var ho *handover
 			if parseFast(pkt, &q) {
 				j := b.nw
-				res, fwd := s.fastReply(ip, pkt, &q, outs[j][:0], &evs[j], now)
+				res, fwd, d := s.fastReply(ip, pkt, &q, outs[j][:0], &evs[j], now)
 				if res != nil {
 					outs[j] = res
 					b.queue(i, res)
 					continue
 				}
-				if fwd != nil {
-					if s.startMiss(pc, group, ap, pkt, &q, &evs[j], fwd, &sends[nsend]) {
-						nsend++
-						continue
-					}
-					admitted = &missHint{} // the limiter already counted it
+				if fwd != nil && s.startMiss(pc, group, ap, pkt, &q, &evs[j], &d, fwd, &sends[nsend]) {
+					nsend++
+					continue
 				}
+				ho = &handover{ev: evs[j], d: d} // decided (and rate limited) once
 			}
 			ua := net.UDPAddrFromAddrPort(ap)
 			cp := append([]byte(nil), pkt...)
 			s.inflight.Add(1)
-			go func(hint *missHint) {
+			go func() {
 				defer s.inflight.Done()
-				s.serveSlow(pc, ua, cp, hint)
-			}(admitted)
+				s.serveSlow(pc, ua, cp, ho)
+			}()
 		}
-		sendMisses(&up, sends[:nsend])
+		s.sendMisses(&up, sends[:nsend])
 		nw := b.nw
 		s.countFast(evs[:nw])
 		if failed, err := b.flush(); err != nil {
@@ -284,7 +282,7 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 
 // sendMisses writes fast misses' queries, one sendmmsg per upstream
 // socket.
-func sendMisses(up *sender, ms []missSend) {
+func (s *Server) sendMisses(up *sender, ms []missSend) {
 	for len(ms) > 0 {
 		// Gather the queries for ms[0]'s socket at the front.
 		c, k := ms[0].c, 1
@@ -306,7 +304,7 @@ func sendMisses(up *sender, ms []missSend) {
 		}
 		for i := 0; i < k; i++ {
 			if up.failedMask&(1<<i) != 0 {
-				ms[i].writeFailed()
+				ms[i].writeFailed(s)
 			}
 			ms[i].fm, ms[i].c = nil, nil
 		}
@@ -345,62 +343,77 @@ func (r *packetReader) packet(i int) []byte {
 func (r *packetReader) release() { r.b.release() }
 
 // replyBatch collects replies to clients built while handling one batch
-// of upstream answers, and sends them with one sendmmsg. Replies go out
-// through the client socket group's first socket: SO_REUSEPORT siblings
-// share one address, so any of them sends from the port the client asked.
+// of upstream answers (at most batchSize: one recvmmsg), and sends them
+// with one sendmmsg per client socket group when flushed, never before.
+// Replies go out through the client socket group's first socket:
+// SO_REUSEPORT siblings share one address, so any of them sends from the
+// port the client asked.
 type replyBatch struct {
-	group net.PacketConn
-	snd   *sender
-	names [batchSize]unix.RawSockaddrInet6
-	bufs  [batchSize][]byte
+	n      int
+	groups [batchSize]net.PacketConn
+	to     [batchSize]netip.AddrPort
+	bufs   [batchSize][]byte
+	// evs is scratch for the batch's query events (missReplies).
+	evs []QueryEvent
+
+	sndGroup net.PacketConn // the group snd writes to (nil: none yet)
+	snd      *sender        // nil when sndGroup cannot be batched on
+	names    [batchSize]unix.RawSockaddrInet6
 }
 
 // slot returns an empty buffer to build the next reply in.
 func (r *replyBatch) slot() []byte {
-	i := 0
-	if r.snd != nil {
-		i = r.snd.nw
+	if r.bufs[r.n] == nil {
+		r.bufs[r.n] = make([]byte, 0, 1232)
 	}
-	if r.bufs[i] == nil {
-		r.bufs[i] = make([]byte, 0, 1232)
-	}
-	return r.bufs[i][:0]
+	return r.bufs[r.n][:0]
 }
 
 // add queues reply (built in slot()) to a client of group.
 func (r *replyBatch) add(group net.PacketConn, to netip.AddrPort, reply []byte) {
-	if group != r.group {
-		r.flush()
-		r.group, r.snd = group, nil
-		if rc := rawConn(group); rc != nil {
-			r.snd = &sender{rc: rc}
-			r.snd.init()
-			// The reply was built in the slot after the flushed ones:
-			// move it to the first (a copy onto itself if it is there).
-			reply = append(r.slot(), reply...)
-		}
-	}
-	if r.snd == nil {
-		_, _ = group.WriteTo(reply, net.UDPAddrFromAddrPort(to))
-		return
-	}
-	i := r.snd.nw
-	n := putSockaddr(&r.names[i], to)
-	r.snd.wh[i].Hdr.Name = (*byte)(unsafe.Pointer(&r.names[i]))
-	r.snd.wh[i].Hdr.Namelen = n
-	r.snd.wiov[i].Base = &reply[0]
-	r.snd.wiov[i].SetLen(len(reply))
-	r.bufs[i] = reply
-	r.snd.nw++
-	if r.snd.nw == batchSize {
-		r.flush()
-	}
+	r.groups[r.n], r.to[r.n], r.bufs[r.n] = group, to, reply
+	r.n++
 }
 
+// reply returns queued reply i, and set replaces it (built in its
+// buffer: set(i, f(reply(i)[:0]))).
+func (r *replyBatch) reply(i int) []byte      { return r.bufs[i] }
+func (r *replyBatch) set(i int, reply []byte) { r.bufs[i] = reply }
+
+// flush sends every queued reply, in runs of the same group.
 func (r *replyBatch) flush() {
-	if r.snd != nil && r.snd.nw > 0 {
-		_, _ = r.snd.flush()
+	for i := 0; i < r.n; {
+		g := r.groups[i]
+		if g != r.sndGroup {
+			r.sndGroup, r.snd = g, nil
+			if rc := rawConn(g); rc != nil {
+				r.snd = &sender{rc: rc}
+				r.snd.init()
+			}
+		}
+		j := i
+		for ; j < r.n && r.groups[j] == g; j++ {
+			if r.snd == nil {
+				_, _ = g.WriteTo(r.bufs[j], net.UDPAddrFromAddrPort(r.to[j]))
+				continue
+			}
+			k := r.snd.nw
+			n := putSockaddr(&r.names[k], r.to[j])
+			r.snd.wh[k].Hdr.Name = (*byte)(unsafe.Pointer(&r.names[k]))
+			r.snd.wh[k].Hdr.Namelen = n
+			r.snd.wiov[k].Base = &r.bufs[j][0]
+			r.snd.wiov[k].SetLen(len(r.bufs[j]))
+			r.snd.nw++
+		}
+		if r.snd != nil && r.snd.nw > 0 {
+			_, _ = r.snd.flush()
+		}
+		i = j
 	}
+	for i := 0; i < r.n; i++ {
+		r.groups[i] = nil
+	}
+	r.n = 0
 }
 
 // putSockaddr writes ap as a sockaddr into sa and returns its length.

@@ -34,8 +34,16 @@ func (r *packetReader) recv() (int, error) {
 func (r *packetReader) packet(int) []byte { return r.buf[:r.n] }
 func (r *packetReader) release()          {}
 
-// replyBatch sends each reply at once.
-type replyBatch struct{ buf []byte }
+// replyBatch holds the reply to the one answer read per call until it is
+// flushed.
+type replyBatch struct {
+	buf   []byte
+	group net.PacketConn
+	to    netip.AddrPort
+	n     int
+	// evs is scratch for the batch's query events (missReplies).
+	evs []QueryEvent
+}
 
 func (r *replyBatch) slot() []byte {
 	if r.buf == nil {
@@ -45,8 +53,15 @@ func (r *replyBatch) slot() []byte {
 }
 
 func (r *replyBatch) add(group net.PacketConn, to netip.AddrPort, reply []byte) {
-	_, _ = group.WriteTo(reply, net.UDPAddrFromAddrPort(to))
-	r.buf = reply[:0]
+	r.group, r.to, r.buf, r.n = group, to, reply, 1
 }
 
-func (r *replyBatch) flush() {}
+func (r *replyBatch) reply(int) []byte        { return r.buf }
+func (r *replyBatch) set(_ int, reply []byte) { r.buf = reply }
+
+func (r *replyBatch) flush() {
+	if r.n > 0 {
+		_, _ = r.group.WriteTo(r.buf, net.UDPAddrFromAddrPort(r.to))
+	}
+	r.group, r.n = nil, 0
+}

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kordon-dev/kordon/policy"
 	"github.com/miekg/dns"
 )
 
@@ -255,8 +254,10 @@ func (s *Server) udpLoop(pc, group net.PacketConn) error {
 		}
 		s.inflight.Add(1)
 		pkt := buf[:n]
+		var ho *handover
 		if parseFast(pkt, &q) {
-			if res := s.answerFast(pc, ua, pkt, &q, out[:0]); res != nil {
+			var res []byte
+			if res, ho = s.answerFast(pc, ua, pkt, &q, out[:0]); res != nil {
 				out = res
 				s.inflight.Done()
 				continue
@@ -267,77 +268,45 @@ func (s *Server) udpLoop(pc, group net.PacketConn) error {
 		cp := append([]byte(nil), pkt...)
 		go func() {
 			defer s.inflight.Done()
-			s.serveSlow(pc, ua, cp, nil)
+			s.serveSlow(pc, ua, cp, ho)
 		}()
 	}
 }
 
-// answerFast answers from the wire cache; it returns nil (having sent
-// nothing) when the query needs the full path.
-func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *fastQuery, out []byte) []byte {
+// answerFast answers from the wire cache. When it sends nothing it
+// returns the handover for the full path (this portable loop forwards
+// misses on the full path too).
+func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *fastQuery, out []byte) ([]byte, *handover) {
 	ip, _ := netip.AddrFromSlice(ua.IP)
 	var ev [1]QueryEvent
-	out, _ = s.fastReply(ip.Unmap(), pkt, q, out, &ev[0], s.cfg.Now())
+	out, _, d := s.fastReply(ip.Unmap(), pkt, q, out, &ev[0], s.cfg.Now())
 	if out == nil {
-		return nil
+		return nil, &handover{ev: ev[0], d: d}
 	}
 	s.countFast(ev[:])
 	if _, err := pc.WriteTo(out, ua); err != nil {
 		s.log.Debug("write failed", "client_ip", ev[0].Client.IP, "error", err)
 	}
 	s.observeAll(ev[:], s.cfg.Now())
-	return out
+	return out, nil
 }
 
-// fastReply answers an allowed, cached query from wire bytes into out and
-// fills ev (all but Latency). When it returns no reply, a non-nil
-// forwarder means the query is an allowed cache miss that may be
-// forwarded from wire bytes through it (startMiss); nil means the full
-// path must answer (it then decides, refuses or counts the query).
+// fastReply decides the query (the one decide call it gets, whatever
+// path answers it) and, for an allowed or audited name in the wire
+// cache, builds the reply into out and fills ev (all but Latency). When it
+// returns no reply, a non-nil forwarder means the query is an allowed
+// cache miss that may be forwarded from wire bytes through it
+// (startMiss); nil means the full path must answer with d (refusals,
+// replies that need truncating).
 //
 // now is when the query was read (one clock reading per batch).
-func (s *Server) fastReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, ev *QueryEvent, now time.Time) ([]byte, *forwarder) {
+func (s *Server) fastReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, ev *QueryEvent, now time.Time) ([]byte, *forwarder, decision) {
 	name := q.lower[:len(q.lower)-1]
-	wl, known := s.cfg.Registry.ByIP(ip)
-	if !known {
-		if s.cfg.UnknownClients != UnknownAllow {
-			return nil, nil
-		}
-		wl = nil
-	}
-	if bl := s.blocklist.Load(); bl != nil {
-		if _, blocked := bl.Match(name); blocked {
-			return nil, nil
-		}
-	}
-	st, we := s.egressFor(wl)
-	d := we.Decide(name)
-	if d.Verdict == policy.EgressBlock {
-		return nil, nil
-	}
-	*ev = QueryEvent{Time: now, QName: q.qname, QTypeCode: q.qtype, Policy: d.Policy, Verdict: VerdictAllowed}
-	if d.Verdict == policy.EgressAuditBlock {
-		ev.Verdict = VerdictAudit
-	}
+	*ev = QueryEvent{Time: now, QName: q.qname, QTypeCode: q.qtype}
 	ev.Client.IP = ip
-	if wl != nil {
-		ev.Client.Namespace, ev.Client.Pod, ev.Client.ServiceAccount = wl.Namespace, wl.Name, wl.ServiceAccount
-		ev.Client.SPIFFEID = s.ids.id(wl)
-		ev.Client.Node = wl.Node
-	}
-	if ev.Client.Node == "" {
-		ev.Client.Node = s.cfg.Node
-	}
-	if det, polName := we.Detection(); det != nil {
-		ev.Detection = DetectionSettings{Sensitivity: det.Sensitivity, Quarantine: det.Action == policy.DetectionQuarantine, Policy: polName}
-	}
-	if s.cfg.Inspector != nil {
-		if _, blocked := s.cfg.Inspector.Quarantined(&ev.Client, name); blocked {
-			return nil, nil
-		}
-	}
-	if !s.limiter.allow(ip, now) {
-		return nil, nil // the full path refuses and counts it
+	d := s.decide(ip, name, now, ev)
+	if !d.resolve {
+		return nil, nil, d
 	}
 	ev.QType = dns.TypeToString[q.qtype]
 	if ev.QType == "" {
@@ -346,19 +315,19 @@ func (s *Server) fastReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, 
 	key := cacheKey{name: name, qtype: q.qtype, qclass: dns.ClassINET, do: q.do}
 	wa, age, ok := s.cache.getWire(key, now)
 	if !ok {
-		if st.ix.IsInCluster(name) {
-			return nil, s.clusterFw
+		if d.inCluster {
+			return nil, s.clusterFw, d
 		}
-		return nil, s.fwd
+		return nil, s.fwd, d
 	}
 	out = patchReply(out, wa, age, pkt, q)
 	if out == nil {
-		return nil, nil // needs truncation: the full path does it
+		return nil, nil, d // needs truncation: the full path does it
 	}
 	ev.Cached = true // counted by observeAll
 	ev.RCode = dns.RcodeToString[int(out[3]&0x0F)]
 	ev.Answers = wa.answers
-	return out, nil
+	return out, nil, d
 }
 
 // patchReply builds the reply to the client's query pkt from a cached
@@ -410,9 +379,18 @@ func itoa(i int) string {
 	}
 }
 
-// serveSlow hands a packet to the full miekg/dns path.
-// hint, if set, is what a fast miss learned (see missHint).
-func (s *Server) serveSlow(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, hint *missHint) {
+// handover is a query the fast path decided and hands to the full path:
+// its event as decide filled it (Time, Client, Detection), the decision,
+// and what a fast miss learned of the upstreams (tried).
+type handover struct {
+	ev    QueryEvent
+	d     decision
+	tried missHint
+}
+
+// serveSlow hands a packet to the full miekg/dns path. ho, if set, is the
+// fast path's decision (the query is not decided again).
+func (s *Server) serveSlow(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, ho *handover) {
 	m := new(dns.Msg)
 	if err := m.Unpack(pkt); err != nil {
 		// As miekg/dns's server: FORMERR for a parseable header, else drop.
@@ -422,7 +400,7 @@ func (s *Server) serveSlow(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, hint 
 		}
 		return
 	}
-	s.serveDNS(&udpWriter{pc: pc, addr: ua}, m, hint)
+	s.serveDNS(&udpWriter{pc: pc, addr: ua}, m, ho)
 }
 
 // udpWriter is the dns.ResponseWriter of the full path on the fast socket.

@@ -24,16 +24,15 @@ import (
 // or other-rcode answer, a record layout the wire cache does not rewrite,
 // or a reply that needs truncating.
 type fastMiss struct {
-	srv      *Server
-	pc       net.PacketConn // the socket the query came in on
-	group    net.PacketConn // the first socket of pc's SO_REUSEPORT group
-	client   netip.AddrPort
-	pkt      []byte // the client's query
-	q        fastQuery
-	key      cacheKey
-	ev       QueryEvent
-	up       *upstream
-	deadline time.Time // real time (the sweeper's clock), not Config.Now
+	pc     net.PacketConn // the socket the query came in on
+	group  net.PacketConn // the first socket of pc's SO_REUSEPORT group
+	client netip.AddrPort
+	pkt    []byte // the client's query
+	q      fastQuery
+	key    cacheKey
+	ev     QueryEvent
+	d      decision // decide's, handed over with the query if need be
+	up     *upstream
 }
 
 // missSend is a fast miss's query, registered on its upstream socket and
@@ -46,20 +45,20 @@ type missSend struct {
 	buf [12 + 255 + 4 + 11]byte
 }
 
-// startMiss registers a fast-path miss on fwd's first healthy upstream
-// and builds its query into ms; the caller writes it (then calls
-// ms.writeFailed if that fails). It returns false, having registered
-// nothing, when the full path must answer.
-func (s *Server) startMiss(pc, group net.PacketConn, client netip.AddrPort, pkt []byte, q *fastQuery, ev *QueryEvent, fwd *forwarder, ms *missSend) bool {
+// startMiss registers a fast-path miss, decided d, on fwd's first
+// healthy upstream and builds its query into ms; the caller writes it
+// (then calls ms.writeFailed if that fails). It returns false, having
+// registered nothing, when the full path must answer.
+func (s *Server) startMiss(pc, group net.PacketConn, client netip.AddrPort, pkt []byte, q *fastQuery, ev *QueryEvent, d *decision, fwd *forwarder, ms *missSend) bool {
 	u := fwd.firstHealthy()
 	if u == nil {
 		return false
 	}
-	fm := &fastMiss{srv: s, pc: pc, group: group, client: client, pkt: append([]byte(nil), pkt...), q: *q, ev: *ev, up: u}
+	fm := &fastMiss{pc: pc, group: group, client: client, pkt: append([]byte(nil), pkt...), q: *q, ev: *ev, d: *d, up: u}
 	fm.key = cacheKey{name: q.lower[:len(q.lower)-1], qtype: q.qtype, qclass: dns.ClassINET, do: q.do}
-	fm.deadline = time.Now().Add(u.timeout)
 	s.inflight.Add(1)
-	c, id, err := u.acquire(waiter{fm: fm})
+	// The deadline is real time (the sweeper's clock), not Config.Now.
+	c, id, err := u.acquire(waiter{fm: fm, deadline: time.Now().Add(u.timeout)})
 	if err != nil {
 		s.inflight.Done()
 		return false
@@ -75,37 +74,39 @@ func (s *Server) startMiss(pc, group net.PacketConn, client netip.AddrPort, pkt 
 
 // writeFailed hands the query to the full path if it is still pending
 // (nothing was sent, so nothing will answer it).
-func (ms *missSend) writeFailed() {
+func (ms *missSend) writeFailed(s *Server) {
 	if ms.c.forget(ms.id) {
-		ms.c.up.failed(ms.fm.srv.metrics)
-		ms.fm.handoff(&missHint{asked: ms.c.up})
+		ms.c.up.failed()
+		s.missAbandoned(ms.fm, missHint{asked: ms.c.up})
 	}
 }
 
-// missHint is what a fast miss hands the full path along with the query.
-// A non-nil hint also means the rate limiter already admitted the query.
+// missHint is what a fast miss learned of the upstreams before handing
+// its query to the full path, which then forwards without asking any
+// upstream twice.
 type missHint struct {
 	asked  *upstream // already asked: not asked again
 	answer *dns.Msg  // asked's answer, if it gave a usable one
 	tcp    *upstream // answered truncated: ask it over TCP
 }
 
-// complete handles the upstream's answer to fm (already matched by ID and
-// removed from its socket). It returns true when a reply was queued on rb;
-// then the reader records it (observeAll) after rb is flushed and
-// marks it done. Otherwise fm was handed
-// to the full path.
-func (fm *fastMiss) complete(resp []byte, rb *replyBatch) bool {
-	s, u := fm.srv, fm.up
+var _ missCompleter = (*Server)(nil)
+
+// missAnswered handles the upstream's answer to fm (already matched by
+// ID and removed from its socket). It returns true when a reply was
+// queued on rb; then missReplies sends and records it. Otherwise fm was
+// handed to the full path.
+func (s *Server) missAnswered(fm *fastMiss, resp []byte, rb *replyBatch) bool {
+	u := fm.up
 	qEnd := fm.q.nameEnd + 4
 	if !sameQuestionWire(fm.pkt[12:qEnd], resp) {
-		u.failed(s.metrics) // as exchange: an error, the others are tried
-		fm.handoff(&missHint{asked: u})
+		u.failed() // as exchange: an error, the others are tried
+		s.missAbandoned(fm, missHint{asked: u})
 		return false
 	}
 	if resp[2]&0x02 != 0 { // TC
-		u.succeeded(s.metrics)
-		fm.handoff(&missHint{tcp: u})
+		u.succeeded()
+		s.missAbandoned(fm, missHint{tcp: u})
 		return false
 	}
 	rcode := resp[3] & 0x0F
@@ -123,15 +124,15 @@ func (fm *fastMiss) complete(resp []byte, rb *replyBatch) bool {
 		// attempt (failing over, serving stale, caching as usual).
 		m := new(dns.Msg)
 		if m.Unpack(resp) != nil {
-			u.failed(s.metrics)
-			fm.handoff(&missHint{asked: u})
+			u.failed()
+			s.missAbandoned(fm, missHint{asked: u})
 			return false
 		}
-		u.succeeded(s.metrics)
-		fm.handoff(&missHint{asked: u, answer: m})
+		u.succeeded()
+		s.missAbandoned(fm, missHint{asked: u, answer: m})
 		return false
 	}
-	u.succeeded(s.metrics)
+	u.succeeded()
 	if ttl > 0 {
 		s.cache.putWire(fm.key, wa, s.cfg.Now(), ttl)
 	}
@@ -141,10 +142,10 @@ func (fm *fastMiss) complete(resp []byte, rb *replyBatch) bool {
 		// from this answer if it was not cacheable).
 		m := new(dns.Msg)
 		if m.Unpack(resp) != nil {
-			fm.handoff(&missHint{asked: u})
+			s.missAbandoned(fm, missHint{asked: u})
 			return false
 		}
-		fm.handoff(&missHint{asked: u, answer: m})
+		s.missAbandoned(fm, missHint{asked: u, answer: m})
 		return false
 	}
 	rb.add(fm.group, fm.client, out)
@@ -154,13 +155,31 @@ func (fm *fastMiss) complete(resp []byte, rb *replyBatch) bool {
 	return true
 }
 
-// handoff answers fm's client on the full path, in a goroutine of its own
-// (it may wait on upstreams).
-func (fm *fastMiss) handoff(hint *missHint) {
-	s := fm.srv
+// missReplies sends the replies missAnswered queued on rb for done (one
+// batch of upstream answers, in the order they were queued), then
+// records the queries and releases them.
+func (s *Server) missReplies(done []*fastMiss, rb *replyBatch) {
+	evs := rb.evs[:0]
+	for _, fm := range done {
+		evs = append(evs, fm.ev)
+	}
+	s.countFast(evs)
+	rb.flush()
+	s.observeAll(evs, s.cfg.Now())
+	for range done {
+		s.inflight.Done()
+	}
+	clear(evs) // no answers or names kept alive by the scratch
+	rb.evs = evs[:0]
+}
+
+// missAbandoned answers fm's client on the full path, in a goroutine of
+// its own (it may wait on upstreams), with fm's decision and tried.
+func (s *Server) missAbandoned(fm *fastMiss, tried missHint) {
+	ho := &handover{ev: fm.ev, d: fm.d, tried: tried}
 	go func() {
 		defer s.inflight.Done()
-		s.serveSlow(fm.pc, net.UDPAddrFromAddrPort(fm.client), fm.pkt, hint)
+		s.serveSlow(fm.pc, net.UDPAddrFromAddrPort(fm.client), fm.pkt, ho)
 	}()
 }
 

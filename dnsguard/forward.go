@@ -48,6 +48,27 @@ type upstream struct {
 	// okCount and errCount are this upstream's upstream_requests_total
 	// children, looked up once rather than per query.
 	okCount, errCount prometheus.Counter
+	healthyGauge      prometheus.Gauge
+
+	// misses finishes the fast misses this upstream's sockets carry.
+	misses missCompleter
+}
+
+// missCompleter finishes the fast-path misses (queries forwarded from
+// wire bytes, see fastmiss.go) that an upstream socket's reader matched
+// by ID: the pool only matches answers to queries and batches them; what
+// is answered, and how, belongs to its owner (the Server implements it).
+type missCompleter interface {
+	// missAnswered takes the upstream's answer resp to fm, already
+	// removed from its socket, and reports whether it queued a reply on
+	// rb (otherwise it took charge of fm itself).
+	missAnswered(fm *fastMiss, resp []byte, rb *replyBatch) bool
+	// missReplies sends the replies queued on rb for done, the fast
+	// misses of one batch of answers in the order they were queued.
+	missReplies(done []*fastMiss, rb *replyBatch)
+	// missAbandoned takes fm, which gets no answer on its socket (timeout,
+	// closed socket, write error), with what was learned of the upstreams.
+	missAbandoned(fm *fastMiss, tried missHint)
 }
 
 // udpConn is one pooled socket.
@@ -65,8 +86,9 @@ type udpConn struct {
 // path exchange blocked on ch, or a fast-path miss that the socket's
 // reader answers itself.
 type waiter struct {
-	ch chan *dns.Msg
-	fm *fastMiss
+	ch       chan *dns.Msg
+	fm       *fastMiss
+	deadline time.Time // fm's, in real time (the sweeper's clock)
 }
 
 const (
@@ -160,7 +182,6 @@ func (c *udpConn) readLoop() {
 	defer r.release()
 	var (
 		done    []*fastMiss
-		evs     []QueryEvent
 		replies replyBatch
 	)
 	defer func() {
@@ -186,10 +207,10 @@ func (c *udpConn) readLoop() {
 			refused := errors.Is(err, syscall.ECONNREFUSED)
 			for _, fm := range orphans {
 				if refused { // the upstream failed them, as exchange would see
-					c.up.failed(fm.srv.metrics)
-					fm.handoff(&missHint{asked: c.up})
+					c.up.failed()
+					c.up.misses.missAbandoned(fm, missHint{asked: c.up})
 				} else {
-					fm.handoff(&missHint{})
+					c.up.misses.missAbandoned(fm, missHint{})
 				}
 			}
 			return
@@ -228,26 +249,14 @@ func (c *udpConn) readLoop() {
 			case w.ch != nil:
 				w.ch <- m
 			default:
-				if w.fm.complete(pkt, &replies) {
+				if c.up.misses.missAnswered(w.fm, pkt, &replies) {
 					done = append(done, w.fm)
 				}
 			}
 		}
 		if len(done) > 0 {
-			evs = evs[:0]
-			for _, fm := range done {
-				evs = append(evs, fm.ev)
-			}
-			done[0].srv.countFast(evs)
-		}
-		replies.flush()
-		if len(done) > 0 {
-			srv := done[0].srv
-			srv.observeAll(evs, srv.cfg.Now())
-			for i, fm := range done {
-				fm.srv.inflight.Done()
-				done[i] = nil
-			}
+			c.up.misses.missReplies(done, &replies)
+			clear(done)
 			done = done[:0]
 		}
 		if closeNow {
@@ -334,7 +343,7 @@ func (c *udpConn) expireMisses(now time.Time) []*fastMiss {
 	var late []*fastMiss
 	c.mu.Lock()
 	for id, w := range c.pending {
-		if w.fm != nil && now.After(w.fm.deadline) {
+		if w.fm != nil && now.After(w.deadline) {
 			delete(c.pending, id)
 			late = append(late, w.fm)
 		}
@@ -362,26 +371,26 @@ func (f *forwarder) expire(now time.Time) {
 		u.mu.Unlock()
 		for _, c := range conns {
 			for _, fm := range c.expireMisses(now) {
-				u.failed(f.metrics)
-				fm.handoff(&missHint{asked: u})
+				u.failed()
+				u.misses.missAbandoned(fm, missHint{asked: u})
 			}
 		}
 	}
 }
 
 // succeeded records an answer from u (any rcode: it is reachable).
-func (u *upstream) succeeded(m *metrics) {
+func (u *upstream) succeeded() {
 	if u.fails.Swap(0) >= u.maxFail {
-		m.upstreamHealthy.WithLabelValues(u.addr).Set(1)
+		u.healthyGauge.Set(1)
 	}
 	u.okCount.Inc()
 }
 
 // failed records a timeout or error from u.
-func (u *upstream) failed(m *metrics) {
+func (u *upstream) failed() {
 	u.errCount.Inc()
 	if u.fails.Add(1) == u.maxFail {
-		m.upstreamHealthy.WithLabelValues(u.addr).Set(0)
+		u.healthyGauge.Set(0)
 	}
 }
 
@@ -505,12 +514,13 @@ func (u *upstream) close() {
 // forwarder tries healthy upstreams in order, failing over on error, and
 // probes unhealthy ones in the background.
 type forwarder struct {
-	ups     []*upstream
-	metrics *metrics
+	ups []*upstream
 }
 
-func newForwarder(addrs []string, timeout time.Duration, m *metrics) (*forwarder, error) {
-	f := &forwarder{metrics: m}
+// newForwarder builds the pools for addrs; misses finishes the fast
+// misses they carry.
+func newForwarder(addrs []string, timeout time.Duration, m *metrics, misses missCompleter) (*forwarder, error) {
+	f := &forwarder{}
 	for _, a := range addrs {
 		u, err := newUpstream(a, timeout)
 		if err != nil {
@@ -518,6 +528,8 @@ func newForwarder(addrs []string, timeout time.Duration, m *metrics) (*forwarder
 		}
 		u.okCount = m.upstreamRequests.WithLabelValues(u.addr, "ok")
 		u.errCount = m.upstreamRequests.WithLabelValues(u.addr, "error")
+		u.healthyGauge = m.upstreamHealthy.WithLabelValues(u.addr)
+		u.misses = misses
 		f.ups = append(f.ups, u)
 	}
 	return f, nil
@@ -571,7 +583,7 @@ func (f *forwarder) forward(ctx context.Context, q *dns.Msg, hint *missHint) (*d
 				m, err = u.exchange(ctx, &qc)
 			}
 			if err == nil {
-				u.succeeded(f.metrics)
+				u.succeeded()
 				if m.Rcode != dns.RcodeServerFailure && m.Rcode != dns.RcodeRefused {
 					return m, u.addr, nil
 				}
@@ -581,7 +593,7 @@ func (f *forwarder) forward(ctx context.Context, q *dns.Msg, hint *missHint) (*d
 				continue
 			}
 			lastErr = err
-			u.failed(f.metrics)
+			u.failed()
 			if ctx.Err() != nil {
 				if soft != nil {
 					return soft, softFrom, nil
@@ -618,7 +630,7 @@ func (f *forwarder) healthCheck(ctx context.Context, every time.Duration) {
 			q.SetQuestion(".", dns.TypeNS)
 			if _, err := u.exchange(ctx, q); err == nil {
 				u.fails.Store(0)
-				f.metrics.upstreamHealthy.WithLabelValues(u.addr).Set(1)
+				u.healthyGauge.Set(1)
 			}
 		}
 	}

@@ -191,12 +191,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("dnsguard: metrics: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m}
-	if s.fwd, err = newForwarder(cfg.Upstreams, cfg.Timeout, m); err != nil {
+	if s.fwd, err = newForwarder(cfg.Upstreams, cfg.Timeout, m, s); err != nil {
 		return nil, err
 	}
 	s.clusterFw = s.fwd
 	if len(cfg.ClusterDNS) > 0 {
-		if s.clusterFw, err = newForwarder(cfg.ClusterDNS, cfg.Timeout, m); err != nil {
+		if s.clusterFw, err = newForwarder(cfg.ClusterDNS, cfg.Timeout, m, s); err != nil {
 			return nil, err
 		}
 	}
@@ -268,14 +268,18 @@ func (s *Server) egressFor(w *workload.Workload) (*egressState, *policy.Workload
 // here questions are checked before use.
 func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) { s.serveDNS(w, r, nil) }
 
-// serveDNS is ServeDNS; hint, if set, is what the fast path learned
-// about this query before handing it over (it was already admitted by
-// the rate limiter).
-func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg, hint *missHint) {
+// serveDNS is ServeDNS; ho, if set, is a query the fast path already
+// decided (and so rate limited), with what it learned of the upstreams.
+func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg, ho *handover) {
 	start := s.cfg.Now()
 	ev := QueryEvent{Time: start}
 	ev.Client.IP = addrOf(w.RemoteAddr())
-	resp := s.handle(r, &ev, hint)
+	if ho != nil {
+		// Timed from when the fast path read it; attributed as decided.
+		ev.Time, ev.Client, ev.Detection = ho.ev.Time, ho.ev.Client, ho.ev.Detection
+		start = ev.Time
+	}
+	resp := s.handle(r, &ev, ho)
 	if resp == nil {
 		return // dropped
 	}
@@ -290,11 +294,6 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg, hint *missHint) {
 	if udpSize > 0 {
 		resp.Truncate(udpSize)
 	}
-	if err := w.WriteMsg(resp); err != nil {
-		s.log.Debug("write failed", "client_ip", ev.Client.IP, "error", err)
-	}
-	ev.RCode = dns.RcodeToString[resp.Rcode]
-	ev.Latency = s.cfg.Now().Sub(start).Seconds()
 	for _, rr := range resp.Answer {
 		switch a := rr.(type) {
 		case *dns.A:
@@ -307,6 +306,11 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg, hint *missHint) {
 			}
 		}
 	}
+	if err := w.WriteMsg(resp); err != nil {
+		s.log.Debug("write failed", "client_ip", ev.Client.IP, "error", err)
+	}
+	ev.RCode = dns.RcodeToString[resp.Rcode]
+	ev.Latency = s.cfg.Now().Sub(start).Seconds()
 	s.observe(&ev)
 }
 
@@ -378,8 +382,9 @@ func (s *Server) observeAll(evs []QueryEvent, now time.Time) {
 	}
 }
 
-// handle decides and builds the response (nil: drop).
-func (s *Server) handle(r *dns.Msg, ev *QueryEvent, hint *missHint) *dns.Msg {
+// handle decides (unless ho brings the fast path's decision) and builds
+// the response (nil: drop).
+func (s *Server) handle(r *dns.Msg, ev *QueryEvent, ho *handover) *dns.Msg {
 	ev.Verdict = VerdictAllowed
 	if r.Response {
 		return nil // never answer answers (reflection loops)
@@ -401,74 +406,19 @@ func (s *Server) handle(r *dns.Msg, ev *QueryEvent, hint *missHint) *dns.Msg {
 		m := s.reply(r, dns.RcodeBadVers)
 		return m
 	}
-	if hint == nil && !s.limiter.allow(ev.Client.IP, ev.Time) {
-		s.metrics.rateLimited.Inc()
-		ev.Verdict = VerdictBlocked
-		ev.Policy = "rate-limit"
-		return s.reply(r, dns.RcodeRefused)
-	}
-
-	wl, known := s.cfg.Registry.ByIP(ev.Client.IP)
-	if known {
-		ev.Client.Namespace = wl.Namespace
-		ev.Client.Pod = wl.Name
-		ev.Client.ServiceAccount = wl.ServiceAccount
-		ev.Client.SPIFFEID = s.ids.id(wl)
-		ev.Client.Node = wl.Node
-	} else {
-		wl = nil
-		if s.cfg.UnknownClients == UnknownRefuse {
-			ev.Verdict = VerdictBlocked
-			ev.Policy = "unknown-client"
-			return s.reply(r, dns.RcodeRefused)
-		}
-	}
-	if ev.Client.Node == "" {
-		ev.Client.Node = s.cfg.Node
-	}
 	name := policy.CanonicalName(q.Name)
-	st, we := s.egressFor(wl)
-	if det, polName := we.Detection(); det != nil {
-		ev.Detection = DetectionSettings{Sensitivity: det.Sensitivity, Quarantine: det.Action == policy.DetectionQuarantine, Policy: polName}
+	var (
+		d     decision
+		tried *missHint
+	)
+	if ho != nil {
+		d, tried = ho.d, &ho.tried
+		ev.Verdict, ev.Policy = d.verdict, d.policy
+	} else {
+		d = s.decide(ev.Client.IP, name, ev.Time, ev)
 	}
-
-	// Policy decision: mesh-wide deny list, then EgressPolicies, then the
-	// unknown-client default, then quarantine.
-	if bl := s.blocklist.Load(); bl != nil {
-		if entry, ok := bl.Match(name); ok {
-			ev.Verdict = VerdictBlocked
-			ev.Policy = "blocklist"
-			return s.blocked(r, dns.ExtendedErrorCodeBlocked, "blocked by mesh-wide deny list ("+entry+")")
-		}
-	}
-	d := we.Decide(name)
-	if d.Verdict == policy.EgressAllow && wl == nil && s.cfg.UnknownClients == UnknownDeny && !st.ix.IsInCluster(name) {
-		d = policy.EgressDecision{Verdict: policy.EgressBlock, Policy: "unknown-client"}
-	}
-	switch d.Verdict {
-	case policy.EgressBlock:
-		ev.Verdict = VerdictBlocked
-		ev.Policy = d.Policy
-		code := uint16(dns.ExtendedErrorCodeProhibited)
-		text := d.Reason()
-		if d.Denied {
-			code = dns.ExtendedErrorCodeBlocked
-		}
-		if d.Policy == "unknown-client" {
-			text = "unknown client: only in-cluster names may be resolved"
-		}
-		return s.blocked(r, code, text)
-	case policy.EgressAuditBlock:
-		ev.Verdict = VerdictAudit
-		ev.Policy = d.Policy
-	default:
-		ev.Policy = d.Policy
-	}
-	if s.cfg.Inspector != nil {
-		if reason, blocked := s.cfg.Inspector.Quarantined(&ev.Client, name); blocked {
-			ev.Verdict = VerdictQuarantined
-			return s.blocked(r, dns.ExtendedErrorCodeBlocked, reason)
-		}
+	if !d.resolve {
+		return s.refuse(r, &d)
 	}
 	if q.Qtype == dns.TypeANY {
 		// RFC 8482: answer ANY minimally rather than amplify.
@@ -476,11 +426,22 @@ func (s *Server) handle(r *dns.Msg, ev *QueryEvent, hint *missHint) *dns.Msg {
 		m.Answer = []dns.RR{&dns.HINFO{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: 3600}, Cpu: "RFC8482"}}
 		return m
 	}
-	return s.resolve(r, q, name, st.ix.IsInCluster(name), ev, hint)
+	return s.resolve(r, q, name, d.inCluster, ev, tried)
+}
+
+// refuse builds the answer to a query decide refused.
+func (s *Server) refuse(r *dns.Msg, d *decision) *dns.Msg {
+	m := s.reply(r, d.rcode)
+	if d.withEDE {
+		// The EDE is added even if the client sent no OPT record, so tools
+		// always see why.
+		addEDE(m, d.ede, d.edeText)
+	}
+	return m
 }
 
 // resolve answers from the cache or upstream, serving stale on failure.
-func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool, ev *QueryEvent, hint *missHint) *dns.Msg {
+func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool, ev *QueryEvent, tried *missHint) *dns.Msg {
 	do := false
 	if opt := r.IsEdns0(); opt != nil {
 		do = opt.Do()
@@ -503,7 +464,7 @@ func (s *Server) resolve(r *dns.Msg, q dns.Question, name string, inCluster bool
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout*time.Duration(len(fwd.ups)+1))
 	defer cancel()
-	m, from, err := fwd.forward(ctx, up, hint)
+	m, from, err := fwd.forward(ctx, up, tried)
 	if err != nil || m.Rcode == dns.RcodeServerFailure {
 		// RFC 8767: an unreachable upstream, or one that could not resolve
 		// the name either (SERVFAIL), is answered from the stale cache.
@@ -576,18 +537,6 @@ func (s *Server) reply(r *dns.Msg, rcode int) *dns.Msg {
 			m.Rcode = dns.RcodeBadVers
 		}
 	}
-	return m
-}
-
-// blocked builds the refusal: NXDOMAIN or REFUSED with an Extended DNS
-// Error (RFC 8914) whose text names the policy. The EDE is added even if
-// the client sent no OPT record, so tools always see why.
-func (s *Server) blocked(r *dns.Msg, code uint16, text string) *dns.Msg {
-	m := s.reply(r, s.cfg.BlockRcode)
-	if m.IsEdns0() == nil {
-		m.SetEdns0(1232, false)
-	}
-	addEDE(m, code, text)
 	return m
 }
 
