@@ -1,0 +1,256 @@
+package egress
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/kordon-dev/kordon/policy"
+)
+
+// maxGroup bounds how many queued Admit calls share one batch.
+const maxGroup = 256
+
+// expandPorts: a port range of at most this many ports is expanded into
+// the hash set dnsport (one element a port); wider ranges go to the
+// interval set dnsrange.
+const expandPorts = 16
+
+type admitReq struct {
+	grants []Grant
+	done   chan error
+}
+
+// Admit programs grants and returns once they are in the kernel, or with
+// an error: ErrAdmitTimeout past Config.AdmitTimeout, ErrClosed, or the
+// kernel's. Concurrent callers are committed together (group commit): one
+// netlink batch for every call queued while the previous batch was being
+// written.
+//
+// Grants of clients that are neither Enforce nor Audit, and of names their
+// policy does not allow, are only remembered for Lookup and Learned.
+func (f *Firewall) Admit(grants []Grant) error {
+	if f.closed.Load() {
+		return ErrClosed
+	}
+	if len(grants) == 0 {
+		return nil
+	}
+	timer := time.NewTimer(f.cfg.AdmitTimeout)
+	defer timer.Stop()
+	req := &admitReq{grants: grants, done: make(chan error, 1)}
+	select {
+	case f.reqs <- req:
+	case <-timer.C:
+		f.m.timeouts.Inc()
+		return ErrAdmitTimeout
+	case <-f.stop:
+		return ErrClosed
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-timer.C:
+		f.m.timeouts.Inc()
+		return ErrAdmitTimeout
+	case <-f.done:
+		return ErrClosed
+	}
+}
+
+// commitLoop is the one writer of grants: it takes every queued request
+// and commits them as one batch.
+func (f *Firewall) commitLoop() {
+	defer close(f.done)
+	group := make([]*admitReq, 0, maxGroup)
+	for {
+		select {
+		case <-f.stop:
+			return
+		case r := <-f.reqs:
+			group = append(group[:0], r)
+		more:
+			for len(group) < maxGroup {
+				select {
+				case r := <-f.reqs:
+					group = append(group, r)
+				default:
+					break more
+				}
+			}
+			err := f.program(group)
+			for _, r := range group {
+				r.done <- err
+			}
+		}
+	}
+}
+
+type undo struct {
+	k   ekey
+	old eval
+	had bool
+}
+
+// program writes the grants of a group in one batch.
+func (f *Firewall) program(group []*admitReq) error {
+	v := f.view.Load()
+	now, kNow := f.now(), time.Now()
+	var b batch
+	var undos []undo
+	grant := func(s *nftables.Set, key, keyEnd []byte, src netip.Addr, d time.Duration) {
+		k := ekey{s.Name, string(key)}
+		exp := kNow.Add(d)
+		old, had := f.elems[k]
+		if had && !exp.After(old.expires) {
+			return // the kernel already holds it at least as long
+		}
+		undos = append(undos, undo{k, old, had})
+		f.elems[k] = eval{keyEnd: keyEnd, expires: exp, src: src}
+		b.add(s, nftables.SetElement{Key: key, KeyEnd: keyEnd, Timeout: timeoutOf(d)})
+	}
+	f.mu.Lock()
+	for _, r := range group {
+		for _, g := range r.grants {
+			f.m.grants.Inc()
+			client := g.Client.Unmap()
+			d := time.Duration(g.TTL)*time.Second + f.cfg.TTLGrace
+			c := v.byAddr[client]
+			f.rememberLocked(identity(c, client), g.Name, g.Addrs, now.Add(d))
+			if c == nil || c.fw.Mode == policy.FirewallOff {
+				continue
+			}
+			ports, anyPort, ok := c.we.NamePorts(policy.CanonicalName(g.Name))
+			if !ok {
+				continue
+			}
+			for _, dst := range g.Addrs {
+				dst = dst.Unmap()
+				fm := famOf(dst)
+				for _, src := range c.w.IPs {
+					src = src.Unmap()
+					if src.Is4() != dst.Is4() {
+						continue
+					}
+					if anyPort {
+						grant(f.sets[setDNS+fm.suffix], keyPair(src, dst), nil, src, d)
+						continue
+					}
+					grant(f.sets[setDNSAddr+fm.suffix], keyPair(src, dst), nil, src, d)
+					for _, pr := range ports {
+						proto, err := protoNum(pr.Proto)
+						if err != nil {
+							continue // fail closed
+						}
+						if int(pr.Last)-int(pr.First) < expandPorts {
+							for p := int(pr.First); p <= int(pr.Last); p++ {
+								grant(f.sets[setDNSPort+fm.suffix], keyPort(src, dst, proto, uint16(p)), nil, src, d)
+							}
+							continue
+						}
+						grant(f.sets[setDNSRange+fm.suffix], keyPort(src, dst, proto, pr.First), keyPort(src, dst, proto, pr.Last), src, d)
+					}
+				}
+			}
+		}
+	}
+	if len(undos) > 0 {
+		f.dirty = true
+	}
+	f.mu.Unlock()
+	if b.empty() {
+		return nil
+	}
+	f.progMu.Lock()
+	start := time.Now()
+	_, err := b.send(f.conn, nil)
+	f.m.programming.Observe(time.Since(start).Seconds())
+	f.progMu.Unlock()
+	if err != nil {
+		f.m.errors.Inc()
+		f.mu.Lock()
+		for i := len(undos) - 1; i >= 0; i-- {
+			u := undos[i]
+			if u.had {
+				f.elems[u.k] = u.old
+			} else {
+				delete(f.elems, u.k)
+			}
+		}
+		f.mu.Unlock()
+		return fmt.Errorf("egress: admit: %w", err)
+	}
+	return nil
+}
+
+// identity keys the name memory: the workload (so an answer to its IPv4
+// address is found for a flow from its IPv6 one), else the address.
+func identity(c *client, addr netip.Addr) string {
+	if c != nil {
+		return "w:" + c.w.Key()
+	}
+	return "a:" + addr.String()
+}
+
+// rememberLocked records that name gave addrs to the client id until exp.
+// Memory is bounded per client and in total; past the bounds expired
+// entries are dropped first, then new addresses are not remembered (the
+// kernel grants are unaffected).
+func (f *Firewall) rememberLocked(id, name string, addrs []netip.Addr, exp time.Time) {
+	m := f.names[id]
+	if m == nil {
+		m = map[netip.Addr]nameEntry{}
+		f.names[id] = m
+	}
+	swept := false
+	for _, a := range addrs {
+		a = a.Unmap()
+		old, ok := m[a]
+		if !ok {
+			if len(m) >= maxNamesPerClient || f.nNames >= maxNames {
+				if !swept {
+					now := f.now()
+					for k, e := range m {
+						if now.After(e.expires) {
+							delete(m, k)
+							f.nNames--
+						}
+					}
+					swept = true
+				}
+				if len(m) >= maxNamesPerClient || f.nNames >= maxNames {
+					continue
+				}
+			}
+			f.nNames++
+		}
+		if ok && old.expires.After(exp) {
+			exp = old.expires
+		}
+		m[a] = nameEntry{name: name, expires: exp}
+	}
+}
+
+// Lookup returns the DNS name whose answer gave client dst, while that
+// answer is valid (TTL plus grace), for managed and unmanaged workloads.
+func (f *Firewall) Lookup(client, dst netip.Addr) (string, bool) {
+	client = client.Unmap()
+	id := identity(f.view.Load().byAddr[client], client)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.names[id][dst.Unmap()]
+	if !ok || f.now().After(e.expires) {
+		return "", false
+	}
+	return e.name, true
+}
+
+// Learned reports whether some answer gave client dst recently (within
+// TTL plus grace): a connection to an address no answer gave is direct
+// egress.
+func (f *Firewall) Learned(client, dst netip.Addr) bool {
+	_, ok := f.Lookup(client, dst)
+	return ok
+}

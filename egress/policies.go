@@ -1,0 +1,336 @@
+package egress
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/kordon-dev/kordon/policy"
+)
+
+// staleMargin: an element of a timeout set is deleted explicitly (when
+// its source address changed hands) only while it has more than this
+// left, so the delete never races the kernel's own expiry (deleting a
+// missing element fails the whole transaction with ENOENT).
+const staleMargin = 2 * time.Second
+
+// SetPolicies compiles the EgressPolicies of set, recomputes every
+// workload's firewall mode and grants, and reconciles the workload sets
+// in the kernel. Until the first SetPolicies the firewall keeps whatever
+// the kernel already holds (an adopted table keeps enforcing).
+func (f *Firewall) SetPolicies(set *policy.Set, opts policy.EgressOptions) error {
+	ix, err := policy.CompileEgress(set, opts)
+	if err != nil {
+		return fmt.Errorf("egress: %w", err)
+	}
+	f.mu.Lock()
+	f.egress = ix
+	f.mu.Unlock()
+	return f.reconcile()
+}
+
+// Workload returns the workload that owns client and the firewall view of
+// its policy (as of the last SetPolicies).
+func (f *Firewall) Workload(client netip.Addr) (*workload.Workload, policy.Firewall, bool) {
+	c := f.view.Load().byAddr[client.Unmap()]
+	if c == nil {
+		return nil, policy.Firewall{}, false
+	}
+	return c.w, c.fw, true
+}
+
+// buildView evaluates the policy for every registry workload.
+func buildView(ix *policy.EgressIndex, reg *workload.Registry) *view {
+	v := &view{byAddr: map[netip.Addr]*client{}}
+	for _, w := range reg.List() {
+		we := ix.ForWorkload(w.Namespace, w.Labels)
+		c := &client{w: w, we: we, fw: we.Firewall()}
+		for _, ip := range w.IPs {
+			ip = ip.Unmap()
+			// The registry attributes a shared address to one workload;
+			// follow it.
+			if owner, ok := reg.ByIP(ip); ok && owner != w {
+				continue
+			}
+			v.byAddr[ip] = c
+		}
+	}
+	return v
+}
+
+// reconcile rebuilds the view and brings the static sets in line with it.
+func (f *Firewall) reconcile() error {
+	f.mu.Lock()
+	ix := f.egress
+	f.mu.Unlock()
+	if ix == nil {
+		return nil
+	}
+	v := buildView(ix, f.cfg.Registry)
+	f.view.Store(v)
+
+	f.progMu.Lock()
+	defer f.progMu.Unlock()
+	f.mu.Lock()
+	var b batch
+	want := desiredStatic(v, f.quar)
+	// Grants before memberships: a source enters enforce4 in the same or
+	// a later Flush than its grants.
+	for _, base := range []string{setCIDR, setCIDRPort, setCIDRAddr, setQuar, setPods, setEnforce, setAudit} {
+		f.diffStatic(&b, base, func(fm *fam) map[string]nftables.SetElement { return want[base+fm.suffix] })
+	}
+	// Learned grants of an address that changed hands (a new pod reusing
+	// an IP) must not carry over.
+	now := time.Now()
+	var stale []ekey
+	for k, e := range f.elems {
+		old := f.owner[e.src]
+		cur := ""
+		if c := v.byAddr[e.src]; c != nil {
+			cur = c.w.Key()
+		}
+		if old != "" && old != cur && e.expires.Sub(now) > staleMargin {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		e := f.elems[k]
+		b.del(f.sets[k.set], nftables.SetElement{Key: []byte(k.key), KeyEnd: e.keyEnd})
+	}
+	f.mu.Unlock()
+
+	start := time.Now()
+	_, err := b.send(f.conn, nil)
+	f.m.programming.Observe(time.Since(start).Seconds())
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		f.m.errors.Inc()
+		// The kernel may hold part of a multi-Flush batch: read the
+		// static sets back so the next reconcile diffs against the truth.
+		f.rereadStatic()
+		return fmt.Errorf("egress: reconcile: %w", err)
+	}
+	f.commitStatic(&b)
+	for _, k := range stale {
+		delete(f.elems, k)
+	}
+	owner := make(map[netip.Addr]string, len(v.byAddr))
+	for a, c := range v.byAddr {
+		owner[a] = c.w.Key()
+	}
+	f.owner = owner
+	f.updateGaugesLocked()
+	return nil
+}
+
+// rereadStatic refreshes f.static from the kernel. f.progMu and f.mu are
+// held.
+func (f *Firewall) rereadStatic() {
+	for _, sp := range setSpecs {
+		if sp.timeout {
+			continue
+		}
+		for _, fm := range fams {
+			s := f.sets[sp.base+fm.suffix]
+			es, err := f.conn.GetSetElements(s)
+			if err != nil {
+				f.log.Error("egress set not read", "set", s.Name, "error", err)
+				continue
+			}
+			m := map[string]nftables.SetElement{}
+			for _, e := range es {
+				m[staticKey(sp.base, e)] = nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, IntervalEnd: e.IntervalEnd}
+			}
+			f.static[s.Name] = m
+		}
+	}
+}
+
+// desiredStatic renders the static sets of view v and quarantines q:
+// set name -> element key -> element.
+func desiredStatic(v *view, q map[[2]netip.Addr]struct{}) map[string]map[string]nftables.SetElement {
+	want := map[string]map[string]nftables.SetElement{}
+	for _, sp := range setSpecs {
+		for _, fm := range fams {
+			want[sp.base+fm.suffix] = map[string]nftables.SetElement{}
+		}
+	}
+	put := func(base string, fm *fam, e nftables.SetElement) {
+		want[base+fm.suffix][staticKey(base, e)] = e
+	}
+	for src, c := range v.byAddr {
+		fm := famOf(src)
+		put(setPods, fm, nftables.SetElement{Key: src.AsSlice()})
+		switch c.fw.Mode {
+		case policy.FirewallEnforce:
+			put(setEnforce, fm, nftables.SetElement{Key: src.AsSlice()})
+		case policy.FirewallAudit:
+			put(setAudit, fm, nftables.SetElement{Key: src.AsSlice()})
+		default:
+			continue
+		}
+		for _, e := range cidrElems(src, c.fw.CIDRs) {
+			put(e.set, fm, e.SetElement)
+		}
+	}
+	for p := range q {
+		client, dst := p[0], p[1]
+		srcs := []netip.Addr{client}
+		if c := v.byAddr[client]; c != nil {
+			srcs = c.w.IPs
+		}
+		for _, src := range srcs {
+			src = src.Unmap()
+			if src.Is4() == dst.Is4() {
+				put(setQuar, famOf(dst), nftables.SetElement{Key: keyPair(src, dst)})
+			}
+		}
+	}
+	return want
+}
+
+type setElem struct {
+	set string // base name
+	nftables.SetElement
+}
+
+// cidrElems renders one source's CIDR grants of its own family. Any-port
+// ranges are merged; port-restricted grants inside an any-port range are
+// dropped (the wider grant already allows them), and grants of one prefix
+// share one merged port list, so the interval sets get no duplicates.
+func cidrElems(src netip.Addr, grants []policy.CIDRGrant) []setElem {
+	fm := famOf(src)
+	var anyP []netip.Prefix
+	for _, g := range grants {
+		if g.Ports == nil && g.Prefix.Addr().Is4() == src.Is4() {
+			anyP = append(anyP, g.Prefix)
+		}
+	}
+	anyR := mergeRanges(anyP, fm)
+	var out []setElem
+	for _, r := range anyR {
+		out = append(out, setElem{setCIDR, nftables.SetElement{Key: keyPair(src, r[0]), KeyEnd: keyPair(src, r[1])}})
+	}
+	covered := func(p netip.Prefix) bool {
+		a, z := prefixRange(p)
+		for _, r := range anyR {
+			if r[0].Compare(a) <= 0 && z.Compare(r[1]) <= 0 {
+				return true
+			}
+		}
+		return false
+	}
+	byPrefix := map[netip.Prefix][]policy.PortRange{}
+	var order []netip.Prefix
+	for _, g := range grants {
+		if g.Ports == nil || g.Prefix.Addr().Is4() != src.Is4() || covered(g.Prefix) {
+			continue
+		}
+		if _, ok := byPrefix[g.Prefix]; !ok {
+			order = append(order, g.Prefix)
+		}
+		byPrefix[g.Prefix] = append(byPrefix[g.Prefix], g.Ports...)
+	}
+	for _, r := range mergeRanges(order, fm) {
+		out = append(out, setElem{setCIDRAddr, nftables.SetElement{Key: keyPair(src, r[0]), KeyEnd: keyPair(src, r[1])}})
+	}
+	for _, p := range order {
+		a, z := prefixRange(p)
+		for _, pr := range mergePortRanges(byPrefix[p]) {
+			proto, err := protoNum(pr.Proto)
+			if err != nil {
+				continue // fail closed: an unknown protocol grants nothing
+			}
+			out = append(out, setElem{setCIDRPort, nftables.SetElement{
+				Key: keyPort(src, a, proto, pr.First), KeyEnd: keyPort(src, z, proto, pr.Last)}})
+		}
+	}
+	return out
+}
+
+// mergePortRanges sorts ranges and merges overlapping or adjacent ones of
+// one protocol (exact union, never wider).
+func mergePortRanges(rs []policy.PortRange) []policy.PortRange {
+	rs = append([]policy.PortRange(nil), rs...)
+	for i := 1; i < len(rs); i++ {
+		for j := i; j > 0 && lessPort(rs[j], rs[j-1]); j-- {
+			rs[j], rs[j-1] = rs[j-1], rs[j]
+		}
+	}
+	var out []policy.PortRange
+	for _, r := range rs {
+		if n := len(out); n > 0 && out[n-1].Proto == r.Proto && uint32(r.First) <= uint32(out[n-1].Last)+1 {
+			out[n-1].Last = max(out[n-1].Last, r.Last)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func lessPort(a, b policy.PortRange) bool {
+	if a.Proto != b.Proto {
+		return a.Proto < b.Proto
+	}
+	if a.First != b.First {
+		return a.First < b.First
+	}
+	return a.Last < b.Last
+}
+
+// QuarantineAddr blocks dst for the workload that owns client (all its
+// addresses of dst's family) until LiftAddr; persisted in the state file.
+func (f *Firewall) QuarantineAddr(client, dst netip.Addr) error {
+	return f.setQuarantine(client, dst, true)
+}
+
+// LiftAddr lifts a QuarantineAddr.
+func (f *Firewall) LiftAddr(client, dst netip.Addr) error {
+	return f.setQuarantine(client, dst, false)
+}
+
+func (f *Firewall) setQuarantine(client, dst netip.Addr, on bool) error {
+	if f.closed.Load() {
+		return ErrClosed
+	}
+	client, dst = client.Unmap(), dst.Unmap()
+	if !client.IsValid() || !dst.IsValid() {
+		return fmt.Errorf("egress: quarantine: invalid address")
+	}
+	v := f.view.Load()
+	f.progMu.Lock()
+	defer f.progMu.Unlock()
+	f.mu.Lock()
+	k := [2]netip.Addr{client, dst}
+	_, had := f.quar[k]
+	if on {
+		f.quar[k] = struct{}{}
+	} else {
+		delete(f.quar, k)
+	}
+	f.dirty = true
+	want := desiredStatic(v, f.quar)
+	var b batch
+	f.diffStatic(&b, setQuar, func(fm *fam) map[string]nftables.SetElement { return want[setQuar+fm.suffix] })
+	f.mu.Unlock()
+	_, err := b.send(f.conn, nil)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		f.m.errors.Inc()
+		if had {
+			f.quar[k] = struct{}{}
+		} else {
+			delete(f.quar, k)
+		}
+		return fmt.Errorf("egress: quarantine: %w", err)
+	}
+	f.commitStatic(&b)
+	f.updateGaugesLocked()
+	return nil
+}
