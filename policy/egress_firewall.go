@@ -319,11 +319,12 @@ func checkEgressPort(pos *Positions, path string, p EgressPort) ErrorList {
 	return errs
 }
 
-// has reports whether path was present in the source. Positions built
-// without a source (policies constructed in code) have every path.
+// has reports whether path was present in the source. Without a source
+// (policies constructed in code) nothing is: a zero value is an omitted
+// field, as in JSON.
 func (p *Positions) has(path string) bool {
-	if p == nil || p.m == nil {
-		return true
+	if p == nil {
+		return false
 	}
 	_, ok := p.m[path]
 	return ok

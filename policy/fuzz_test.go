@@ -25,6 +25,8 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("kind: AuthorizationPolicy\napiVersion: security.kordon.dev/v1\nmetadata: {name: x}\nspec: {rules: [{from: [{source: {principals: ['*']}}]}]}"))
 	f.Add([]byte("- &a [*a]"))
+	f.Add([]byte("kind: EgressPolicy\napiVersion: security.kordon.dev/v1\nmetadata: {name: x, namespace: n}\nspec: {allow: [a.example], deny: [b.a.example], allowCIDRs: [10.0.0.0/8, '2001:db8::/32'], ports: [{port: 443}, {protocol: UDP, port: 1000, endPort: 2000}]}"))
+	f.Add([]byte("kind: EgressPolicy\napiVersion: security.kordon.dev/v1\nmetadata: {name: x, namespace: n}\nspec: {mode: Audit, allowCIDRs: [10.1.2.3/8], ports: [{endPort: 1}]}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		set, err := Parse("fuzz.yaml", data, LoadOptions{})
 		if err != nil {
@@ -45,6 +47,34 @@ func FuzzParse(f *testing.F) {
 		}
 		if _, err := Explain(set, goldenTarget, Request{Method: "GET", Path: "/"}, CompileOptions{}); err != nil {
 			t.Fatalf("explain: %v", err)
+		}
+		ix, err := CompileEgress(set, EgressOptions{})
+		if err != nil {
+			t.Fatalf("valid egress input failed to compile: %v", err)
+		}
+		for _, p := range set.Egress {
+			var labels map[string]string
+			if p.Spec.Selector != nil {
+				labels = p.Spec.Selector.MatchLabels
+			}
+			we := ix.ForWorkload(p.Metadata.Namespace, labels)
+			fw := we.Firewall()
+			if (fw.Mode == FirewallOff) != (fw.Policy == "") {
+				t.Fatalf("firewall %+v: mode and policy disagree", fw)
+			}
+			for _, v := range p.Spec.Allow {
+				dp, err := ParseDomainPattern(v)
+				if err != nil {
+					t.Fatalf("validated pattern %q: %v", v, err)
+				}
+				name := dp.Domain
+				if dp.Wildcard {
+					name = "x." + name
+				}
+				if _, _, ok := we.NamePorts(name); ok && we.Decide(name).Verdict == EgressBlock {
+					t.Fatalf("NamePorts ok for %s, which Decide blocks", name)
+				}
+			}
 		}
 	})
 }
