@@ -1,6 +1,9 @@
 package policy
 
-import "testing"
+import (
+	"reflect"
+	"testing"
+)
 
 // TestShippedExamples: the examples in manifests/examples are valid and
 // decide as their comments say.
@@ -40,5 +43,21 @@ func TestShippedExamples(t *testing.T) {
 		if _, err := c.FiltersJSON(); err != nil {
 			t.Fatal(err)
 		}
+	}
+	ix, err := CompileEgress(set, EgressOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pay := ix.ForWorkload("shop", map[string]string{"app": "payments", "pci": "true"})
+	https := []PortRange{{Proto: ProtoTCP, First: 443, Last: 443}}
+	if fw := pay.Firewall(); fw.Mode != FirewallEnforce || fw.Policy != "shop/payments-egress" ||
+		len(fw.CIDRs) != 1 || fw.CIDRs[0].Prefix.String() != "203.0.113.0/24" || !reflect.DeepEqual(fw.CIDRs[0].Ports, https) {
+		t.Errorf("payments firewall: %+v", fw)
+	}
+	if ports, any, ok := pay.NamePorts("api.paygate.example"); !ok || any || !reflect.DeepEqual(ports, https) {
+		t.Errorf("payments NamePorts(api.paygate.example) = %v, %v, %v", ports, any, ok)
+	}
+	if fw := ix.ForWorkload("shop", map[string]string{"app": "checkout"}).Firewall(); fw.Mode != FirewallAudit {
+		t.Errorf("checkout firewall: %+v", fw)
 	}
 }
