@@ -148,7 +148,7 @@ func (w *WorkloadEgress) computeFirewall() {
 		}
 		return cmp.Compare(a.Policy, b.Policy)
 	})
-	// Equal prefix and ports: one grant, named for the first policy.
+	// Equal prefix and ports: one grant, named for the policy first by name.
 	fw.CIDRs = slices.CompactFunc(fw.CIDRs, func(a, b CIDRGrant) bool {
 		return a.Prefix == b.Prefix && comparePorts(a.Ports, b.Ports) == 0
 	})

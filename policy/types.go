@@ -185,7 +185,8 @@ const (
 	EgressAudit   EgressMode = "Audit"
 )
 
-// EgressPolicySpec lists allowed and denied domain patterns.
+// EgressPolicySpec lists allowed and denied domain patterns, and the
+// destination ranges and ports the node firewall allows besides them.
 //
 // Patterns are exact names (api.example.com) or wildcards (*.example.com,
 // any depth of subdomain, never the apex; **.example.com is a synonym).
