@@ -165,7 +165,7 @@ func (f *Firewall) program(group []*admitReq) error {
 	}
 	f.progMu.Lock()
 	start := time.Now()
-	_, err := b.send(f.conn, nil)
+	_, err := b.send(f.conn)
 	f.m.programming.Observe(time.Since(start).Seconds())
 	f.progMu.Unlock()
 	if err != nil {
@@ -204,32 +204,39 @@ func (f *Firewall) rememberLocked(id, name string, addrs []netip.Addr, exp time.
 		m = map[netip.Addr]nameEntry{}
 		f.names[id] = m
 	}
-	swept := false
 	for _, a := range addrs {
 		a = a.Unmap()
 		old, ok := m[a]
 		if !ok {
 			if len(m) >= maxNamesPerClient || f.nNames >= maxNames {
-				if !swept {
-					now := f.now()
-					for k, e := range m {
-						if now.After(e.expires) {
-							delete(m, k)
-							f.nNames--
-						}
-					}
-					swept = true
-				}
+				f.sweepNamesLocked(id, m)
 				if len(m) >= maxNamesPerClient || f.nNames >= maxNames {
 					continue
 				}
 			}
 			f.nNames++
 		}
+		e := nameEntry{name: name, expires: exp}
 		if ok && old.expires.After(exp) {
-			exp = old.expires
+			e.expires = old.expires
 		}
-		m[a] = nameEntry{name: name, expires: exp}
+		m[a] = e
+	}
+}
+
+// sweepNamesLocked drops the expired names of one client, at most once a
+// second per client (a full client would otherwise pay a scan per grant).
+func (f *Firewall) sweepNamesLocked(id string, m map[netip.Addr]nameEntry) {
+	now := f.now()
+	if last, ok := f.namesSwept[id]; ok && now.Sub(last) < time.Second {
+		return
+	}
+	f.namesSwept[id] = now
+	for k, e := range m {
+		if now.After(e.expires) {
+			delete(m, k)
+			f.nNames--
+		}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 const (
 	maxCallBytes  = 32 << 10
 	maxFlushBytes = 1 << 20
+	maxFlushMsgs  = 128
 	sockBuf       = 8 << 20
 )
 
@@ -88,10 +89,15 @@ type op struct {
 
 // batch collects element changes and sends them to the kernel in
 // chunks: each SetAddElements/SetDeleteElements call carries at most
-// maxCallBytes, each Flush at most maxFlushBytes. A batch that fits in
-// one Flush is one netlink transaction.
+// maxCallBytes, each Flush at most maxFlushBytes and maxFlushMsgs
+// messages (each is acknowledged). A batch that fits in one Flush is one
+// netlink transaction. Changes go out grouped by set and direction, in the
+// order each group first appeared.
 type batch struct {
 	ops []op
+	// idx finds the op of a set and direction, so interleaved changes to
+	// several sets still make one message per chunk, not per element.
+	idx map[opKey]int
 	n   int // elements
 	// pendingStatic are the static sets' contents once the batch lands.
 	pendingStatic map[string]map[string]nftables.SetElement
@@ -110,29 +116,34 @@ func (b *batch) push(s *nftables.Set, del bool, es []nftables.SetElement) {
 		return
 	}
 	b.n += len(es)
-	if k := len(b.ops) - 1; k >= 0 && b.ops[k].set == s && b.ops[k].del == del {
-		b.ops[k].elems = append(b.ops[k].elems, es...)
+	k := opKey{s.Name, del}
+	if i, ok := b.idx[k]; ok {
+		b.ops[i].elems = append(b.ops[i].elems, es...)
 		return
 	}
+	if b.idx == nil {
+		b.idx = map[opKey]int{}
+	}
+	b.idx[k] = len(b.ops)
 	b.ops = append(b.ops, op{set: s, del: del, elems: es})
+}
+
+type opKey struct {
+	set string
+	del bool
 }
 
 func (b *batch) empty() bool { return b.n == 0 }
 
-// send queues the batch on c and flushes. pre, when set, queues other
-// messages first (they go in the first Flush). It returns the number of
+// send queues the batch on c and flushes; it returns the number of
 // Flushes made.
-func (b *batch) send(c *nftables.Conn, pre func()) (int, error) {
+func (b *batch) send(c *nftables.Conn) (int, error) {
 	flushes := 0
 	pending := false
-	if pre != nil {
-		pre()
-		pending = true
-	}
-	flushBytes := 0
+	flushBytes, msgs := 0, 0
 	flush := func() error {
 		flushes++
-		flushBytes = 0
+		flushBytes, msgs = 0, 0
 		pending = false
 		return c.Flush()
 	}
@@ -150,7 +161,7 @@ func (b *batch) send(c *nftables.Conn, pre func()) (int, error) {
 				size += sz
 				n++
 			}
-			if flushBytes+size > maxFlushBytes && pending {
+			if (flushBytes+size > maxFlushBytes || msgs >= maxFlushMsgs) && pending {
 				if err := flush(); err != nil {
 					return flushes, err
 				}
@@ -166,6 +177,7 @@ func (b *batch) send(c *nftables.Conn, pre func()) (int, error) {
 			}
 			pending = true
 			flushBytes += size
+			msgs++
 			es = es[n:]
 		}
 	}

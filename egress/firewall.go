@@ -101,7 +101,9 @@ type Firewall struct {
 	// (Lookup and Learned), managed or not.
 	names  map[string]map[netip.Addr]nameEntry
 	nNames int
-	quar   map[[2]netip.Addr]struct{}
+	// namesSwept rate-limits the sweeps of a full client's names.
+	namesSwept map[string]time.Time
+	quar       map[[2]netip.Addr]struct{}
 	// egress is the compiled policy of the last SetPolicies; nil before.
 	egress *policy.EgressIndex
 	owner  map[netip.Addr]string // address -> workload key at the last reconcile
@@ -143,9 +145,10 @@ type client struct {
 	fw policy.Firewall
 }
 
-// Bounds of the in-memory name memory.
+// Bounds of the in-memory name memory (Lookup, Learned): per workload
+// (or unknown address) and in total.
 const (
-	maxNamesPerClient = 4096
+	maxNamesPerClient = 1 << 16
 	maxNames          = 1 << 20
 )
 
@@ -193,16 +196,17 @@ func New(cfg Config) (*Firewall, error) {
 	}
 	f := &Firewall{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, m: m, conn: conn,
-		table:  &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
-		sets:   map[string]*nftables.Set{},
-		elems:  map[ekey]eval{},
-		static: map[string]map[string]nftables.SetElement{},
-		names:  map[string]map[netip.Addr]nameEntry{},
-		quar:   map[[2]netip.Addr]struct{}{},
-		owner:  map[netip.Addr]string{},
-		reqs:   make(chan *admitReq, 1024),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		table:      &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
+		sets:       map[string]*nftables.Set{},
+		elems:      map[ekey]eval{},
+		static:     map[string]map[string]nftables.SetElement{},
+		names:      map[string]map[netip.Addr]nameEntry{},
+		namesSwept: map[string]time.Time{},
+		quar:       map[[2]netip.Addr]struct{}{},
+		owner:      map[netip.Addr]string{},
+		reqs:       make(chan *admitReq, 1024),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	f.view.Store(&view{byAddr: map[netip.Addr]*client{}})
 	if err := f.install(); err != nil {
@@ -328,7 +332,7 @@ func (f *Firewall) install() error {
 	var b batch
 	f.diffStatic(&b, setInternal, func(fm *fam) map[string]nftables.SetElement { return internalElems(f.cfg.Internal, fm) })
 	if !b.empty() {
-		if _, err := b.send(c, nil); err != nil {
+		if _, err := b.send(c); err != nil {
 			f.m.errors.Inc()
 			return fmt.Errorf("egress: internal ranges: %w", err)
 		}
@@ -544,6 +548,7 @@ func (f *Firewall) sweep() {
 		}
 		if len(m) == 0 {
 			delete(f.names, id)
+			delete(f.namesSwept, id)
 		}
 	}
 	for k, v := range f.elems {

@@ -1,7 +1,6 @@
 package egress
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +10,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
 
 	"github.com/kordon-dev/kordon/internal/netns"
 	"github.com/kordon-dev/kordon/internal/workload"
@@ -196,6 +198,8 @@ func (e *env) mustRefuse(pod int, dst netip.AddrPort) {
 	}
 }
 
+var errConnected = fmt.Errorf("connected")
+
 func isRefused(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "connection refused")
 }
@@ -217,4 +221,29 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() err
 	t.Fatalf("%s: not within %v: %v", what, within, err)
 }
 
-var errConnected = errors.New("connected")
+// ctMark returns the conntrack mark of the node's flow from src to dst
+// (original direction), polling until it appears.
+func (e *env) ctMark(src, dst netip.Addr, dport uint16) uint32 {
+	e.t.Helper()
+	c, err := conntrack.Dial(&netlink.Config{NetNS: e.tp.Node.Fd(e.t)})
+	if err != nil {
+		e.t.Fatalf("conntrack: %v", err)
+	}
+	defer c.Close()
+	var mark uint32
+	eventually(e.t, 3*time.Second, "conntrack flow", func() error {
+		flows, err := c.Dump(nil)
+		if err != nil {
+			return err
+		}
+		for _, f := range flows {
+			o := f.TupleOrig
+			if o.IP.SourceAddress == src && o.IP.DestinationAddress == dst && o.Proto.DestinationPort == dport {
+				mark = f.Mark
+				return nil
+			}
+		}
+		return fmt.Errorf("no flow %s -> %s:%d among %d", src, dst, dport, len(flows))
+	})
+	return mark
+}

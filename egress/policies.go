@@ -103,7 +103,7 @@ func (f *Firewall) reconcile() error {
 	f.mu.Unlock()
 
 	start := time.Now()
-	_, err := b.send(f.conn, nil)
+	_, err := b.send(f.conn)
 	f.m.programming.Observe(time.Since(start).Seconds())
 
 	f.mu.Lock()
@@ -318,7 +318,7 @@ func (f *Firewall) setQuarantine(client, dst netip.Addr, on bool) error {
 	var b batch
 	f.diffStatic(&b, setQuar, func(fm *fam) map[string]nftables.SetElement { return want[setQuar+fm.suffix] })
 	f.mu.Unlock()
-	_, err := b.send(f.conn, nil)
+	_, err := b.send(f.conn)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {

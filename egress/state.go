@@ -166,7 +166,7 @@ func (f *Firewall) restore() error {
 	if b.empty() {
 		return nil
 	}
-	if _, err := b.send(f.conn, nil); err != nil {
+	if _, err := b.send(f.conn); err != nil {
 		f.m.errors.Inc()
 		f.mu.Lock()
 		f.rereadStatic()
