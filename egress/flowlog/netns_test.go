@@ -1,0 +1,471 @@
+package flowlog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+
+	"github.com/kordon-dev/kordon/egress"
+	"github.com/kordon-dev/kordon/internal/netns"
+	"github.com/kordon-dev/kordon/internal/workload"
+)
+
+// lines collects the flow log, one Record per line, and signals each write.
+type lines struct {
+	mu   sync.Mutex
+	buf  []byte
+	recs []Record
+	ch   chan struct{}
+}
+
+func newLines() *lines { return &lines{ch: make(chan struct{}, 1)} }
+
+func (l *lines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			break
+		}
+		var r Record
+		if err := json.Unmarshal(l.buf[:i], &r); err == nil {
+			l.recs = append(l.recs, r)
+		}
+		l.buf = l.buf[i+1:]
+	}
+	l.mu.Unlock()
+	select {
+	case l.ch <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (l *lines) all() []Record {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Record(nil), l.recs...)
+}
+
+// wait returns the first record matching ok, failing t after timeout.
+func (l *lines) wait(t *testing.T, timeout time.Duration, what string, ok func(*Record) bool) Record {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		for _, r := range l.all() {
+			if ok(&r) {
+				return r
+			}
+		}
+		select {
+		case <-l.ch:
+		case <-deadline.C:
+			t.Fatalf("no %s record within %s; records: %+v", what, timeout, l.all())
+		}
+	}
+}
+
+// sink records published alerts.
+type sink struct {
+	mu     sync.Mutex
+	alerts []Alert
+	ch     chan struct{}
+}
+
+func newSink() *sink { return &sink{ch: make(chan struct{}, 1)} }
+
+func (s *sink) Publish(_ context.Context, a Alert) error {
+	s.mu.Lock()
+	s.alerts = append(s.alerts, a)
+	s.mu.Unlock()
+	select {
+	case s.ch <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (s *sink) all() []Alert {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Alert(nil), s.alerts...)
+}
+
+func (s *sink) wait(t *testing.T, timeout time.Duration, what string, ok func(*Alert) bool) Alert {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		for _, a := range s.all() {
+			if ok(&a) {
+				return a
+			}
+		}
+		select {
+		case <-s.ch:
+		case <-deadline.C:
+			t.Fatalf("no %s alert within %s; alerts: %+v", what, timeout, s.all())
+		}
+	}
+}
+
+// fakeNames answers for a fixed set of (client, dst).
+type fakeNames map[[2]netip.Addr]string
+
+func (f fakeNames) Lookup(c, d netip.Addr) (string, bool) {
+	n, ok := f[[2]netip.Addr{c, d}]
+	return n, ok
+}
+func (f fakeNames) Learned(c, d netip.Addr) bool { _, ok := f[[2]netip.Addr{c, d}]; return ok }
+
+// installRules programs the node's forward chain as kordon's rules would,
+// in miniature: packets to blocked are logged to kordon's NFLOG group
+// with PrefixBlockPolicy and rejected; every other new connection gets
+// MarkUnmanaged.
+func installRules(t *testing.T, fd int, blocked netip.Addr) {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "flowlogtest"})
+	policy := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{Name: "fwd", Table: tbl, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &policy})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: blocked.AsSlice()},
+		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: egress.LogGroup, Data: []byte(egress.PrefixBlockPolicy)},
+		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED},
+	}})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(egress.MarkUnmanaged)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+	}})
+	if err := c.Flush(); err != nil {
+		t.Fatalf("nftables: %v", err)
+	}
+}
+
+// listen starts a listener in ns.
+func listen(t *testing.T, ns *netns.NS, network string, addr netip.AddrPort) (ln net.Listener, pc net.PacketConn) {
+	t.Helper()
+	err := ns.Do(func() (err error) {
+		if network == "udp" {
+			pc, err = net.ListenPacket("udp", addr.String())
+		} else {
+			ln, err = net.Listen("tcp", addr.String())
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if ln != nil {
+			ln.Close()
+		}
+		if pc != nil {
+			pc.Close()
+		}
+	})
+	return ln, pc
+}
+
+// dial connects from ns.
+func dial(t *testing.T, ns *netns.NS, network, addr string) (net.Conn, error) {
+	t.Helper()
+	var c net.Conn
+	err := ns.Do(func() (err error) {
+		c, err = net.DialTimeout(network, addr, 5*time.Second)
+		return err
+	})
+	return c, err
+}
+
+func addrPort(t *testing.T, a net.Addr) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}
+
+// upload sends n bytes over a new TCP connection from pod to dst, closes
+// its side and waits until the server has read everything and closed.
+func upload(t *testing.T, pod *netns.Pod, ln net.Listener, n int) netip.AddrPort {
+	t.Helper()
+	got := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- -1
+			return
+		}
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		k, _ := io.Copy(io.Discard, c)
+		_, _ = c.Write([]byte("ok"))
+		c.Close()
+		got <- k
+	}()
+	c, err := dial(t, pod.NS, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	local := addrPort(t, c.LocalAddr())
+	if _, err := c.Write(make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatal(err)
+	}
+	if k := <-got; k != int64(n) {
+		t.Fatalf("server read %d bytes, want %d", k, n)
+	}
+	return local
+}
+
+// TestFlowLogNetns drives real traffic from a pod through the node's
+// forward hook to outside servers and checks the records and alerts.
+func TestFlowLogNetns(t *testing.T) {
+	tp := netns.NewTopology(t, 1)
+	pod := tp.Pods[0]
+	fd := tp.Node.Fd(t)
+	// Short UDP timeouts so the UDP flow ends within the test (the Dump
+	// evicts expired entries, which sends their Destroy).
+	tp.Node.Sysctl(t, "net.netfilter.nf_conntrack_udp_timeout", "1")
+	tp.Node.Sysctl(t, "net.netfilter.nf_conntrack_udp_timeout_stream", "1")
+
+	named := tp.OutsideAddr(t, "203.0.113.10")
+	leak := tp.OutsideAddr(t, "198.51.100.7")
+	blocked := tp.OutsideAddr(t, "203.0.113.66")
+	udpDst := tp.OutsideAddr(t, "198.51.100.9")
+	longDst := tp.OutsideAddr(t, "2001:db8:100::20")
+	installRules(t, fd, blocked)
+
+	reg := workload.NewRegistry()
+	reg.Replace([]*workload.Workload{{Name: "cache-0", Namespace: "shop", ServiceAccount: "cache", IPs: []netip.Addr{pod.IP4, pod.IP6}}})
+	log, alerts := newLines(), newSink()
+	l, err := New(Config{
+		NetNSFd: fd, Registry: reg, Node: "node-a", Log: log, Alerts: alerts,
+		Names:    fakeNames{{pod.IP4, named}: "api.example.com"},
+		Interval: time.Second, VolumeThreshold: 512 << 10, Internal: tp.Internal,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- l.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		l.Close()
+	})
+
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, r := range log.all() {
+			b, _ := json.Marshal(r)
+			t.Logf("record %s", b)
+		}
+		for _, a := range alerts.all() {
+			b, _ := json.Marshal(a)
+			t.Logf("alert %s", b)
+		}
+	})
+	const size = 1 << 20
+	t.Run("tcp upload", func(t *testing.T) {
+		ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(named, 0))
+		local := upload(t, pod, ln, size)
+		r := log.wait(t, 10*time.Second, "final upload", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == named })
+		// Headers: at most 80 bytes (IPv4 + TCP with options) a packet.
+		if r.BytesOut < size || r.BytesOut > size+80*r.PacketsOut {
+			t.Errorf("bytesOut %d (%d packets), want %d plus headers", r.BytesOut, r.PacketsOut, size)
+		}
+		if r.BytesIn == 0 || r.BytesIn > 64<<10 {
+			t.Errorf("bytesIn %d, want a few ACKs", r.BytesIn)
+		}
+		want := Client{IP: pod.IP4, Namespace: "shop", Pod: "cache-0", ServiceAccount: "cache", SPIFFEID: "spiffe://cluster.local/ns/shop/sa/cache", Node: "node-a"}
+		if r.Client != want || r.Proto != "tcp" || r.Verdict != VerdictAllowed || r.DNSName != "api.example.com" || r.Src != pod.IP4 || r.DPort != addrPort(t, ln.Addr()).Port() {
+			t.Errorf("record %+v, want client %+v, tcp, allowed, dnsName api.example.com", r, want)
+		}
+		if r.Duration <= 0 {
+			t.Errorf("durationSeconds %v", r.Duration)
+		}
+		a := alerts.wait(t, 5*time.Second, "egress-volume", func(a *Alert) bool { return a.Kind == KindEgressVolume && a.Dst.Addr() == named })
+		if a.Client.Pod != "cache-0" || a.Severity != "medium" || a.Evidence["bytes"].(int64) <= 512<<10 {
+			t.Errorf("volume alert %+v", a)
+		}
+
+		// A flush destroys the TIME_WAIT entry: its Destroy must not write
+		// the flow again. A second upload's final record is the marker
+		// that the Destroy events before it were handled.
+		ct, err := conntrack.Dial(&netlink.Config{NetNS: fd})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ct.Close()
+		if err := ct.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		marker := upload(t, pod, ln, 1000)
+		log.wait(t, 10*time.Second, "marker", func(r *Record) bool { return r.Final && r.SPort == marker.Port() })
+		n := 0
+		for _, r := range log.all() {
+			if r.Final && r.SPort == local.Port() && r.Dst == named {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d final records for the upload, want 1", n)
+		}
+		for _, a := range alerts.all() {
+			if a.Kind == KindDirectEgress && a.Dst.Addr() == named {
+				t.Errorf("direct-egress for an address a DNS answer gave: %+v", a)
+			}
+		}
+	})
+
+	t.Run("direct egress", func(t *testing.T) {
+		// The backdoored-image case: a Redis image talks to an outside
+		// address no DNS answer gave it.
+		ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(leak, 6379))
+		local := upload(t, pod, ln, 4000)
+		r := log.wait(t, 10*time.Second, "final leak", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == leak })
+		if r.DNSName != "" || r.DPort != 6379 || r.BytesOut < 4000 {
+			t.Errorf("record %+v", r)
+		}
+		a := alerts.wait(t, 5*time.Second, "direct-egress", func(a *Alert) bool { return a.Kind == KindDirectEgress && a.Dst.Addr() == leak })
+		if a.Action != ActionAlerted || a.Severity != "high" || a.Dst.Port() != 6379 || a.Proto != "tcp" || a.Client.Pod != "cache-0" {
+			t.Errorf("alert %+v", a)
+		}
+	})
+
+	t.Run("blocked attempt", func(t *testing.T) {
+		_, err := dial(t, pod.NS, "tcp", netip.AddrPortFrom(blocked, 6379).String())
+		if err == nil {
+			t.Fatal("connection to the blocked address succeeded")
+		}
+		r := log.wait(t, 10*time.Second, "blocked", func(r *Record) bool { return r.Verdict == VerdictBlocked && r.Dst == blocked })
+		if r.Reason != "policy" || r.DPort != 6379 || r.Proto != "tcp" || !r.Final || r.BytesOut != 0 || r.Client.Pod != "cache-0" {
+			t.Errorf("record %+v", r)
+		}
+		a := alerts.wait(t, 5*time.Second, "direct-egress (blocked)", func(a *Alert) bool { return a.Kind == KindDirectEgress && a.Dst.Addr() == blocked })
+		if a.Action != ActionBlocked || a.Evidence["reason"] != "policy" {
+			t.Errorf("alert %+v", a)
+		}
+	})
+
+	t.Run("udp", func(t *testing.T) {
+		_, pc := listen(t, tp.Outside, "udp", netip.AddrPortFrom(udpDst, 0))
+		go func() {
+			buf := make([]byte, 2048)
+			for range 3 {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_, _ = pc.WriteTo(buf[:n/2], from)
+			}
+		}()
+		c, err := dial(t, pod.NS, "udp", pc.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 2048)
+		for range 3 {
+			if _, err := c.Write(make([]byte, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Read(buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		local := addrPort(t, c.LocalAddr())
+		r := log.wait(t, 20*time.Second, "final udp", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == udpDst })
+		// Exactly: 3 datagrams of 1000 bytes plus 28 bytes of headers, and
+		// 3 replies of 500.
+		if r.Proto != "udp" || r.PacketsOut != 3 || r.BytesOut != 3*1028 || r.PacketsIn != 3 || r.BytesIn != 3*528 {
+			t.Errorf("record %+v, want 3x1028 bytes out, 3x528 in", r)
+		}
+	})
+
+	t.Run("long flow", func(t *testing.T) {
+		ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(longDst, 0))
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c)
+		}()
+		c, err := dial(t, pod.NS, "tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		local := addrPort(t, c.LocalAddr())
+		// Keep sending until an interval record shows up (bounded).
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for range 400 {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+					if _, err := c.Write(make([]byte, 1000)); err != nil {
+						return
+					}
+				}
+			}
+		}()
+		r := log.wait(t, 15*time.Second, "interval", func(r *Record) bool { return !r.Final && r.SPort == local.Port() && r.BytesOut > 0 })
+		close(stop)
+		<-done
+		if r.Src != pod.IP6 || r.Dst != longDst || r.Client.Pod != "cache-0" || r.PacketsOut == 0 || r.Duration <= 0 {
+			t.Errorf("interval record %+v", r)
+		}
+		c.Close()
+		f := log.wait(t, 10*time.Second, "final long", func(r *Record) bool { return r.Final && r.SPort == local.Port() })
+		if f.BytesOut < r.BytesOut {
+			t.Errorf("final bytesOut %d < interval %d", f.BytesOut, r.BytesOut)
+		}
+	})
+}
