@@ -172,6 +172,20 @@ func (b *batchIO) queue(i int, reply []byte) {
 	b.nw++
 }
 
+// requeue replaces queued reply k (the k-th queue call since the last
+// flush).
+func (b *batchIO) requeue(k int, reply []byte) {
+	b.wiov[k].Base = &reply[0]
+	b.wiov[k].SetLen(len(reply))
+}
+
+// grantRef locates the reply of a grant in a batch: reply k of the
+// batch, answering datagram pkt whose question ends at qEnd.
+type grantRef struct {
+	reply, pkt, qEnd int
+	edns, do         bool
+}
+
 // flush sends every queued reply. A reply the kernel refuses (e.g. the
 // client's port is gone) is skipped; the rest still go out.
 func (b *sender) flush() (failed int, err error) {
@@ -226,7 +240,13 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 		outs  [batchSize][]byte
 		sends [batchSize]missSend
 		up    sender
+		// grants of the batch's fast hits, and where their replies are.
+		grants []Grant
+		refs   []grantRef
 	)
+	if s.cfg.Firewall != nil {
+		grants, refs = make([]Grant, 0, batchSize), make([]grantRef, 0, batchSize)
+	}
 	up.init()
 	for i := range outs {
 		outs[i] = make([]byte, 0, batchBufSize)
@@ -252,6 +272,12 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 				if res != nil {
 					outs[j] = res
 					b.queue(i, res)
+					if s.cfg.Firewall != nil {
+						if g, ok := grantOf(&evs[j], q.lower[:len(q.lower)-1]); ok {
+							grants = append(grants, g)
+							refs = append(refs, grantRef{reply: j, pkt: i, qEnd: q.nameEnd + 4, edns: q.edns, do: q.do})
+						}
+					}
 					continue
 				}
 				if fwd != nil && s.startMiss(pc, group, ap, pkt, &q, &evs[j], &d, fwd, &sends[nsend]) {
@@ -269,6 +295,19 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 			}()
 		}
 		s.sendMisses(&up, sends[:nsend])
+		if len(grants) > 0 {
+			// One Admit for the batch, before any of its replies is sent.
+			if !s.admit(grants) {
+				for _, ref := range refs {
+					pkt, _ := b.packet(ref.pkt)
+					outs[ref.reply] = appendFirewallFailed(outs[ref.reply][:0], pkt, ref.qEnd, ref.edns, ref.do)
+					b.requeue(ref.reply, outs[ref.reply])
+					failAnswer(&evs[ref.reply])
+				}
+			}
+			clear(grants)
+			grants, refs = grants[:0], refs[:0]
+		}
 		nw := b.nw
 		s.countFast(evs[:nw])
 		if failed, err := b.flush(); err != nil {
@@ -353,8 +392,9 @@ type replyBatch struct {
 	groups [batchSize]net.PacketConn
 	to     [batchSize]netip.AddrPort
 	bufs   [batchSize][]byte
-	// evs is scratch for the batch's query events (missReplies).
-	evs []QueryEvent
+	// evs and grants are scratch for missReplies.
+	evs    []QueryEvent
+	grants []Grant
 
 	sndGroup net.PacketConn // the group snd writes to (nil: none yet)
 	snd      *sender        // nil when sndGroup cannot be batched on

@@ -41,8 +41,9 @@ type replyBatch struct {
 	group net.PacketConn
 	to    netip.AddrPort
 	n     int
-	// evs is scratch for the batch's query events (missReplies).
-	evs []QueryEvent
+	// evs and grants are scratch for missReplies.
+	evs    []QueryEvent
+	grants []Grant
 }
 
 func (r *replyBatch) slot() []byte {

@@ -107,17 +107,30 @@ func TestOneDecisionEveryPath(t *testing.T) {
 	t.Parallel()
 	for _, tc := range decisionCases() {
 		for _, path := range decisionPaths {
-			t.Run(tc.name+"/"+path, func(t *testing.T) {
-				t.Parallel()
-				runDecisionCase(t, tc, path)
-			})
+			for _, withFW := range []bool{false, true} {
+				name := tc.name + "/" + path
+				if withFW {
+					name += "/firewall"
+				}
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					runDecisionCase(t, tc, path, withFW)
+				})
+			}
 		}
 	}
 }
 
-func runDecisionCase(t *testing.T, tc decisionCase, path string) {
+// runDecisionCase runs tc on path; withFW adds a Firewall that admits
+// everything (the decisions must not change), and checks that it is asked
+// exactly for allowed or audited answers with addresses.
+func runDecisionCase(t *testing.T, tc decisionCase, path string, withFW bool) {
+	fw := &fakeFirewall{}
 	h := newHarness(t, func(c *Config) {
 		c.RateLimit, c.RateBurst = 1, rateBurst // the clock is frozen: no refill
+		if withFW {
+			c.Firewall = fw
+		}
 		if tc.mutate != nil {
 			tc.mutate(c)
 		}
@@ -158,6 +171,15 @@ func runDecisionCase(t *testing.T, tc decisionCase, path string) {
 	}
 	if tc.name == "truncated cached answer" && !r.Truncated {
 		t.Errorf("want a truncated answer, got\n%s", r)
+	}
+	if withFW {
+		wantAdmits := 0
+		if (tc.want.verdict == VerdictAllowed || tc.want.verdict == VerdictAudit) && len(r.Answer) > 0 && qtype == dns.TypeA {
+			wantAdmits = 1
+		}
+		if n := len(fw.Calls()); n != wantAdmits {
+			t.Errorf("%d Admit calls, want %d", n, wantAdmits)
+		}
 	}
 	// Exactly one token, whatever paths the query crossed.
 	wantTokens := float64(rateBurst - 1)

@@ -67,6 +67,9 @@ type QueryEvent struct {
 	Answers   []netip.Addr `json:"answers,omitempty"`
 	// Detection carries the applicable policy's detector settings; not logged.
 	Detection DetectionSettings `json:"-"`
+	// ttl is the smallest TTL of the A/AAAA records in Answers as sent
+	// (the firewall's Grant.TTL).
+	ttl uint32
 }
 
 // Inspector watches traffic on behalf of the resolver: the exfiltration

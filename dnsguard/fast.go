@@ -30,6 +30,7 @@ type wireAnswer struct {
 	qnameCopies []int
 	ttls        []uint32
 	answers     []netip.Addr
+	addrTTL     uint32 // the smallest TTL among answers' records
 }
 
 // packWire builds the wire form of a cached answer, or nil when the answer
@@ -242,6 +243,7 @@ func (s *Server) udpLoop(pc, group net.PacketConn) error {
 	}
 	buf := make([]byte, 65535)
 	out := make([]byte, 0, 4096)
+	grants := make([]Grant, 0, 1)
 	var q fastQuery
 	for {
 		n, addr, err := pc.ReadFrom(buf)
@@ -257,7 +259,7 @@ func (s *Server) udpLoop(pc, group net.PacketConn) error {
 		var ho *handover
 		if parseFast(pkt, &q) {
 			var res []byte
-			if res, ho = s.answerFast(pc, ua, pkt, &q, out[:0]); res != nil {
+			if res, ho = s.answerFast(pc, ua, pkt, &q, out[:0], grants); res != nil {
 				out = res
 				s.inflight.Done()
 				continue
@@ -273,15 +275,22 @@ func (s *Server) udpLoop(pc, group net.PacketConn) error {
 	}
 }
 
-// answerFast answers from the wire cache. When it sends nothing it
-// returns the handover for the full path (this portable loop forwards
-// misses on the full path too).
-func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *fastQuery, out []byte) ([]byte, *handover) {
+// answerFast answers from the wire cache (grants is scratch for the
+// firewall's). When it sends nothing it returns the handover for the full
+// path (this portable loop forwards misses on the full path too).
+func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *fastQuery, out []byte, grants []Grant) ([]byte, *handover) {
 	ip, _ := netip.AddrFromSlice(ua.IP)
 	var ev [1]QueryEvent
 	out, _, d := s.fastReply(ip.Unmap(), pkt, q, out, &ev[0], s.cfg.Now())
 	if out == nil {
 		return nil, &handover{ev: ev[0], d: d}
+	}
+	if s.cfg.Firewall != nil {
+		if g, ok := grantOf(&ev[0], q.lower[:len(q.lower)-1]); ok && !s.admit(append(grants[:0], g)) {
+			out = appendFirewallFailed(out[:0], pkt, q.nameEnd+4, q.edns, q.do)
+			failAnswer(&ev[0])
+		}
+		clear(grants[:cap(grants)])
 	}
 	s.countFast(ev[:])
 	if _, err := pc.WriteTo(out, ua); err != nil {
@@ -327,6 +336,7 @@ func (s *Server) fastReply(ip netip.Addr, pkt []byte, q *fastQuery, out []byte, 
 	ev.Cached = true // counted by observeAll
 	ev.RCode = dns.RcodeToString[int(out[3]&0x0F)]
 	ev.Answers = wa.answers
+	ev.ttl = wa.addrTTL - min(age, wa.addrTTL) // as patchReply decrements
 	return out, nil, d
 }
 

@@ -22,9 +22,14 @@ func (nullConn) SetWriteDeadline(time.Time) error          { return nil }
 
 // BenchmarkFastPathHit measures an allowed, cached, logged answer on the
 // UDP fast path (wire parse, policy, wire cache, patch, query-log record).
-func BenchmarkFastPathHit(b *testing.B) {
-	up := startUpstreamB(b)
-	srv := benchServer(b, up)
+func BenchmarkFastPathHit(b *testing.B) { benchFastPathHit(b, nil) }
+
+// BenchmarkFastPathHitFirewall is BenchmarkFastPathHit with a Firewall
+// that admits at once: the cost of the hook itself.
+func BenchmarkFastPathHitFirewall(b *testing.B) { benchFastPathHit(b, noopFirewall{}) }
+
+func benchFastPathHit(b *testing.B, fw Firewall) {
+	srv := firewallBenchServer(b, fw)
 	m := new(dns.Msg)
 	m.SetQuestion("bench.example.", dns.TypeA)
 	m.SetEdns0(1232, false)
@@ -36,7 +41,8 @@ func BenchmarkFastPathHit(b *testing.B) {
 	}
 	var q fastQuery
 	out := make([]byte, 0, 4096)
-	if !parseFast(pkt, &q) || first(srv.answerFast(nullConn{}, ua, pkt, &q, out)) == nil {
+	grants := make([]Grant, 0, 1)
+	if !parseFast(pkt, &q) || first(srv.answerFast(nullConn{}, ua, pkt, &q, out, grants)) == nil {
 		b.Fatal("query did not take the fast path")
 	}
 	fallbacks := 0
@@ -46,7 +52,7 @@ func BenchmarkFastPathHit(b *testing.B) {
 		if !parseFast(pkt, &q) {
 			b.Fatal("parse failed")
 		}
-		if res, _ := srv.answerFast(nullConn{}, ua, pkt, &q, out[:0]); res != nil {
+		if res, _ := srv.answerFast(nullConn{}, ua, pkt, &q, out[:0], grants); res != nil {
 			out = res
 		} else {
 			fallbacks++ // e.g. the rate limiter: the full path would answer
@@ -54,5 +60,17 @@ func BenchmarkFastPathHit(b *testing.B) {
 	}
 	b.ReportMetric(float64(fallbacks)/float64(b.N), "fallbacks/op")
 }
+
+// firewallBenchServer is benchServer, with a loopback upstream, and fw.
+func firewallBenchServer(b *testing.B, fw Firewall) *Server {
+	srv := benchServer(b, startUpstreamB(b))
+	srv.cfg.Firewall = fw
+	return srv
+}
+
+// noopFirewall admits everything at once.
+type noopFirewall struct{}
+
+func (noopFirewall) Admit([]Grant) error { return nil }
 
 func first[A, B any](a A, _ B) A { return a }

@@ -152,13 +152,33 @@ func (s *Server) missAnswered(fm *fastMiss, resp []byte, rb *replyBatch) bool {
 	fm.ev.Upstream = u.addr
 	fm.ev.RCode = dns.RcodeToString[int(rcode)]
 	fm.ev.Answers = wa.answers
+	fm.ev.ttl = wa.addrTTL
 	return true
 }
 
 // missReplies sends the replies missAnswered queued on rb for done (one
-// batch of upstream answers, in the order they were queued), then
-// records the queries and releases them.
+// batch of upstream answers, in the order they were queued), once the
+// firewall admitted their grants in one call, then records the queries
+// and releases them.
 func (s *Server) missReplies(done []*fastMiss, rb *replyBatch) {
+	if s.cfg.Firewall != nil {
+		grants := rb.grants[:0]
+		for _, fm := range done {
+			if g, ok := grantOf(&fm.ev, fm.key.name); ok {
+				grants = append(grants, g)
+			}
+		}
+		if !s.admit(grants) {
+			for k, fm := range done {
+				if _, ok := grantOf(&fm.ev, fm.key.name); ok {
+					rb.set(k, appendFirewallFailed(rb.reply(k)[:0], fm.pkt, fm.q.nameEnd+4, fm.q.edns, fm.q.do))
+					failAnswer(&fm.ev)
+				}
+			}
+		}
+		clear(grants)
+		rb.grants = grants[:0]
+	}
 	evs := rb.evs[:0]
 	for _, fm := range done {
 		evs = append(evs, fm.ev)
@@ -235,6 +255,7 @@ func (c *cache) wireFromUpstream(resp []byte, qEnd int) (*wireAnswer, time.Durat
 	wa := &wireAnswer{}
 	rcode := int(w[3] & 0x0F)
 	minTTL, soaTTL := ^uint32(0), int64(-1)
+	wa.addrTTL = ^uint32(0)
 	off := qEnd
 	for i := 0; i < an+ns+ar; i++ {
 		start := off
@@ -275,8 +296,10 @@ func (c *cache) wireFromUpstream(resp []byte, qEnd int) (*wireAnswer, time.Durat
 			rd := w[off+10 : end]
 			if typ == dns.TypeA && len(rd) == 4 {
 				wa.answers = append(wa.answers, netip.AddrFrom4([4]byte(rd)))
+				wa.addrTTL = min(wa.addrTTL, ttl)
 			} else if typ == dns.TypeAAAA && len(rd) == 16 {
 				wa.answers = append(wa.answers, netip.AddrFrom16([16]byte(rd)))
+				wa.addrTTL = min(wa.addrTTL, ttl)
 			}
 		case i < an+ns && typ == dns.TypeSOA && end-off-10 >= 22:
 			soaTTL = int64(min(ttl, binary.BigEndian.Uint32(w[end-4:])))

@@ -20,6 +20,8 @@ type metrics struct {
 	rateLimited      prometheus.Counter
 	fastAnswers      prometheus.Counter
 	fastMisses       prometheus.Counter
+	admitErrors      prometheus.Counter
+	admitSeconds     prometheus.Histogram
 	// queryChildren caches queries_total children by verdict and rcode:
 	// the label lookup is too slow for every query. A struct key under a
 	// read lock costs no allocation (a concatenated string key did).
@@ -75,11 +77,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		fastAnswers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fast_path_answers_total", Help: "UDP cache hits answered from wire bytes without a full parse."}),
 		fastMisses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fast_path_forwarded_total",
 			Help: "UDP cache misses forwarded and answered from wire bytes (the rest of the misses went through the full path)."}),
+		admitErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "firewall_admit_errors_total",
+			Help: "Firewall Admit calls that failed (their answers became SERVFAIL)."}),
+		admitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "firewall_admit_seconds",
+			Help: "Time the firewall took to admit one batch of answers.", Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.rateLimited, m.fastAnswers, m.fastMisses} {
+	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.rateLimited, m.fastAnswers, m.fastMisses, m.admitErrors, m.admitSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -63,6 +63,9 @@ type Config struct {
 	Blocklist *Blocklist
 	// Inspector watches traffic (the exfiltration detector); optional.
 	Inspector Inspector
+	// Firewall, if set, admits the addresses of every allowed or audited
+	// answer before it is written (see Firewall); nil: no hook.
+	Firewall Firewall
 	// QueryLog receives one JSON object per query; nil disables logging.
 	QueryLog io.Writer
 	// QueryLogBuffer bounds queued log records (default 65536).
@@ -304,6 +307,14 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg, ho *handover) {
 			if ip, ok := netip.AddrFromSlice(a.AAAA); ok {
 				ev.Answers = append(ev.Answers, ip)
 			}
+		}
+	}
+	if s.cfg.Firewall != nil {
+		// The answer's addresses must be reachable before it is written.
+		ev.ttl = minAddrTTL(resp.Answer)
+		if g, ok := grantOf(&ev, policy.CanonicalName(ev.QName)); ok && !s.admit([]Grant{g}) {
+			resp = s.firewallFailed(r)
+			failAnswer(&ev)
 		}
 	}
 	if err := w.WriteMsg(resp); err != nil {

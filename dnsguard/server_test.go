@@ -140,6 +140,15 @@ type harness struct {
 
 func newHarness(t *testing.T, mutate func(*Config)) *harness {
 	t.Helper()
+	h, start := newPausedHarness(t, mutate)
+	start()
+	return h
+}
+
+// newPausedHarness is newHarness with its socket bound but not yet
+// served: queries sent before start wait in the socket.
+func newPausedHarness(t *testing.T, mutate func(*Config)) (*harness, func()) {
+	t.Helper()
 	up := startUpstream(t)
 	reg := workload.NewRegistry()
 	reg.Replace([]*workload.Workload{
@@ -167,10 +176,13 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 		t.Fatal(err)
 	}
 	h.srv, h.addr = srv, pc.LocalAddr().String()
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(context.Background(), pc, ln) }()
-	t.Cleanup(func() { srv.Close(); <-done })
-	return h
+	start := func() {
+		done := make(chan struct{})
+		go func() { defer close(done); _ = srv.Serve(context.Background(), pc, ln) }()
+		t.Cleanup(func() { srv.Close(); <-done })
+	}
+	t.Cleanup(func() { pc.Close(); ln.Close() }) // if never started
+	return h, start
 }
 
 // query sends one query from a source IP on 127.0.0.0/8.
