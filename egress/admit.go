@@ -13,11 +13,6 @@ import (
 // maxGroup bounds how many queued Admit calls share one batch.
 const maxGroup = 256
 
-// expandPorts: a port range of at most this many ports is expanded into
-// the hash set dnsport (one element a port); wider ranges go to the
-// interval set dnsrange.
-const expandPorts = 16
-
 type admitReq struct {
 	grants []Grant
 	done   chan error
@@ -144,13 +139,9 @@ func (f *Firewall) program(group []*admitReq) error {
 						if err != nil {
 							continue // fail closed
 						}
-						if int(pr.Last)-int(pr.First) < expandPorts {
-							for p := int(pr.First); p <= int(pr.Last); p++ {
-								grant(f.sets[setDNSPort+fm.suffix], keyPort(src, dst, proto, uint16(p)), nil, src, d)
-							}
-							continue
+						for _, blk := range portBlocksOf(pr.First, pr.Last) {
+							grant(f.sets[blockSet(fm, blk.Size)], keyPort(src, dst, proto, blk.Start), nil, src, d)
 						}
-						grant(f.sets[setDNSRange+fm.suffix], keyPort(src, dst, proto, pr.First), keyPort(src, dst, proto, pr.Last), src, d)
 					}
 				}
 			}

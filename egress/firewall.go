@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -309,7 +311,7 @@ func (f *Firewall) install() error {
 	now := time.Now()
 	for _, sp := range setSpecs {
 		for _, fm := range fams {
-			s := f.sets[sp.base+fm.suffix]
+			s := f.sets[sp.name(fm)]
 			es, err := c.GetSetElements(s)
 			if err != nil {
 				return fmt.Errorf("egress: read set %s: %w", s.Name, err)
@@ -396,11 +398,7 @@ func mergeRanges(ps []netip.Prefix, fm *fam) [][2]netip.Addr {
 }
 
 func sortRanges(rs [][2]netip.Addr) {
-	for i := 1; i < len(rs); i++ {
-		for j := i; j > 0 && rs[j][0].Compare(rs[j-1][0]) < 0; j-- {
-			rs[j], rs[j-1] = rs[j-1], rs[j]
-		}
-	}
+	slices.SortFunc(rs, func(a, b [2]netip.Addr) int { return a[0].Compare(b[0]) })
 }
 
 // diffStatic queues the changes that turn the static set base (both
@@ -442,29 +440,18 @@ func (f *Firewall) commitStatic(b *batch) {
 // sortElems orders interval elements so that each start precedes its
 // interval end (rbtree sets want them in order within a call).
 func sortElems(es []nftables.SetElement) {
-	less := func(a, b nftables.SetElement) bool {
-		if c := compareBytes(a.Key, b.Key); c != 0 {
-			return c < 0
+	slices.SortFunc(es, func(a, b nftables.SetElement) int {
+		if c := bytes.Compare(a.Key, b.Key); c != 0 {
+			return c
 		}
-		return !a.IntervalEnd && b.IntervalEnd
-	}
-	for i := 1; i < len(es); i++ {
-		for j := i; j > 0 && less(es[j], es[j-1]); j-- {
-			es[j], es[j-1] = es[j-1], es[j]
+		switch {
+		case a.IntervalEnd == b.IntervalEnd:
+			return 0
+		case b.IntervalEnd:
+			return -1
 		}
-	}
-}
-
-func compareBytes(a, b []byte) int {
-	for i := 0; i < len(a) && i < len(b); i++ {
-		if a[i] != b[i] {
-			if a[i] < b[i] {
-				return -1
-			}
-			return 1
-		}
-	}
-	return len(a) - len(b)
+		return 1
+	})
 }
 
 // setConntrackAcct writes net.netfilter.nf_conntrack_acct=1 in the

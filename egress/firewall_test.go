@@ -270,6 +270,7 @@ func TestPorts(t *testing.T) {
 	e.setPolicies(
 		pol{pod: 0, allow: []string{"web.example.com"}, ports: []policy.EgressPort{{Port: 8443}, {Port: 9000, EndPort: 9100}}},
 		pol{pod: 0, allow: []string{"any.example.com"}},
+		pol{pod: 0, allow: []string{"wide.example.com"}, ports: []policy.EgressPort{{Port: 9050, EndPort: 9300}}},
 	)
 	a := e.tp.OutsideAddr(t, "198.51.100.40")
 	b := e.tp.OutsideAddr(t, "198.51.100.41")
@@ -281,6 +282,12 @@ func TestPorts(t *testing.T) {
 	e.mustConnect(0, netip.AddrPortFrom(a, 8443))
 	e.mustConnect(0, netip.AddrPortFrom(a, 9050)) // the range (interval set)
 	e.mustRefuse(0, netip.AddrPortFrom(a, 8080))  // address allowed, port not
+	e.tcpServer(a, 9101)
+	e.mustRefuse(0, netip.AddrPortFrom(a, 9101)) // just past the range
+	// Another name on the same address with an overlapping range.
+	e.admit(0, "wide.example.com", 300, a)
+	e.mustConnect(0, netip.AddrPortFrom(a, 9101))
+	e.mustConnect(0, netip.AddrPortFrom(a, 9050))
 	// A name allowed on any port (another policy) opens every port.
 	e.admit(0, "any.example.com", 300, b)
 	e.mustConnect(0, netip.AddrPortFrom(b, 8080))
@@ -292,11 +299,14 @@ func TestCIDRGrant(t *testing.T) {
 	e.setPolicies(
 		pol{pod: 0, cidrs: []string{"203.0.113.0/25", "2001:db8:100:1::/64"}},
 		pol{pod: 0, cidrs: []string{"198.51.100.128/25"}, ports: []policy.EgressPort{{Port: 8443}}},
+		pol{pod: 0, cidrs: []string{"198.51.100.0/24"}, ports: []policy.EgressPort{{Port: 8440, EndPort: 8445}, {Port: 7000}}},
 	)
 	in := e.tp.OutsideAddr(t, "203.0.113.20")
 	out := e.tp.OutsideAddr(t, "203.0.113.200")
 	in6 := e.tp.OutsideAddr(t, "2001:db8:100:1::20")
 	pp := e.tp.OutsideAddr(t, "198.51.100.140")
+	// Overlapping port grants of two policies (a /25 inside a /24, port
+	// ranges overlapping) must not make the kernel refuse the batch.
 	for _, a := range []netip.Addr{in, out, in6} {
 		e.tcpServer(a, 8080)
 	}

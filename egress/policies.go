@@ -3,6 +3,7 @@ package egress
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/google/nftables"
@@ -136,7 +137,7 @@ func (f *Firewall) rereadStatic() {
 			continue
 		}
 		for _, fm := range fams {
-			s := f.sets[sp.base+fm.suffix]
+			s := f.sets[sp.name(fm)]
 			es, err := f.conn.GetSetElements(s)
 			if err != nil {
 				f.log.Error("egress set not read", "set", s.Name, "error", err)
@@ -157,7 +158,7 @@ func desiredStatic(v *view, q map[[2]netip.Addr]struct{}) map[string]map[string]
 	want := map[string]map[string]nftables.SetElement{}
 	for _, sp := range setSpecs {
 		for _, fm := range fams {
-			want[sp.base+fm.suffix] = map[string]nftables.SetElement{}
+			want[sp.name(fm)] = map[string]nftables.SetElement{}
 		}
 	}
 	put := func(base string, fm *fam, e nftables.SetElement) {
@@ -225,62 +226,109 @@ func cidrElems(src netip.Addr, grants []policy.CIDRGrant) []setElem {
 		}
 		return false
 	}
-	byPrefix := map[netip.Prefix][]policy.PortRange{}
-	var order []netip.Prefix
+	var boxed []portGrant
+	var addrP []netip.Prefix
 	for _, g := range grants {
 		if g.Ports == nil || g.Prefix.Addr().Is4() != src.Is4() || covered(g.Prefix) {
 			continue
 		}
-		if _, ok := byPrefix[g.Prefix]; !ok {
-			order = append(order, g.Prefix)
+		addrP = append(addrP, g.Prefix)
+		for _, pr := range g.Ports {
+			boxed = append(boxed, portGrant{g.Prefix, pr})
 		}
-		byPrefix[g.Prefix] = append(byPrefix[g.Prefix], g.Ports...)
 	}
-	for _, r := range mergeRanges(order, fm) {
+	for _, r := range mergeRanges(addrP, fm) {
 		out = append(out, setElem{setCIDRAddr, nftables.SetElement{Key: keyPair(src, r[0]), KeyEnd: keyPair(src, r[1])}})
 	}
-	for _, p := range order {
-		a, z := prefixRange(p)
-		for _, pr := range mergePortRanges(byPrefix[p]) {
-			proto, err := protoNum(pr.Proto)
-			if err != nil {
-				continue // fail closed: an unknown protocol grants nothing
+	for _, b := range disjointBoxes(boxed, fm) {
+		out = append(out, setElem{setCIDRPort, nftables.SetElement{
+			Key: keyPort(src, b.first, b.proto, b.p0), KeyEnd: keyPort(src, b.last, b.proto, b.p1)}})
+	}
+	return out
+}
+
+type portGrant struct {
+	prefix netip.Prefix
+	ports  policy.PortRange
+}
+
+// box is one element of cidrport: an address range by a port range of
+// one protocol.
+type box struct {
+	first, last netip.Addr
+	proto       byte
+	p0, p1      uint16
+}
+
+// disjointBoxes turns (prefix, port range) grants into boxes that do not
+// overlap and cover exactly their union: the interval (pipapo) set
+// refuses overlapping elements, and grants of several policies may
+// overlap. Per protocol the port axis is cut at every range boundary; in
+// each slice the prefixes covering it are merged into disjoint address
+// ranges; neighbouring slices with the same ranges are joined.
+func disjointBoxes(gs []portGrant, fm *fam) []box {
+	byProto := map[string][]portGrant{}
+	var protos []string
+	for _, g := range gs {
+		if _, ok := byProto[g.ports.Proto]; !ok {
+			protos = append(protos, g.ports.Proto)
+		}
+		byProto[g.ports.Proto] = append(byProto[g.ports.Proto], g)
+	}
+	var out []box
+	for _, name := range protos {
+		proto, err := protoNum(name)
+		if err != nil {
+			continue // fail closed: an unknown protocol grants nothing
+		}
+		list := byProto[name]
+		cutSet := map[int]bool{}
+		for _, g := range list {
+			cutSet[int(g.ports.First)] = true
+			cutSet[int(g.ports.Last)+1] = true
+		}
+		cuts := make([]int, 0, len(cutSet))
+		for c := range cutSet {
+			cuts = append(cuts, c)
+		}
+		slices.Sort(cuts)
+		var prev [][2]netip.Addr
+		var open []int // indexes into out of prev's boxes
+		for i := 0; i+1 < len(cuts); i++ {
+			lo, hi := cuts[i], cuts[i+1]-1
+			var ps []netip.Prefix
+			for _, g := range list {
+				if int(g.ports.First) <= lo && hi <= int(g.ports.Last) {
+					ps = append(ps, g.prefix)
+				}
 			}
-			out = append(out, setElem{setCIDRPort, nftables.SetElement{
-				Key: keyPort(src, a, proto, pr.First), KeyEnd: keyPort(src, z, proto, pr.Last)}})
+			rs := mergeRanges(ps, fm)
+			if sameRanges(rs, prev) && len(open) > 0 && int(out[open[0]].p1)+1 == lo {
+				for _, j := range open {
+					out[j].p1 = uint16(hi)
+				}
+				continue
+			}
+			prev, open = rs, open[:0]
+			for _, r := range rs {
+				open = append(open, len(out))
+				out = append(out, box{first: r[0], last: r[1], proto: proto, p0: uint16(lo), p1: uint16(hi)})
+			}
 		}
 	}
 	return out
 }
 
-// mergePortRanges sorts ranges and merges overlapping or adjacent ones of
-// one protocol (exact union, never wider).
-func mergePortRanges(rs []policy.PortRange) []policy.PortRange {
-	rs = append([]policy.PortRange(nil), rs...)
-	for i := 1; i < len(rs); i++ {
-		for j := i; j > 0 && lessPort(rs[j], rs[j-1]); j-- {
-			rs[j], rs[j-1] = rs[j-1], rs[j]
+func sameRanges(a, b [][2]netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
 		}
 	}
-	var out []policy.PortRange
-	for _, r := range rs {
-		if n := len(out); n > 0 && out[n-1].Proto == r.Proto && uint32(r.First) <= uint32(out[n-1].Last)+1 {
-			out[n-1].Last = max(out[n-1].Last, r.Last)
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
-func lessPort(a, b policy.PortRange) bool {
-	if a.Proto != b.Proto {
-		return a.Proto < b.Proto
-	}
-	if a.First != b.First {
-		return a.First < b.First
-	}
-	return a.Last < b.Last
+	return true
 }
 
 // QuarantineAddr blocks dst for the workload that owns client (all its

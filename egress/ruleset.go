@@ -2,6 +2,7 @@ package egress
 
 import (
 	"net/netip"
+	"strconv"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -60,6 +61,7 @@ func famOf(a netip.Addr) *fam {
 // setSpec describes one named set of the table.
 type setSpec struct {
 	base     string
+	tail     string // after the family suffix: dnsport4_16
 	key      func(f *fam) nftables.SetDatatype
 	interval bool
 	timeout  bool
@@ -79,18 +81,22 @@ var setSpecs = []setSpec{
 	{base: setQuar, key: pairKey},
 	{base: setDNS, key: pairKey, timeout: true},
 	{base: setDNSPort, key: portKey, timeout: true},
-	{base: setDNSRange, key: portKey, interval: true, timeout: true},
+	{base: setDNSPort, tail: "_16", key: portKey, timeout: true},
+	{base: setDNSPort, tail: "_256", key: portKey, timeout: true},
+	{base: setDNSPort, tail: "_4096", key: portKey, timeout: true},
 	{base: setDNSAddr, key: pairKey, timeout: true},
 	{base: setCIDR, key: pairKey, interval: true},
 	{base: setCIDRPort, key: portKey, interval: true},
 	{base: setCIDRAddr, key: pairKey, interval: true},
 }
 
+func (s setSpec) name(f *fam) string { return s.base + f.suffix + s.tail }
+
 func (s setSpec) set(t *nftables.Table, f *fam) *nftables.Set {
 	k := s.key(f)
 	return &nftables.Set{
 		Table:         t,
-		Name:          s.base + f.suffix,
+		Name:          s.name(f),
 		KeyType:       k,
 		Interval:      s.interval,
 		HasTimeout:    s.timeout,
@@ -127,6 +133,55 @@ func matchPort(f *fam, s *nftables.Set) []expr.Any {
 		&expr.Payload{DestRegister: f.rPort, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		lookup(s, f.rSrc),
 	}
+}
+
+// portBlocks are the block sizes of the dnsport sets. A port range is
+// written as aligned blocks (see portBlocksOf), each one hash element:
+// hash sets never refuse overlapping elements, as the interval (pipapo)
+// sets do when two names give one address overlapping ranges.
+var portBlocks = []int{1, 16, 256, 4096}
+
+// blockSet names the dnsport set of block size blk.
+func blockSet(f *fam, blk int) string {
+	if blk == 1 {
+		return setDNSPort + f.suffix
+	}
+	return setDNSPort + f.suffix + "_" + strconv.Itoa(blk)
+}
+
+// matchPortBlock is matchPort with the port rounded down to a multiple of
+// blk.
+func matchPortBlock(f *fam, s *nftables.Set, blk int) []expr.Any {
+	m := matchPort(f, s)
+	mask := ^uint16(blk - 1)
+	return append(m[:4:4],
+		&expr.Bitwise{SourceRegister: f.rPort, DestRegister: f.rPort, Len: 2,
+			Mask: binaryutil.BigEndian.PutUint16(mask), Xor: []byte{0, 0}},
+		m[4])
+}
+
+// portBlocksOf splits first..last into aligned blocks, largest first
+// where they fit: at most about a hundred blocks for any range.
+func portBlocksOf(first, last uint16) (out []struct {
+	Size  int
+	Start uint16
+}) {
+	for p := int(first); p <= int(last); {
+		size := 1
+		for i := len(portBlocks) - 1; i > 0; i-- {
+			b := portBlocks[i]
+			if p%b == 0 && p+b-1 <= int(last) {
+				size = b
+				break
+			}
+		}
+		out = append(out, struct {
+			Size  int
+			Start uint16
+		}{size, uint16(p)})
+		p += size
+	}
+	return out
 }
 
 func matchNFProto(f *fam) []expr.Any {
@@ -263,7 +318,9 @@ func buildRuleset(t *nftables.Table, sets map[string]*nftables.Set, dns4, dns6 n
 			r.add(c, matchL4(unix.IPPROTO_UDP), matchDport(853), []expr.Any{jump(m.dot)})
 			r.add(c, matchPair(f, s(setDNS)), setMark(MarkDNS), accept)
 			r.add(c, matchPort(f, s(setDNSPort)), setMark(MarkDNS), accept)
-			r.add(c, matchPort(f, s(setDNSRange)), setMark(MarkDNS), accept)
+			for _, blk := range portBlocks[1:] {
+				r.add(c, matchPortBlock(f, sets[blockSet(f, blk)], blk), setMark(MarkDNS), accept)
+			}
 			r.add(c, matchPair(f, s(setCIDR)), setMark(MarkCIDR), accept)
 			r.add(c, matchPort(f, s(setCIDRPort)), setMark(MarkCIDR), accept)
 			r.add(c, matchPair(f, s(setDNSAddr)), []expr.Any{jump(m.port)})

@@ -1,0 +1,124 @@
+package egress
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/kordon-dev/kordon/policy"
+)
+
+func TestPortBlocksOf(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 2000; i++ {
+		a, b := uint16(r.IntN(65536)), uint16(r.IntN(65536))
+		if i < 4 {
+			a, b = []uint16{0, 1, 9000, 65535}[i], []uint16{65535, 1, 9100, 65535}[i]
+		}
+		if a > b {
+			a, b = b, a
+		}
+		next := int(a)
+		blocks := portBlocksOf(a, b)
+		for _, blk := range blocks {
+			if int(blk.Start) != next || int(blk.Start)%blk.Size != 0 {
+				t.Fatalf("%d-%d: block %+v at %d", a, b, blk, next)
+			}
+			next += blk.Size
+		}
+		if next != int(b)+1 {
+			t.Fatalf("%d-%d: blocks end at %d", a, b, next-1)
+		}
+		if len(blocks) > 100 {
+			t.Fatalf("%d-%d: %d blocks", a, b, len(blocks))
+		}
+	}
+}
+
+// TestDisjointBoxes: random overlapping grants become boxes that do not
+// overlap and allow exactly what some grant allows.
+func TestDisjointBoxes(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(3, 4))
+	prefixes := []string{"10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.2.0.0/16", "192.0.2.0/24", "192.0.2.128/25"}
+	protos := []string{"tcp", "udp"}
+	for round := 0; round < 200; round++ {
+		var gs []portGrant
+		for i := 0; i < 1+r.IntN(6); i++ {
+			a := uint16(r.IntN(100))
+			gs = append(gs, portGrant{netip.MustParsePrefix(prefixes[r.IntN(len(prefixes))]),
+				policy.PortRange{Proto: protos[r.IntN(2)], First: a, Last: a + uint16(r.IntN(20))}})
+		}
+		boxes := disjointBoxes(gs, &fam4)
+		for i := range boxes {
+			for j := i + 1; j < len(boxes); j++ {
+				x, y := boxes[i], boxes[j]
+				if x.proto == y.proto && x.p0 <= y.p1 && y.p0 <= x.p1 && x.first.Compare(y.last) <= 0 && y.first.Compare(x.last) <= 0 {
+					t.Fatalf("round %d: boxes %+v and %+v overlap", round, x, y)
+				}
+			}
+		}
+		for k := 0; k < 500; k++ {
+			addr := netip.MustParsePrefix(prefixes[r.IntN(len(prefixes))]).Addr()
+			b := addr.As4()
+			b[2], b[3] = byte(r.IntN(4)), byte(r.IntN(256))
+			addr = netip.AddrFrom4(b)
+			proto := protos[r.IntN(2)]
+			port := uint16(r.IntN(130))
+			want := false
+			for _, g := range gs {
+				if g.prefix.Contains(addr) && g.ports.Proto == proto && g.ports.First <= port && port <= g.ports.Last {
+					want = true
+				}
+			}
+			pn, _ := protoNum(proto)
+			got := false
+			for _, x := range boxes {
+				if x.proto == pn && x.p0 <= port && port <= x.p1 && x.first.Compare(addr) <= 0 && addr.Compare(x.last) <= 0 {
+					got = true
+				}
+			}
+			if got != want {
+				t.Fatalf("round %d: %s %s/%d: boxes allow %v, grants %v (%+v -> %+v)", round, addr, proto, port, got, want, gs, boxes)
+			}
+		}
+	}
+}
+
+func TestMergeRanges(t *testing.T) {
+	t.Parallel()
+	ps := []netip.Prefix{
+		netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("11.0.0.0/8"), netip.MustParsePrefix("192.0.2.0/25"),
+		netip.MustParsePrefix("192.0.2.128/25"), netip.MustParsePrefix("fd00::/8"),
+	}
+	got := mergeRanges(ps, &fam4)
+	want := [][2]string{{"10.0.0.0", "11.255.255.255"}, {"192.0.2.0", "192.0.2.255"}}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for i, w := range want {
+		if got[i][0].String() != w[0] || got[i][1].String() != w[1] {
+			t.Fatalf("range %d = %v, want %v", i, got[i], w)
+		}
+	}
+}
+
+// TestAdmitTimeoutFailsClosed: a kernel that does not answer in time
+// makes Admit fail (the caller withholds the answer).
+func TestAdmitTimeoutFailsClosed(t *testing.T) {
+	e := newEnv(t, 1, func(c *Config) { c.AdmitTimeout = 50 * time.Millisecond })
+	e.setPolicies(pol{pod: 0, allow: []string{"slow.example.com"}})
+	e.fw.progMu.Lock() // the programmer is busy
+	start := time.Now()
+	err := e.fw.Admit([]Grant{{Client: e.tp.Pods[0].IP4, Name: "slow.example.com", Addrs: []netip.Addr{netip.MustParseAddr("198.51.100.1")}, TTL: 30}})
+	e.fw.progMu.Unlock()
+	if err != ErrAdmitTimeout {
+		t.Fatalf("Admit = %v, want ErrAdmitTimeout", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Admit took %v", d)
+	}
+}
