@@ -127,8 +127,8 @@ func (b *Blocklist) Len() int { return len(b.exact) + len(b.subtree) }
 // Match reports whether a normalized name is blocked, and the listed
 // entry that blocks it (the name or its blocked ancestor).
 func (b *Blocklist) Match(name string) (string, bool) {
-	if b == nil {
-		return "", false
+	if b == nil || b.Len() == 0 {
+		return "", false // also the zero Blocklist, whose seed cannot hash
 	}
 	if _, ok := slices.BinarySearch(b.exact, maphash.String(b.seed, name)); ok {
 		return name, true

@@ -34,7 +34,8 @@ type decision struct {
 //
 // The order (README, "Decision order"): the per-client rate limit,
 // unknown clients that are refused, the mesh-wide deny list, the
-// well-known DoH resolvers for workloads under an enforcing firewall, the
+// well-known DoH resolvers (DoHList) for workloads whose firewall mode is
+// Enforce, the
 // EgressPolicies (with the unknown-client default), then the detector's
 // quarantine.
 func (s *Server) decide(ip netip.Addr, name string, now time.Time, ev *QueryEvent) decision {
@@ -70,6 +71,15 @@ func (s *Server) decideUncounted(ip netip.Addr, name string, now time.Time, ev *
 	if bl := s.blocklist.Load(); bl != nil {
 		if entry, ok := bl.Match(name); ok {
 			return s.block("blocklist", dns.ExtendedErrorCodeBlocked, "blocked by mesh-wide deny list ("+entry+")")
+		}
+	}
+	// Why: a workload whose connections the firewall limits to addresses
+	// its allowed answers gave it could still resolve a public DoH
+	// resolver here, connect to it, and resolve anything through HTTPS.
+	// An explicit allow does not override this (--doh-list changes it).
+	if we.Firewall().Mode == policy.FirewallEnforce {
+		if _, ok := s.doh.Match(name); ok {
+			return s.block("doh-list", dns.ExtendedErrorCodeBlocked, dohBlockedText)
 		}
 	}
 	pd := we.Decide(name)

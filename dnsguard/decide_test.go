@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kordon-dev/kordon/policy"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -66,7 +67,9 @@ const rateBurst = 10
 
 func decisionCases() []decisionCase {
 	blocklist, _, _ := ParseBlocklist(strings.NewReader("0.0.0.0 ads.cdn.example\n"))
-	const frontend, checkout, unknown = "127.0.0.10", "127.0.0.11", "127.0.0.99"
+	custom, _, _ := ParseBlocklist(strings.NewReader("0.0.0.0 doh.corp.example\n"))
+	const frontend, checkout, batch, unknown = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.99"
+	doh := outcome{verdict: VerdictBlocked, policy: "doh-list", ede: int(dns.ExtendedErrorCodeBlocked), edeText: "well-known DNS-over-HTTPS resolver (doh list): use the cluster resolver", rcode: dns.RcodeNameError}
 	return []decisionCase{
 		{name: "allowed", from: frontend, qname: "img.cdn.example.", fast: true,
 			want: outcome{verdict: VerdictAllowed, policy: "shop/frontend-egress", ede: -1, rcode: dns.RcodeSuccess}},
@@ -88,6 +91,21 @@ func decisionCases() []decisionCase {
 			want: outcome{verdict: VerdictAllowed, ede: -1, rcode: dns.RcodeSuccess}},
 		{name: "unknown client refuse", from: unknown, qname: "google.com.", mutate: func(c *Config) { c.UnknownClients = UnknownRefuse },
 			want: outcome{verdict: VerdictBlocked, policy: "unknown-client", ede: -1, rcode: dns.RcodeRefused}},
+		// Workloads whose egress firewall mode is Enforce may not resolve
+		// well-known DoH resolvers, even where their policy allows every
+		// name (batch: allowCIDRs only); the others are not affected.
+		{name: "doh list", from: batch, qname: "Dns.Google.", want: doh},
+		{name: "doh list over an allow list", from: frontend, qname: "cloudflare-dns.com.", want: doh},
+		{name: "doh list exact names only", from: batch, qname: "x.dns.google.", fast: true,
+			want: outcome{verdict: VerdictAllowed, ede: -1, rcode: dns.RcodeSuccess}},
+		{name: "doh list audit workload", from: checkout, qname: "dns.google.", fast: true,
+			want: outcome{verdict: VerdictAudit, policy: "shop/checkout-egress", ede: -1, rcode: dns.RcodeSuccess}},
+		{name: "doh list unknown client", from: unknown, qname: "dns.google.", fast: true,
+			want: outcome{verdict: VerdictAllowed, ede: -1, rcode: dns.RcodeSuccess}},
+		{name: "doh list empty", from: batch, qname: "dns.google.", fast: true, mutate: func(c *Config) { c.DoHList = &Blocklist{} },
+			want: outcome{verdict: VerdictAllowed, ede: -1, rcode: dns.RcodeSuccess}},
+		{name: "doh list overridden", from: batch, qname: "doh.corp.example.", mutate: func(c *Config) { c.DoHList = custom },
+			want: doh},
 		{name: "rate-limited", from: frontend, qname: "img.cdn.example.", drain: true,
 			want: outcome{verdict: VerdictBlocked, policy: "rate-limit", ede: -1, rcode: dns.RcodeRefused}},
 		// A cached answer too big for a 512-byte client: the fast path
@@ -208,7 +226,7 @@ func primeCache(t *testing.T, h *harness, name string, qtype uint16) {
 	q.SetQuestion(name, qtype)
 	rec := &recorder{remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}} // TCP: never truncated
 	h.up.serve(rec, q)
-	h.srv.cache.put(cacheKey{name: strings.TrimSuffix(name, "."), qtype: qtype, qclass: dns.ClassINET}, rec.msg, h.clock.Now())
+	h.srv.cache.put(cacheKey{name: policy.CanonicalName(name), qtype: qtype, qclass: dns.ClassINET}, rec.msg, h.clock.Now())
 }
 
 // tokens is the client's rate-limit bucket level.
@@ -219,4 +237,35 @@ func tokens(r *rateLimiter, ip netip.Addr) float64 {
 		return b.tokens
 	}
 	return -1
+}
+
+// TestDefaultDoHList: the built-in list parses without a skipped line,
+// holds exact names only (no subtrees), and has the well-known resolvers.
+func TestDefaultDoHList(t *testing.T) {
+	t.Parallel()
+	_, st, err := ParseBlocklist(strings.NewReader(dohHosts))
+	if err != nil || st.Skipped != 0 || st.Subtree != 0 {
+		t.Fatalf("doh-hosts.txt: %+v, %v", st, err)
+	}
+	if entries := strings.Count(dohHosts, "\n0.0.0.0 "); entries != st.Exact {
+		t.Errorf("%d entries, %d distinct names", entries, st.Exact)
+	}
+	l := DefaultDoHList()
+	for _, name := range strings.Fields(`dns.google dns64.dns.google cloudflare-dns.com mozilla.cloudflare-dns.com
+		one.one.one.one 1dot1dot1dot1.cloudflare-dns.com security.cloudflare-dns.com family.cloudflare-dns.com
+		dns.quad9.net dns9.quad9.net dns10.quad9.net dns11.quad9.net doh.opendns.com doh.familyshield.opendns.com
+		dns.adguard.com dns.adguard-dns.com unfiltered.adguard-dns.com family.adguard-dns.com doh.cleanbrowsing.org
+		dns.nextdns.io doh.dns.sb dns.twnic.tw doh.mullvad.net dns.mullvad.net adblock.dns.mullvad.net
+		dns.controld.com freedns.controld.com doh.libredns.gr ordns.he.net dns.alidns.com doh.pub dns.pub doh.360.cn
+		dns.digitale-gesellschaft.ch doh.ffmuc.net dns.switch.ch dns0.eu zero.dns0.eu kids.dns0.eu open.dns0.eu
+		doh.applied-privacy.net resolver2.dns.watch dns.brahma.world`) {
+		if _, ok := l.Match(name); !ok {
+			t.Errorf("%s is not on the default DoH list", name)
+		}
+	}
+	for _, name := range []string{"google", "x.dns.google", "quad9.net", "example.com"} {
+		if _, ok := l.Match(name); ok {
+			t.Errorf("%s is on the default DoH list", name)
+		}
+	}
 }

@@ -61,6 +61,12 @@ type Config struct {
 	// Blocklist is a mesh-wide deny list (hosts or domain-list files);
 	// nil for none. Replaceable with SetBlocklist.
 	Blocklist *Blocklist
+	// DoHList names well-known DNS-over-HTTPS resolvers, blocked for
+	// workloads whose egress firewall mode is Enforce (so they cannot
+	// resolve around the cluster resolver; other workloads are not
+	// affected). nil means DefaultDoHList(); an empty Blocklist (for
+	// example &Blocklist{}) blocks none.
+	DoHList *Blocklist
 	// Inspector watches traffic (the exfiltration detector); optional.
 	Inspector Inspector
 	// Firewall, if set, admits the addresses of every allowed or audited
@@ -105,6 +111,7 @@ type Server struct {
 	qlog      *queryLog
 	limiter   *rateLimiter
 	ids       *idCache
+	doh       *Blocklist
 
 	egress    atomic.Pointer[egressState]
 	blocklist atomic.Pointer[Blocklist]
@@ -216,6 +223,9 @@ func New(cfg Config) (*Server, error) {
 	s.ids = newIDCache(cfg.TrustDomain)
 	if cfg.Blocklist != nil {
 		s.blocklist.Store(cfg.Blocklist)
+	}
+	if s.doh = cfg.DoHList; s.doh == nil {
+		s.doh = DefaultDoHList()
 	}
 	if err := s.SetPolicies(nil); err != nil {
 		return nil, err

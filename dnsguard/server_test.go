@@ -128,6 +128,9 @@ spec:
   selector: {matchLabels: {app: checkout}}
   mode: Audit
   allow: [api.example]
+---
+{apiVersion: security.kordon.dev/v1, kind: EgressPolicy, metadata: {name: batch-egress, namespace: shop},
+ spec: {selector: {matchLabels: {app: batch}}, allowCIDRs: [203.0.113.0/24]}}
 `
 
 type harness struct {
@@ -154,6 +157,9 @@ func newPausedHarness(t *testing.T, mutate func(*Config)) (*harness, func()) {
 	reg.Replace([]*workload.Workload{
 		{Name: "frontend", Namespace: "shop", ServiceAccount: "frontend", Labels: map[string]string{"app": "frontend"}, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.10")}},
 		{Name: "checkout", Namespace: "shop", ServiceAccount: "checkout", Labels: map[string]string{"app": "checkout"}, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.11")}},
+		// batch's policy has allowCIDRs only: it resolves every name, and
+		// its egress firewall mode is Enforce.
+		{Name: "batch", Namespace: "shop", ServiceAccount: "batch", Labels: map[string]string{"app": "batch"}, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.12")}},
 	})
 	set, err := policy.Parse("p.yaml", []byte(testPolicies), policy.LoadOptions{})
 	if err != nil {

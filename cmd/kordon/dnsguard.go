@@ -30,6 +30,7 @@ type dnsguardFlags struct {
 	clusterDNS    []string
 	clusterDomain string
 	blocklists    []string
+	dohList       string
 	unknown       string
 	blockRcode    string
 	rateLimit     float64
@@ -44,6 +45,7 @@ func (f *dnsguardFlags) register(cmd *cobra.Command) {
 	fl.StringSliceVar(&f.clusterDNS, "cluster-dns", nil, "resolver for in-cluster names (default: the upstreams)")
 	fl.StringVar(&f.clusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain")
 	fl.StringArrayVar(&f.blocklists, "blocklist", nil, "mesh-wide deny list file, hosts or domain-list format (repeatable)")
+	fl.StringVar(&f.dohList, "doh-list", "", "DNS-over-HTTPS resolver names denied to workloads under an enforcing egress firewall, hosts or domain-list format (default: the built-in list; an empty file: none)")
 	fl.StringVar(&f.unknown, "unknown-clients", "allow", "policy for source IPs not in the registry: allow, deny (in-cluster names only) or refuse")
 	fl.StringVar(&f.blockRcode, "block-rcode", "NXDOMAIN", "response code for blocked names: NXDOMAIN or REFUSED")
 	fl.Float64Var(&f.rateLimit, "rate-limit", 0, "queries per second per client IP (0: unlimited)")
@@ -79,6 +81,14 @@ func (f *dnsguardFlags) config() (dnsguard.Config, error) {
 		}
 		slog.Info("blocklist loaded", "exact", st.Exact, "subtree", st.Subtree, "skipped", st.Skipped, "seconds", time.Since(start).Seconds())
 		cfg.Blocklist = bl
+	}
+	if f.dohList != "" {
+		dl, st, err := dnsguard.LoadBlocklist(f.dohList)
+		if err != nil {
+			return cfg, fmt.Errorf("--doh-list: %w", err)
+		}
+		slog.Info("doh list loaded", "exact", st.Exact, "subtree", st.Subtree, "skipped", st.Skipped)
+		cfg.DoHList = dl
 	}
 	return cfg, nil
 }
