@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -135,8 +137,9 @@ func (f fakeNames) Learned(c, d netip.Addr) bool { _, ok := f[[2]netip.Addr{c, d
 
 // installRules programs the node's forward chain as kordon's rules would,
 // in miniature: packets to blocked are logged to kordon's NFLOG group
-// with PrefixBlockPolicy and rejected; every other new connection gets
-// MarkUnmanaged.
+// with PrefixBlockPolicy and rejected, TCP to port 853 likewise with
+// PrefixBlockDoT, UDP to port 53 gets MarkBypass, and every other new
+// connection MarkUnmanaged.
 func installRules(t *testing.T, fd int, blocked netip.Addr) {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(fd))
@@ -153,6 +156,24 @@ func installRules(t *testing.T, fd int, blocked netip.Addr) {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: blocked.AsSlice()},
 		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: egress.LogGroup, Data: []byte(egress.PrefixBlockPolicy)},
 		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED},
+	}})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(853)},
+		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: egress.LogGroup, Data: []byte(egress.PrefixBlockDoT)},
+		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED},
+	}})
+	// Stands in for DNS interception: the real rules redirect to dnsguard.
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(53)},
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(egress.MarkBypass)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+		&expr.Verdict{Kind: expr.VerdictAccept},
 	}})
 	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
@@ -228,26 +249,38 @@ func upload(t *testing.T, pod *netns.Pod, ln net.Listener, n int) netip.AddrPort
 		c.Close()
 		got <- k
 	}()
-	c, err := dial(t, pod.NS, "tcp", ln.Addr().String())
+	local, err := send(pod, ln.Addr().String(), n)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	local := addrPort(t, c.LocalAddr())
-	if _, err := c.Write(make([]byte, n)); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadAll(c); err != nil {
 		t.Fatal(err)
 	}
 	if k := <-got; k != int64(n) {
 		t.Fatalf("server read %d bytes, want %d", k, n)
 	}
 	return local
+}
+
+// send uploads n bytes from pod to addr over a new connection and waits
+// for the server's answer and close.
+func send(pod *netns.Pod, addr string, n int) (netip.AddrPort, error) {
+	var c net.Conn
+	if err := pod.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	}); err != nil {
+		return netip.AddrPort{}, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write(make([]byte, n)); err != nil {
+		return netip.AddrPort{}, err
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return netip.AddrPort{}, err
+	}
+	if b, err := io.ReadAll(c); err != nil || string(b) != "ok" {
+		return netip.AddrPort{}, fmt.Errorf("answer %q: %v", b, err)
+	}
+	return netip.ParseAddrPort(c.LocalAddr().String())
 }
 
 // TestFlowLogNetns drives real traffic from a pod through the node's
@@ -266,6 +299,9 @@ func TestFlowLogNetns(t *testing.T) {
 	blocked := tp.OutsideAddr(t, "203.0.113.66")
 	udpDst := tp.OutsideAddr(t, "198.51.100.9")
 	longDst := tp.OutsideAddr(t, "2001:db8:100::20")
+	resolver := tp.OutsideAddr(t, "198.51.100.53")
+	dotResolver := tp.OutsideAddr(t, "198.51.100.54")
+	manyDst := tp.OutsideAddr(t, "203.0.113.30")
 	installRules(t, fd, blocked)
 
 	reg := workload.NewRegistry()
@@ -283,11 +319,17 @@ func TestFlowLogNetns(t *testing.T) {
 	runErr := make(chan error, 1)
 	go func() { runErr <- l.Run(ctx) }()
 	t.Cleanup(func() {
-		cancel()
+		// Close stops Run, which writes out what is queued.
+		if err := l.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
 		if err := <-runErr; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-		l.Close()
+		cancel()
+		if err := l.Run(ctx); !errors.Is(err, ErrClosed) {
+			t.Errorf("Run after Close: %v, want ErrClosed", err)
+		}
 	})
 
 	t.Cleanup(func() {
@@ -419,6 +461,124 @@ func TestFlowLogNetns(t *testing.T) {
 		// 3 replies of 500.
 		if r.Proto != "udp" || r.PacketsOut != 3 || r.BytesOut != 3*1028 || r.PacketsIn != 3 || r.BytesIn != 3*528 {
 			t.Errorf("record %+v, want 3x1028 bytes out, 3x528 in", r)
+		}
+	})
+
+	t.Run("resolver bypass", func(t *testing.T) {
+		_, pc := listen(t, tp.Outside, "udp", netip.AddrPortFrom(resolver, 53))
+		go func() {
+			buf := make([]byte, 512)
+			n, from, err := pc.ReadFrom(buf)
+			if err == nil {
+				_, _ = pc.WriteTo(buf[:n], from)
+			}
+		}()
+		c, err := dial(t, pod.NS, "udp", pc.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("a dns query")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Read(make([]byte, 512)); err != nil {
+			t.Fatal(err)
+		}
+		a := alerts.wait(t, 5*time.Second, "resolver-bypass", func(a *Alert) bool { return a.Kind == KindResolverBypass && a.Dst.Port() == 53 })
+		if a.Evidence["resolver"] != resolver.String() || a.Evidence["resolverPort"] != uint16(53) || a.Action != ActionAlerted || a.Severity != "medium" {
+			t.Errorf("alert %+v", a)
+		}
+		local := addrPort(t, c.LocalAddr())
+		r := log.wait(t, 20*time.Second, "final bypass", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == resolver })
+		if r.Verdict != VerdictAllowed || r.BytesOut != 28+11 || r.DPort != 53 {
+			t.Errorf("record %+v", r)
+		}
+	})
+
+	t.Run("dot blocked", func(t *testing.T) {
+		if _, err := dial(t, pod.NS, "tcp", netip.AddrPortFrom(dotResolver, 853).String()); err == nil {
+			t.Fatal("DoT connection succeeded")
+		}
+		r := log.wait(t, 10*time.Second, "blocked dot", func(r *Record) bool { return r.Verdict == VerdictBlocked && r.DPort == 853 })
+		if r.Reason != "dot" || r.Dst != dotResolver {
+			t.Errorf("record %+v", r)
+		}
+		a := alerts.wait(t, 5*time.Second, "resolver-bypass (dot)", func(a *Alert) bool { return a.Kind == KindResolverBypass && a.Dst.Port() == 853 })
+		if a.Action != ActionBlocked || a.Evidence["reason"] != "dot" {
+			t.Errorf("alert %+v", a)
+		}
+	})
+
+	t.Run("many flows", func(t *testing.T) {
+		ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(manyDst, 0))
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+					_, _ = io.Copy(io.Discard, c)
+					_, _ = c.Write([]byte("ok"))
+				}()
+			}
+		}()
+		const flows, workers = 400, 8
+		sizes := make(map[uint16]int, flows)
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < flows; i += workers {
+					n := 1000 + 37*i
+					local, err := send(pod, ln.Addr().String(), n)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					sizes[local.Port()] = n
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		log.wait(t, 20*time.Second, "all many-flow finals", func(*Record) bool {
+			n := 0
+			for _, r := range log.all() {
+				if r.Final && r.Dst == manyDst {
+					n++
+				}
+			}
+			return n >= flows
+		})
+		seen := map[uint16]int{}
+		for _, r := range log.all() {
+			if !r.Final || r.Dst != manyDst {
+				continue
+			}
+			seen[r.SPort]++
+			n, ok := sizes[r.SPort]
+			if !ok {
+				t.Errorf("record for an unknown flow %+v", r)
+				continue
+			}
+			if r.BytesOut < uint64(n) || r.BytesOut > uint64(n)+80*r.PacketsOut {
+				t.Errorf("sport %d: bytesOut %d (%d packets) for %d bytes sent", r.SPort, r.BytesOut, r.PacketsOut, n)
+			}
+		}
+		for port := range sizes {
+			if seen[port] != 1 {
+				t.Errorf("sport %d: %d final records, want 1", port, seen[port])
+			}
 		}
 	})
 

@@ -327,6 +327,12 @@ func (t *tracker) dump(flows []conntrack.Flow, gen uint64, started, now time.Tim
 			t.counters(st, f, now)
 		}
 		st.dumpGen, st.missed = gen, 0
+		if !st.done && closedTCP(f) {
+			// Closed before we saw its close Update (an overrun, or
+			// before Run): these are its final counters.
+			t.write(st, started, true)
+			continue
+		}
 		// The counters are as of the Dump's start.
 		if !st.done && !st.closing && started.Sub(st.start) >= half {
 			t.write(st, started, false)

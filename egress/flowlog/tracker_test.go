@@ -215,7 +215,8 @@ func TestTrackerDumps(t *testing.T) {
 	}
 	h.recs = nil
 	h.now = h.now.Add(10 * time.Second)
-	dump(3, withCounters(long, 3000, 4, 100, 1), old) // short gone twice: its Destroy was lost
+	closed := withState(withCounters(tcpFlow(4, pod, 4, leakTo, egress.MarkUnmanaged), 90, 3, 60, 2), tcpTimeWait)
+	dump(3, withCounters(long, 3000, 4, 100, 1), old, closed) // short gone twice: its Destroy was lost
 	var final *Record
 	for i := range h.recs {
 		if h.recs[i].SPort == 2 {
@@ -224,6 +225,26 @@ func TestTrackerDumps(t *testing.T) {
 	}
 	if final == nil || !final.Final || final.BytesOut != 10 {
 		t.Fatalf("records %+v, want a final record of the vanished flow with its last counters", h.recs)
+	}
+	n := 0
+	for _, r := range h.recs {
+		if r.SPort == 4 {
+			n++
+			if !r.Final || r.BytesOut != 90 || r.BytesIn != 60 {
+				t.Errorf("record of a flow first seen closed %+v, want final with the Dump's counters", r)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d records of the flow first seen closed, want 1", n)
+	}
+	h.recs = nil
+	h.now = h.now.Add(10 * time.Second)
+	dump(4, withCounters(long, 3000, 4, 100, 1), old, closed)
+	for _, r := range h.recs {
+		if r.SPort == 4 {
+			t.Errorf("closed flow logged again: %+v", r)
+		}
 	}
 	if _, ok := h.tr.flows[keyOf(&short)]; ok {
 		t.Error("vanished flow kept")
