@@ -85,26 +85,28 @@ func (f *Firewall) commitLoop() {
 
 type undo struct {
 	k   ekey
-	old eval
+	old int64
 	had bool
 }
 
 // program writes the grants of a group in one batch.
 func (f *Firewall) program(group []*admitReq) error {
 	v := f.view.Load()
-	now, kNow := f.now(), time.Now()
+	now, kNow := f.now(), time.Now().UnixNano()
 	var b batch
 	var undos []undo
-	grant := func(s *nftables.Set, key, keyEnd []byte, src netip.Addr, d time.Duration) {
-		k := ekey{s.Name, string(key)}
-		exp := kNow.Add(d)
+	grant := func(set string, key []byte, d time.Duration) {
+		s := f.sets[set]
+		i, _ := f.tsetIndex(set)
+		k := ekey{i, string(key)}
+		exp := kNow + int64(d)
 		old, had := f.elems[k]
-		if had && !exp.After(old.expires) {
+		if had && exp <= old {
 			return // the kernel already holds it at least as long
 		}
 		undos = append(undos, undo{k, old, had})
-		f.elems[k] = eval{keyEnd: keyEnd, expires: exp, src: src}
-		b.add(s, nftables.SetElement{Key: key, KeyEnd: keyEnd, Timeout: timeoutOf(d)})
+		f.elems[k] = exp
+		b.add(s, nftables.SetElement{Key: key, Timeout: timeoutOf(d)})
 	}
 	f.mu.Lock()
 	for _, r := range group {
@@ -113,7 +115,7 @@ func (f *Firewall) program(group []*admitReq) error {
 			client := g.Client.Unmap()
 			d := time.Duration(g.TTL)*time.Second + f.cfg.TTLGrace
 			c := v.byAddr[client]
-			f.rememberLocked(identity(c, client), g.Name, g.Addrs, now.Add(d))
+			f.rememberLocked(identity(c, client), g.Name, g.Addrs, now.Add(d).UnixNano())
 			if c == nil || c.fw.Mode == policy.FirewallOff {
 				continue
 			}
@@ -130,17 +132,17 @@ func (f *Firewall) program(group []*admitReq) error {
 						continue
 					}
 					if anyPort {
-						grant(f.sets[setDNS+fm.suffix], keyPair(src, dst), nil, src, d)
+						grant(setDNS+fm.suffix, keyPair(src, dst), d)
 						continue
 					}
-					grant(f.sets[setDNSAddr+fm.suffix], keyPair(src, dst), nil, src, d)
+					grant(setDNSAddr+fm.suffix, keyPair(src, dst), d)
 					for _, pr := range ports {
 						proto, err := protoNum(pr.Proto)
 						if err != nil {
 							continue // fail closed
 						}
 						for _, blk := range portBlocksOf(pr.First, pr.Last) {
-							grant(f.sets[blockSet(fm, blk.Size)], keyPort(src, dst, proto, blk.Start), nil, src, d)
+							grant(blockSet(fm, blk.Size), keyPort(src, dst, proto, blk.Start), d)
 						}
 					}
 				}
@@ -189,7 +191,7 @@ func identity(c *client, addr netip.Addr) string {
 // Memory is bounded per client and in total; past the bounds expired
 // entries are dropped first, then new addresses are not remembered (the
 // kernel grants are unaffected).
-func (f *Firewall) rememberLocked(id, name string, addrs []netip.Addr, exp time.Time) {
+func (f *Firewall) rememberLocked(id, name string, addrs []netip.Addr, exp int64) {
 	m := f.names[id]
 	if m == nil {
 		m = map[netip.Addr]nameEntry{}
@@ -207,10 +209,7 @@ func (f *Firewall) rememberLocked(id, name string, addrs []netip.Addr, exp time.
 			}
 			f.nNames++
 		}
-		e := nameEntry{name: name, expires: exp}
-		if ok && old.expires.After(exp) {
-			e.expires = old.expires
-		}
+		e := nameEntry{name: name, expires: max(exp, old.expires)}
 		m[a] = e
 	}
 }
@@ -224,7 +223,7 @@ func (f *Firewall) sweepNamesLocked(id string, m map[netip.Addr]nameEntry) {
 	}
 	f.namesSwept[id] = now
 	for k, e := range m {
-		if now.After(e.expires) {
+		if now.UnixNano() > e.expires {
 			delete(m, k)
 			f.nNames--
 		}
@@ -239,7 +238,7 @@ func (f *Firewall) Lookup(client, dst netip.Addr) (string, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e, ok := f.names[id][dst.Unmap()]
-	if !ok || f.now().After(e.expires) {
+	if !ok || f.now().UnixNano() > e.expires {
 		return "", false
 	}
 	return e.name, true

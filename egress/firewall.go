@@ -93,9 +93,12 @@ type Firewall struct {
 	view atomic.Pointer[view]
 
 	mu sync.Mutex // guards the fields below
-	// elems are the kernel's elements of the timeout sets, with expiry,
-	// as programmed by this process (or read back on adoption).
-	elems map[ekey]eval
+	// elems are the kernel's elements of the timeout sets with their
+	// expiry (unix nanoseconds, kernel clock = wall clock), as programmed
+	// by this process, restored from the state file or read back.
+	elems map[ekey]int64
+	// tsets are the timeout sets, indexed by ekey.set.
+	tsets []tset
 	// static are the current elements of the sets without timeouts
 	// (pods, modes, CIDR grants, quarantine, internal): set -> key.
 	static map[string]map[string]nftables.SetElement
@@ -110,6 +113,8 @@ type Firewall struct {
 	egress *policy.EgressIndex
 	owner  map[netip.Addr]string // address -> workload key at the last reconcile
 	dirty  bool
+	// adopted: New found the table in the kernel (an agent restart).
+	adopted bool
 
 	reqs      chan *admitReq
 	stop      chan struct{}
@@ -118,21 +123,38 @@ type Firewall struct {
 	closed    atomic.Bool
 }
 
-// ekey names one element of a timeout set.
+// ekey names one element of a timeout set: the set's index in f.tsets
+// and the key bytes.
 type ekey struct {
-	set string
+	set uint8
 	key string
 }
 
-type eval struct {
-	keyEnd  []byte
-	expires time.Time
-	src     netip.Addr
+// tset is one timeout set.
+type tset struct {
+	s  *nftables.Set
+	fm *fam
+}
+
+// src is the source address an element's key starts with.
+func (f *Firewall) src(k ekey) netip.Addr {
+	a, _ := netip.AddrFromSlice([]byte(k.key[:f.tsets[k.set].fm.alen]))
+	return a
+}
+
+// tsetIndex is the index in f.tsets of the timeout set named name.
+func (f *Firewall) tsetIndex(name string) (uint8, bool) {
+	for i, t := range f.tsets {
+		if t.s.Name == name {
+			return uint8(i), true
+		}
+	}
+	return 0, false
 }
 
 type nameEntry struct {
 	name    string
-	expires time.Time
+	expires int64 // unix nanoseconds on f.now's clock
 }
 
 // view is the per-address policy state, rebuilt on every reconcile and
@@ -200,7 +222,7 @@ func New(cfg Config) (*Firewall, error) {
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, m: m, conn: conn,
 		table:      &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
 		sets:       map[string]*nftables.Set{},
-		elems:      map[ekey]eval{},
+		elems:      map[ekey]int64{},
 		static:     map[string]map[string]nftables.SetElement{},
 		names:      map[string]map[netip.Addr]nameEntry{},
 		namesSwept: map[string]time.Time{},
@@ -211,7 +233,16 @@ func New(cfg Config) (*Firewall, error) {
 		done:       make(chan struct{}),
 	}
 	f.view.Store(&view{byAddr: map[netip.Addr]*client{}})
-	if err := f.install(); err != nil {
+	st, serr := loadState(cfg.StateFile)
+	if serr != nil {
+		// A damaged state file must not stop enforcement: the kernel
+		// still holds the table; grants come back with new answers.
+		f.log.Warn("egress state not restored", "file", cfg.StateFile, "error", serr)
+	}
+	// With a state file the kernel's timeout sets need not be read back
+	// (a dump of a large hash set is slow: about 6 s for 500,000
+	// elements here); the file knows them, up to its last save.
+	if err := f.install(st == nil); err != nil {
 		conn.CloseLasting()
 		return nil, err
 	}
@@ -219,10 +250,10 @@ func New(cfg Config) (*Firewall, error) {
 		conn.CloseLasting()
 		return nil, fmt.Errorf("egress: nf_conntrack_acct: %w", err)
 	}
-	if err := f.restore(); err != nil {
-		// A damaged state file must not stop enforcement: the kernel
-		// still holds the table; grants come back with new answers.
-		f.log.Warn("egress state not restored", "file", cfg.StateFile, "error", err)
+	if st != nil {
+		if err := f.restore(st); err != nil {
+			f.log.Warn("egress state not restored", "file", cfg.StateFile, "error", err)
+		}
 	}
 	go f.commitLoop()
 	return f, nil
@@ -258,13 +289,15 @@ func dial(fd int) (*nftables.Conn, error) {
 // install creates or adopts the table: one transaction that (re)declares
 // the table and sets (existing ones keep their elements), deletes every
 // existing chain with its rules, and adds the chains and rules anew.
-// Then it reads the sets' elements back.
-func (f *Firewall) install() error {
+// Then it reads the static sets' elements back, and the timeout sets'
+// when readTimeouts.
+func (f *Firewall) install(readTimeouts bool) error {
 	f.progMu.Lock()
 	defer f.progMu.Unlock()
 	c := f.conn
 	var old []*nftables.Chain
 	if t, err := c.ListTableOfFamily(f.table.Name, nftables.TableFamilyINet); err == nil && t != nil {
+		f.adopted = true
 		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 		if err != nil {
 			return fmt.Errorf("egress: list chains: %w", err)
@@ -286,6 +319,9 @@ func (f *Firewall) install() error {
 				return fmt.Errorf("egress: set %s: %w", s.Name, err)
 			}
 			f.sets[s.Name] = s
+			if sp.timeout {
+				f.tsets = append(f.tsets, tset{s: s, fm: fm})
+			}
 		}
 	}
 	// Rules first (they jump to the chains), then the chains.
@@ -312,6 +348,9 @@ func (f *Firewall) install() error {
 	for _, sp := range setSpecs {
 		for _, fm := range fams {
 			s := f.sets[sp.name(fm)]
+			if sp.timeout && !readTimeouts {
+				continue
+			}
 			es, err := c.GetSetElements(s)
 			if err != nil {
 				return fmt.Errorf("egress: read set %s: %w", s.Name, err)
@@ -324,9 +363,9 @@ func (f *Firewall) install() error {
 				f.static[s.Name] = m
 				continue
 			}
+			i, _ := f.tsetIndex(s.Name)
 			for _, e := range es {
-				src, _ := netip.AddrFromSlice(e.Key[:fm.alen])
-				f.elems[ekey{s.Name, string(e.Key)}] = eval{keyEnd: e.KeyEnd, expires: now.Add(e.Expires), src: src}
+				f.elems[ekey{i, string(e.Key)}] = now.Add(e.Expires).UnixNano()
 			}
 		}
 	}
@@ -523,12 +562,12 @@ func (f *Firewall) Run(ctx context.Context) error {
 
 // sweep forgets expired names and elements (the kernel expires its own).
 func (f *Firewall) sweep() {
-	now := f.now()
+	now, kNow := f.now().UnixNano(), time.Now().UnixNano()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for id, m := range f.names {
 		for a, e := range m {
-			if now.After(e.expires) {
+			if now > e.expires {
 				delete(m, a)
 				f.nNames--
 			}
@@ -538,8 +577,8 @@ func (f *Firewall) sweep() {
 			delete(f.namesSwept, id)
 		}
 	}
-	for k, v := range f.elems {
-		if now.After(v.expires) {
+	for k, exp := range f.elems {
+		if kNow > exp {
 			delete(f.elems, k)
 		}
 	}

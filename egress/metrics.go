@@ -60,7 +60,7 @@ func (f *Firewall) updateGaugesLocked() {
 		counts[name] = len(m)
 	}
 	for k := range f.elems {
-		counts[k.set]++
+		counts[f.tsets[k.set].s.Name]++
 	}
 	for name, n := range counts {
 		f.m.elements.WithLabelValues(name).Set(float64(n))

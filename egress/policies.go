@@ -85,21 +85,23 @@ func (f *Firewall) reconcile() error {
 	}
 	// Learned grants of an address that changed hands (a new pod reusing
 	// an IP) must not carry over.
-	now := time.Now()
+	keep := time.Now().Add(staleMargin).UnixNano()
 	var stale []ekey
-	for k, e := range f.elems {
-		old := f.owner[e.src]
-		cur := ""
-		if c := v.byAddr[e.src]; c != nil {
-			cur = c.w.Key()
+	changed := map[netip.Addr]bool{}
+	for a, old := range f.owner {
+		if c := v.byAddr[a]; c == nil || c.w.Key() != old {
+			changed[a] = true
 		}
-		if old != "" && old != cur && e.expires.Sub(now) > staleMargin {
-			stale = append(stale, k)
+	}
+	if len(changed) > 0 {
+		for k, exp := range f.elems {
+			if exp > keep && changed[f.src(k)] {
+				stale = append(stale, k)
+			}
 		}
 	}
 	for _, k := range stale {
-		e := f.elems[k]
-		b.del(f.sets[k.set], nftables.SetElement{Key: []byte(k.key), KeyEnd: e.keyEnd})
+		b.del(f.tsets[k.set].s, nftables.SetElement{Key: []byte(k.key)})
 	}
 	f.mu.Unlock()
 
