@@ -17,6 +17,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
@@ -628,4 +629,118 @@ func TestFlowLogNetns(t *testing.T) {
 			t.Errorf("final bytesOut %d < interval %d", f.BytesOut, r.BytesOut)
 		}
 	})
+}
+
+// stallNames blocks the first Lookup until release is closed, stalling the
+// event loop so that the event socket overruns.
+type stallNames struct {
+	once    sync.Once
+	release chan struct{}
+}
+
+func (s *stallNames) Lookup(netip.Addr, netip.Addr) (string, bool) {
+	s.once.Do(func() { <-s.release })
+	return "", false
+}
+func (s *stallNames) Learned(netip.Addr, netip.Addr) bool { return false }
+
+// TestFlowLogOverrun stalls the event loop while thousands of connections
+// come and go, so the kernel drops events (ENOBUFS); the overrun is
+// counted, a Dump resynchronises, and every connection still gets exactly
+// one final record.
+func TestFlowLogOverrun(t *testing.T) {
+	tp := netns.NewTopology(t, 1)
+	pod := tp.Pods[0]
+	fd := tp.Node.Fd(t)
+	dst := tp.OutsideAddr(t, "203.0.113.40")
+	installRules(t, fd, tp.OutsideAddr(t, "203.0.113.66"))
+	reg := workload.NewRegistry()
+	reg.Replace([]*workload.Workload{{Name: "burst", Namespace: "shop", IPs: []netip.Addr{pod.IP4}}})
+	names := &stallNames{release: make(chan struct{})}
+	log := newLines()
+	l, err := New(Config{NetNSFd: fd, Registry: reg, Log: log, Names: names, Interval: time.Second, Internal: tp.Internal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- l.Run(context.Background()) }()
+	t.Cleanup(func() {
+		l.Close()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(names.release)
+		}
+	}
+	t.Cleanup(release)
+
+	ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(dst, 80))
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				_, _ = io.Copy(io.Discard, c)
+				_, _ = c.Write([]byte("ok"))
+			}()
+		}
+	}()
+	// About 7 events a connection; 8 MiB of socket buffer holds fewer than
+	// 10,000 of them, plus 1,024 queued batches.
+	const flows, workers = 3000, 8
+	ports := make(chan uint16, flows)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < flows; i += workers {
+				local, err := send(pod, ln.Addr().String(), 100)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ports <- local.Port()
+			}
+		}()
+	}
+	wg.Wait()
+	close(ports)
+	if t.Failed() {
+		return
+	}
+	release()
+	want := map[uint16]bool{}
+	for p := range ports {
+		want[p] = true
+	}
+	finals := func() map[uint16]int {
+		got := map[uint16]int{}
+		for _, r := range log.all() {
+			if r.Final && r.Dst == dst {
+				got[r.SPort]++
+			}
+		}
+		return got
+	}
+	log.wait(t, 60*time.Second, "all finals", func(*Record) bool { return len(finals()) >= len(want) })
+	if n := testutil.ToFloat64(l.metrics.overruns); n == 0 {
+		t.Errorf("no overrun counted; the test did not overrun the socket")
+	}
+	got := finals()
+	for p := range want {
+		if got[p] != 1 {
+			t.Errorf("sport %d: %d final records, want 1", p, got[p])
+		}
+	}
+	t.Logf("overruns %v, events %v, records %v", testutil.ToFloat64(l.metrics.overruns), testutil.ToFloat64(l.metrics.events), len(log.all()))
 }
