@@ -115,7 +115,7 @@ func (f *Firewall) program(group []*admitReq) error {
 			client := g.Client.Unmap()
 			d := time.Duration(g.TTL)*time.Second + f.cfg.TTLGrace
 			c := v.byAddr[client]
-			f.rememberLocked(identity(c, client), g.Name, g.Addrs, now.Add(d).UnixNano())
+			f.rememberLocked(f.identity(client), g.Name, g.Addrs, now.Add(d).UnixNano())
 			if c == nil || c.fw.Mode == policy.FirewallOff {
 				continue
 			}
@@ -178,11 +178,12 @@ func (f *Firewall) program(group []*admitReq) error {
 	return nil
 }
 
-// identity keys the name memory: the workload (so an answer to its IPv4
-// address is found for a flow from its IPv6 one), else the address.
-func identity(c *client, addr netip.Addr) string {
-	if c != nil {
-		return "w:" + c.w.Key()
+// identity keys the name memory: the workload that owns addr in the
+// registry (so an answer to its IPv4 address is found for a flow from its
+// IPv6 one, before any SetPolicies too), else the address.
+func (f *Firewall) identity(addr netip.Addr) string {
+	if w, ok := f.cfg.Registry.ByIP(addr); ok {
+		return "w:" + w.Key()
 	}
 	return "a:" + addr.String()
 }
@@ -233,8 +234,7 @@ func (f *Firewall) sweepNamesLocked(id string, m map[netip.Addr]nameEntry) {
 // Lookup returns the DNS name whose answer gave client dst, while that
 // answer is valid (TTL plus grace), for managed and unmanaged workloads.
 func (f *Firewall) Lookup(client, dst netip.Addr) (string, bool) {
-	client = client.Unmap()
-	id := identity(f.view.Load().byAddr[client], client)
+	id := f.identity(client.Unmap())
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e, ok := f.names[id][dst.Unmap()]

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -533,6 +534,10 @@ func setConntrackAcct(fd int) error {
 func (f *Firewall) Run(ctx context.Context) error {
 	ch, cancel := f.cfg.Registry.Subscribe()
 	defer cancel()
+	// Changes made before the subscription started.
+	if err := f.reconcile(); err != nil {
+		f.log.Error("egress reconcile failed", "error", err)
+	}
 	sweep := time.NewTicker(10 * time.Second)
 	defer sweep.Stop()
 	save := time.NewTicker(30 * time.Second)
@@ -553,6 +558,12 @@ func (f *Firewall) Run(ctx context.Context) error {
 		case <-sweep.C:
 			f.sweep()
 		case <-save.C:
+			f.mu.Lock()
+			dirty := f.dirty
+			f.mu.Unlock()
+			if !dirty {
+				continue
+			}
 			if err := f.saveState(); err != nil {
 				f.log.Warn("egress state not saved", "file", f.cfg.StateFile, "error", err)
 			}
@@ -603,8 +614,8 @@ func (f *Firewall) Close() error {
 	return err
 }
 
-// Remove deletes the table (and so every rule and set) and closes the
-// firewall.
+// Remove deletes the table (and so every rule and set) and the state
+// file, and closes the firewall: nothing of it is left.
 func (f *Firewall) Remove() error {
 	if f.closed.Load() {
 		return ErrClosed
@@ -622,6 +633,11 @@ func (f *Firewall) Remove() error {
 	}
 	if err != nil {
 		return fmt.Errorf("egress: remove table %s: %w", f.table.Name, err)
+	}
+	if f.cfg.StateFile != "" {
+		if err := os.Remove(f.cfg.StateFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("egress: remove state: %w", err)
+		}
 	}
 	return nil
 }

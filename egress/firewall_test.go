@@ -3,6 +3,7 @@ package egress
 import (
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -375,22 +376,21 @@ func TestRestart(t *testing.T) {
 	}
 	e.mustConnect(0, srv.addr)
 	e.mustRefuse(0, other.addr)
-	if name, ok := e.fw.Lookup(e.tp.Pods[0].IP4, srv.addr.Addr()); ok {
-		t.Fatalf("Lookup before SetPolicies = %q (names are per workload identity)", name)
-	}
-	e.setPolicies(pol{pod: 0, allow: []string{"api.example.com"}})
-	if name, ok := e.fw.Lookup(e.tp.Pods[0].IP4, srv.addr.Addr()); !ok || name != "api.example.com" {
+	if name, ok := e.fw.Lookup(e.tp.Pods[0].IP6, srv.addr.Addr()); !ok || name != "api.example.com" {
 		t.Fatalf("Lookup after restart = %q, %v (state file)", name, ok)
 	}
+	e.setPolicies(pol{pod: 0, allow: []string{"api.example.com"}})
 	e.mustConnect(0, srv.addr)
 
-	// Remove deletes the table; a new Firewall restores the grants and
-	// quarantine from the state file.
-	if err := e.fw.Remove(); err != nil {
+	// A reboot: the table is gone; a new Firewall restores the grants and
+	// the quarantine from the state file.
+	if err := e.fw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if tables := e.tables(); len(tables) != 0 {
-		t.Fatalf("tables after Remove: %v", tables)
+	c2 := e.nft()
+	c2.DelTable(&nftables.Table{Name: "kordon", Family: nftables.TableFamilyINet})
+	if err := c2.Flush(); err != nil {
+		t.Fatal(err)
 	}
 	e.start()
 	e.setPolicies(pol{pod: 0, allow: []string{"api.example.com"}})
@@ -398,6 +398,12 @@ func TestRestart(t *testing.T) {
 	e.mustRefuse(0, other.addr)
 	if n := e.setLen("quar4"); n != 1 {
 		t.Fatalf("quar4 has %d elements after restore, want 1", n)
+	}
+	if err := e.fw.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Fatalf("state file after Remove: %v", err)
 	}
 }
 

@@ -122,6 +122,7 @@ func (f *Firewall) reconcile() error {
 	for _, k := range stale {
 		delete(f.elems, k)
 	}
+	f.dirty = true
 	owner := make(map[netip.Addr]string, len(v.byAddr))
 	for a, c := range v.byAddr {
 		owner[a] = c.w.Key()

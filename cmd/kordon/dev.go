@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -45,6 +46,7 @@ type devOptions struct {
 	queryLog      string
 	logLevel      string
 	pollInterval  time.Duration
+	egress        egressFlags
 }
 
 func newDevCmd() *cobra.Command {
@@ -83,6 +85,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	f.StringVar(&o.queryLog, "query-log", "-", `query log destination: a file, or "-" for stdout`)
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&o.pollInterval, "poll-interval", devconfig.DefaultInterval, "how often --config is checked for changes")
+	o.egress.register(f, false)
 	_ = cmd.MarkFlagRequired("config")
 	cmd.AddCommand(newDevUpstreamCmd(), newDevExfilSimCmd(), newDevGRPCServeCmd(), newDevGRPCCallCmd(), newDevSinkCmd())
 	return cmd
@@ -124,6 +127,9 @@ type devServer struct {
 	inspector    *dnsguard.DetectionInspector
 	dnsAddr      net.Addr
 	ident        *devIdentity
+	egress       *egressStack
+	// stdoutLines share stdout between the query log and the flow log.
+	stdoutLines []*lineWriter
 	sockets      *devSockets
 	runCtx       context.Context
 	// dnsDone is closed when the resolver's Serve returned, that is when
@@ -153,6 +159,7 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 		reg:      prometheus.NewRegistry(),
 		registry: workload.NewRegistry(),
 	}
+	d.stdoutLines = sharedLines(stdout, 2)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.cancel, d.runCtx = cancel, runCtx
@@ -178,7 +185,13 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.newXDS(); err != nil {
 		return d, err
 	}
-	if err := d.newDNS(stdout); err != nil {
+	if err := d.newFeed(); err != nil {
+		return d, err
+	}
+	if err := d.startEgress(ctx); err != nil {
+		return d, err
+	}
+	if err := d.newDNS(); err != nil {
 		return d, err
 	}
 	d.watcher, err = devconfig.New(devconfig.Config{
@@ -238,6 +251,11 @@ func (d *devServer) apply(s *devconfig.Snapshot) error {
 func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 	if err := d.dns.SetPolicies(s.Policies); err != nil {
 		return fmt.Errorf("dnsguard: %w", err)
+	}
+	if d.egress != nil {
+		if err := d.egress.SetPolicies(s.Policies, policy.DefaultRootNamespace, ""); err != nil {
+			return fmt.Errorf("egress firewall: %w", err)
+		}
 	}
 	if err := d.xds.SetServices(xdsServices(s.Services)); err != nil {
 		return fmt.Errorf("xds: %w", err)
@@ -300,7 +318,7 @@ func (d *devServer) startXDS(ctx context.Context) error {
 
 // newDNS builds the resolver; startDNS serves it once the first snapshot
 // is applied.
-func (d *devServer) newDNS(stdout io.Writer) error {
+func (d *devServer) newDNS() error {
 	if len(d.upstreamAddr) == 0 {
 		return errors.New("no upstream: pass --upstream IP:PORT or --upstream-zones FILE (kordon never falls back to /etc/resolv.conf)")
 	}
@@ -308,7 +326,7 @@ func (d *devServer) newDNS(stdout io.Writer) error {
 	switch d.opts.queryLog {
 	case "":
 	case "-":
-		qlog = stdout
+		qlog = d.stdoutLines[0]
 	default:
 		f, err := os.OpenFile(d.opts.queryLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 		if err != nil {
@@ -319,16 +337,10 @@ func (d *devServer) newDNS(stdout io.Writer) error {
 		// flushes the log.
 		d.closers = append(d.closers, func(context.Context) error { return f.Close() })
 	}
-	// The alert feed (durable in --state-dir/alerts) and the exfiltration
-	// detector that feeds it; quarantines persist in --state-dir/quarantine.
-	feed, err := alert.NewFeed(alert.Config{Dir: filepath.Join(d.stateDir, "alerts"), Logger: d.log, Metrics: d.reg})
-	if err != nil {
-		return err
-	}
-	d.feed = feed
-	d.closers = append(d.closers, func(context.Context) error { return feed.Close() })
+	// The exfiltration detector feeds the alert feed; quarantines persist
+	// in --state-dir/quarantine.
 	insp, err := dnsguard.NewInspector(dnsguard.InspectorConfig{
-		Feed:          feed,
+		Feed:          d.feed,
 		StateDir:      filepath.Join(d.stateDir, "quarantine"),
 		BlockedAlerts: true,
 		Logger:        d.log,
@@ -339,7 +351,7 @@ func (d *devServer) newDNS(stdout io.Writer) error {
 	}
 	d.inspector = insp
 	d.closers = append(d.closers, func(context.Context) error { insp.Close(); return nil })
-	srv, err := dnsguard.New(dnsguard.Config{
+	cfg := dnsguard.Config{
 		Registry:  d.registry,
 		Upstreams: d.upstreamAddr,
 		Node:      "dev",
@@ -347,7 +359,11 @@ func (d *devServer) newDNS(stdout io.Writer) error {
 		QueryLog:  qlog,
 		Metrics:   d.reg,
 		Logger:    d.log,
-	})
+	}
+	if d.egress != nil {
+		cfg.Firewall = d.egress.dnsFirewall()
+	}
+	srv, err := dnsguard.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -356,9 +372,53 @@ func (d *devServer) newDNS(stdout io.Writer) error {
 	return nil
 }
 
-func (d *devServer) startDNS(ctx context.Context) error {
-	if err := checkLoopback(d.opts.dnsListen); err != nil {
+// newFeed opens the alert feed, durable in --state-dir/alerts.
+func (d *devServer) newFeed() error {
+	feed, err := alert.NewFeed(alert.Config{Dir: filepath.Join(d.stateDir, "alerts"), Logger: d.log, Metrics: d.reg})
+	if err != nil {
+		return err
+	}
+	d.feed = feed
+	d.closers = append(d.closers, func(context.Context) error { return feed.Close() })
+	return nil
+}
+
+// startEgress programs the egress firewall in kordon dev's own network
+// namespace (--egress-firewall): workloads are known by the source
+// addresses of workloads.yaml, their DNS is redirected to --dns-listen,
+// and the table is removed at exit.
+func (d *devServer) startEgress(ctx context.Context) error {
+	if !d.opts.egress.firewall {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(d.opts.dnsListen)
+	if err != nil {
 		return fmt.Errorf("--dns-listen: %w", err)
+	}
+	if ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() {
+		return fmt.Errorf("--dns-listen %s: with --egress-firewall the workloads' DNS is redirected to this address, so it must be one they reach (this namespace's address on their network, e.g. 10.96.0.53:53), not loopback or unspecified", d.opts.dnsListen)
+	}
+	if ap.Port() == 0 {
+		return fmt.Errorf("--dns-listen %s: with --egress-firewall the port must be fixed (DNS is redirected to it)", d.opts.dnsListen)
+	}
+	st, err := startEgress(ctx, &d.opts.egress, egressDeps{
+		Registry: d.registry, Feed: d.feed, Node: "dev", TrustDomain: xdsTrustDomain,
+		DNS: ap, StateDir: d.stateDir, FlowOut: d.stdoutLines[1], Metrics: d.reg, Logger: d.log,
+	})
+	if err != nil {
+		return err
+	}
+	d.egress = st
+	// kordon dev leaves nothing behind: the table goes at exit.
+	d.closers = append(d.closers, func(context.Context) error { return st.Stop(true) })
+	return nil
+}
+
+func (d *devServer) startDNS(ctx context.Context) error {
+	if d.egress == nil {
+		if err := checkLoopback(d.opts.dnsListen); err != nil {
+			return fmt.Errorf("--dns-listen: %w", err)
+		}
 	}
 	pc, ln, err := dnsguard.ListenUDPTCP(d.opts.dnsListen)
 	if err != nil {
@@ -563,6 +623,10 @@ func (d *devServer) printSummary(w io.Writer) {
 		fmt.Fprintf(w, "  %-12s %s (authoritative, zones from %s)\n", "upstream", d.upstreamAddr[len(d.upstreamAddr)-1], d.opts.upstreamZones)
 	}
 	fmt.Fprintf(w, "  %-12s %s (udp+tcp), upstream %s\n", "dns", d.dnsAddr, strings.Join(d.upstreamAddr, ","))
+	if d.egress != nil {
+		fmt.Fprintf(w, "  %-12s nftables table inet kordon in this network namespace: workloads' DNS redirected to %s, egress enforced from DNS answers (grace %s), flows logged to %s\n",
+			"egress", d.dnsAddr, d.opts.egress.ttlGrace, flowLogName(d.opts.egress.flowLog))
+	}
 	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/alerts /v1/quarantines /v1/config /v1/xds/status)\n", "http", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
 	fmt.Fprintf(w, "  %-12s %s/<namespace>_<name>.sock (SPIFFE Workload API, one socket per workload)\n", "workload API", d.sockets.dir)
@@ -614,4 +678,14 @@ func (d *devServer) Shutdown(ctx context.Context) error {
 		d.removeState = false
 	}
 	return errors.Join(errs...)
+}
+
+func flowLogName(s string) string {
+	switch s {
+	case "":
+		return "nowhere"
+	case "-":
+		return "stdout"
+	}
+	return s
 }
