@@ -382,7 +382,7 @@ func TestFlowLogNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 		marker := upload(t, pod, ln, 1000)
-		log.wait(t, 10*time.Second, "marker", func(r *Record) bool { return r.Final && r.SPort == marker.Port() })
+		log.wait(t, 10*time.Second, "marker", func(r *Record) bool { return r.Final && r.SPort == marker.Port() && r.Dst == named })
 		n := 0
 		for _, r := range log.all() {
 			if r.Final && r.SPort == local.Port() && r.Dst == named {
@@ -617,14 +617,14 @@ func TestFlowLogNetns(t *testing.T) {
 				}
 			}
 		}()
-		r := log.wait(t, 15*time.Second, "interval", func(r *Record) bool { return !r.Final && r.SPort == local.Port() && r.BytesOut > 0 })
+		r := log.wait(t, 15*time.Second, "interval", func(r *Record) bool { return !r.Final && r.SPort == local.Port() && r.Dst == longDst && r.BytesOut > 0 })
 		close(stop)
 		<-done
 		if r.Src != pod.IP6 || r.Dst != longDst || r.Client.Pod != "cache-0" || r.PacketsOut == 0 || r.Duration <= 0 {
 			t.Errorf("interval record %+v", r)
 		}
 		c.Close()
-		f := log.wait(t, 10*time.Second, "final long", func(r *Record) bool { return r.Final && r.SPort == local.Port() })
+		f := log.wait(t, 10*time.Second, "final long", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == longDst })
 		if f.BytesOut < r.BytesOut {
 			t.Errorf("final bytesOut %d < interval %d", f.BytesOut, r.BytesOut)
 		}
