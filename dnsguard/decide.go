@@ -35,16 +35,16 @@ type decision struct {
 // The order (README, "Decision order"): the per-client rate limit,
 // unknown clients that are refused, the mesh-wide deny list, the
 // well-known DoH resolvers (DoHList) for workloads whose firewall mode is
-// Enforce, the
-// EgressPolicies (with the unknown-client default), then the detector's
-// quarantine.
+// Enforce, the EgressPolicies (with the unknown-client default), then the
+// detector's quarantine.
 func (s *Server) decide(ip netip.Addr, name string, now time.Time, ev *QueryEvent) decision {
-	d := s.decideUncounted(ip, name, now, ev)
+	d := s.rules(ip, name, now, ev)
 	ev.Verdict, ev.Policy = d.verdict, d.policy
 	return d
 }
 
-func (s *Server) decideUncounted(ip netip.Addr, name string, now time.Time, ev *QueryEvent) decision {
+// rules is decide but for recording the verdict on ev.
+func (s *Server) rules(ip netip.Addr, name string, now time.Time, ev *QueryEvent) decision {
 	// The limiter comes first: a flood is refused before any lookup.
 	if !s.limiter.allow(ip, now) {
 		s.metrics.rateLimited.Inc()
