@@ -130,8 +130,8 @@ type devServer struct {
 	egress       *egressStack
 	// stdoutLines share stdout between the query log and the flow log.
 	stdoutLines []*lineWriter
-	sockets      *devSockets
-	runCtx       context.Context
+	sockets     *devSockets
+	runCtx      context.Context
 	// dnsDone is closed when the resolver's Serve returned, that is when
 	// no query handler runs any more.
 	dnsDone chan struct{}

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/kordon-dev/kordon/egress"
 	"github.com/kordon-dev/kordon/internal/kube"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
@@ -28,6 +32,8 @@ func newNodeCmd() *cobra.Command {
 	var df dnsguardFlags
 	var kubeconfig, dnsListen, httpListen, stateDir, controllerHTTP, queryLog, rootNS string
 	var wl workloadAPIFlags
+	var ef egressFlags
+	var cleanup bool
 	cmd := &cobra.Command{
 		Use:   "node --node NAME --dns-listen ADDR --upstream IP:PORT",
 		Short: "Run the node agent: DNS filtering for this node's pods, exfiltration detection, alert forwarding",
@@ -37,6 +43,9 @@ exfiltration, keeps a durable local alert log and forwards every alert to the
 controller's feed (at least once, buffered on disk while the controller is down).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cleanup {
+				return egress.RemoveTable("", filepath.Join(stateDir, "egress-state.json"))
+			}
 			if df.node == "" {
 				return errors.New("--node is required (the DaemonSet passes spec.nodeName)")
 			}
@@ -71,11 +80,35 @@ controller's feed (at least once, buffered on disk while the controller is down)
 				return err
 			}
 			defer insp.Close()
+			// The query log and the flow log may both go to stdout: whole
+			// lines only.
+			stdout := sharedLines(os.Stdout, 2)
+			var stack *egressStack
+			if ef.firewall {
+				dnsAP, err := netip.ParseAddrPort(dnsListen)
+				if err != nil {
+					return fmt.Errorf("--dns-listen: %w", err)
+				}
+				warnUnroutedCNI(log)
+				if stack, err = startEgress(ctx, &ef, egressDeps{
+					Registry: workloads, Feed: feed, Node: df.node, TrustDomain: policy.DefaultTrustDomain,
+					DNS: dnsAP, StateDir: stateDir, FlowOut: stdout[1], Metrics: reg, Logger: log,
+				}); err != nil {
+					return err
+				}
+				// The table stays when the agent stops: enforcement never
+				// lapses across restarts (kordon node --cleanup removes it).
+				defer stack.Stop(false)
+				cfg.Firewall = stack.dnsFirewall()
+			}
 			w, closeLog, err := openLog(queryLog)
 			if err != nil {
 				return err
 			}
 			defer closeLog()
+			if w == io.Writer(os.Stdout) {
+				w = stdout[0]
+			}
 			cfg.Registry, cfg.QueryLog, cfg.Metrics, cfg.Logger, cfg.Inspector, cfg.RootNamespace = workloads, w, reg, log, insp, rootNS
 			srv, err := dnsguard.New(cfg)
 			if err != nil {
@@ -86,6 +119,11 @@ controller's feed (at least once, buffered on disk while the controller is down)
 				OnChange: func(s *policy.Set) {
 					if err := srv.SetPolicies(s); err != nil {
 						log.Error("egress policies not applied", "error", err)
+					}
+					if stack != nil {
+						if err := stack.SetPolicies(s, rootNS, df.clusterDomain); err != nil {
+							log.Error("egress firewall policies not applied", "error", err)
+						}
 					}
 				}}
 			synced := make(chan struct{})
@@ -134,6 +172,8 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&controllerHTTP, "controller-http", "http://kordon-controller.kordon-system.svc:9080", "controller feed to forward alerts to (empty: keep local)")
 	fl.StringVar(&queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
 	fl.StringVar(&rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
+	ef.register(fl, false)
+	fl.BoolVar(&cleanup, "cleanup", false, "remove kordon's nftables table from this host and exit (uninstall)")
 	wl.register(cmd)
 	return cmd
 }

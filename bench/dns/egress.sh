@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# bench/dns/egress.sh: kordon's resolver with the egress firewall ON for the
+# served workload against the same resolver with it OFF, in ONE run, on a
+# cache-hit and a cache-miss workload (dnsperf), plus the answer-to-kernel
+# programming latency (p50/p99 from kordon_dnsguard_firewall_admit_seconds).
+#
+# Everything runs inside one network namespace the script creates (root
+# needed): NSD as the upstream on its loopback, `kordon dev --egress-firewall`
+# on 10.96.0.53:53 and `kordon dev` (no firewall) on 127.0.0.1, both with
+# the same config: one workload (10.244.0.2 and 127.0.0.1) under an Enforce
+# EgressPolicy allowing *.bench.test, so every answer it gets is programmed
+# into the kernel before it is sent. Misses resolve to distinct addresses
+# (100.64.0.0/10 in the zone: no packet is ever sent to them), so each miss
+# adds a new set element. The namespace is deleted at the end.
+#
+#   bench/dns/egress.sh                     # 3 rounds of 10 s
+#   DURATION=5 RUNS=1 bench/dns/egress.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
+CLIENTS=${CLIENTS:-8}
+OUTSTANDING=${OUTSTANDING:-100}
+# Distinct miss names in the zone: enough for every server and round.
+NAMES=${NAMES:-400000}
+
+if [ "$(id -u)" != 0 ]; then
+	echo "bench/dns/egress.sh: needs root (network namespace, nftables)" >&2
+	exit 1
+fi
+need=()
+command -v dnsperf >/dev/null || need+=(dnsperf)
+command -v nsd >/dev/null || [ -x /usr/sbin/nsd ] || need+=(nsd)
+command -v dig >/dev/null || need+=(bind9-dnsutils)
+if [ ${#need[@]} -gt 0 ]; then
+	echo "installing ${need[*]}"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+make -s build >/dev/null
+KORDON=$PWD/bin/kordon
+
+WORK=$(mktemp -d /tmp/kordon-bench-egress.XXXXXX)
+NS=kbe$$
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	for p in $(ip netns pids "$NS" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+	ip netns del "$NS" 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+in_ns() { ip netns exec "$NS" "$@"; }
+
+ip netns add "$NS"
+in_ns ip link set lo up
+in_ns ip addr add 10.96.0.53/32 dev lo
+in_ns ip addr add 10.244.0.2/32 dev lo
+
+NSD_PORT=5301 OFF_PORT=5353
+# --- NSD upstream: NAMES distinct names with distinct addresses, and hit names.
+{
+	printf '$ORIGIN bench.test.\n$TTL 3600\n@ IN SOA ns.bench.test. h.bench.test. 1 3600 600 86400 3600\n@ IN NS ns.bench.test.\nns IN A 127.0.0.1\n'
+	for i in $(seq 1 100); do printf 'hit%d IN A 198.51.100.%d\n' "$i" "$i"; done
+	printf 'ready IN A 198.51.100.200\n'
+	awk -v n="$NAMES" 'BEGIN { for (i = 0; i < n; i++) printf "m%d IN A 100.%d.%d.%d\n", i, 64 + int(i / 65536), int(i / 256) % 256, i % 256 }'
+} >"$WORK/bench.test.zone"
+cat >"$WORK/nsd.conf" <<CONF
+server:
+  ip-address: 127.0.0.1@$NSD_PORT
+  port: $NSD_PORT
+  username: ""
+  chroot: ""
+  zonesdir: "$WORK"
+  database: ""
+  pidfile: "$WORK/nsd.pid"
+  xfrdfile: "$WORK/xfrd.state"
+  zonelistfile: "$WORK/zone.list"
+  server-count: 1
+  rrl-ratelimit: 0
+  verbosity: 0
+remote-control:
+  control-enable: no
+zone:
+  name: bench.test
+  zonefile: bench.test.zone
+CONF
+in_ns /usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 &
+PIDS+=($!)
+
+mkdir -p "$WORK/config"
+cat >"$WORK/config/workloads.yaml" <<W
+- {name: bench-client, namespace: bench, serviceAccount: bench, labels: {app: bench}, ips: [10.244.0.2, 127.0.0.1]}
+W
+cat >"$WORK/config/egress.yaml" <<P
+apiVersion: security.kordon.dev/v1
+kind: EgressPolicy
+metadata: {name: bench-egress, namespace: bench}
+spec:
+  selector: {matchLabels: {app: bench}}
+  allow: ["*.bench.test"]
+P
+
+start_dev() { # name dns-listen extra-args...
+	local name=$1 listen=$2
+	shift 2
+	in_ns "$KORDON" dev --config "$WORK/config" --upstream 127.0.0.1:$NSD_PORT --dns-listen "$listen" \
+		--http-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 --state-dir "$WORK/state-$name" \
+		--addr-file "$WORK/$name.addr" --query-log "$WORK/$name-queries.log" "$@" \
+		>"$WORK/$name.out" 2>"$WORK/$name.err" &
+	PIDS+=($!)
+	eval "${name}_PID=$!"
+}
+start_dev on 10.96.0.53:53 --egress-firewall --internal-cidr 10.244.0.0/16 --internal-cidr 10.96.0.0/12 --flow-log "$WORK/flows.log"
+start_dev off 127.0.0.1:$OFF_PORT
+
+wait_ready() { # name server port source
+	for _ in $(seq 1 300); do
+		if in_ns dig +short +tries=1 +time=1 -b "$4" @"$2" -p "$3" ready.bench.test A 2>/dev/null | grep -q 198.51.100.200; then return 0; fi
+		sleep 0.1
+	done
+	echo "$1 did not become ready"
+	tail -n 20 "$WORK"/*.err "$WORK/nsd.log"
+	exit 1
+}
+wait_ready on 10.96.0.53 53 10.244.0.2
+wait_ready off 127.0.0.1 $OFF_PORT 127.0.0.1
+HTTP_ON=$(sed -n 's/^http=//p' "$WORK/on.addr")
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+# run_load SERVER PORT SOURCE PID DATA -> "qps us_per_query"
+run_load() {
+	local before after out qps completed
+	before=$(cpu_ticks "$4")
+	out=$(in_ns dnsperf -s "$1" -p "$2" -a "$3" -d "$5" -c "$CLIENTS" -q "$OUTSTANDING" -l "$DURATION" -t 2 2>&1)
+	after=$(cpu_ticks "$4")
+	qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
+	completed=$(echo "$out" | awk '/Queries completed/ {print $3}')
+	awk -v q="$qps" -v c="$completed" -v d=$((after - before)) -v t="$TCK" 'BEGIN { printf "%.0f %.1f\n", q, (c>0 ? d/t/c*1e6 : 0) }'
+}
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
+
+for i in $(seq 1 100); do echo "hit$i.bench.test A"; done >"$WORK/hit.txt"
+next=0
+gen_miss() { # count -> file of names never asked
+	awk -v s="$next" -v n="$1" 'BEGIN { for (i = s; i < s + n; i++) printf "m%d.bench.test A\n", i }' >"$WORK/miss.txt"
+	next=$((next + $1))
+}
+per=$((NAMES / (2 * RUNS)))
+
+declare -A RQ RC
+for run in $(seq 1 "$RUNS"); do
+	for name in on off; do
+		case $name in on) srv=10.96.0.53 port=53 src=10.244.0.2 pid=$on_PID ;; off) srv=127.0.0.1 port=$OFF_PORT src=127.0.0.1 pid=$off_PID ;; esac
+		[ "$run" = 1 ] && in_ns dnsperf -s "$srv" -p "$port" -a "$src" -d "$WORK/hit.txt" -n 1 >/dev/null 2>&1
+		read -r q c < <(run_load "$srv" "$port" "$src" "$pid" "$WORK/hit.txt")
+		RQ[$name-hit]+=" $q"; RC[$name-hit]+=" $c"; hq=$q
+		gen_miss "$per"
+		read -r q c < <(run_load "$srv" "$port" "$src" "$pid" "$WORK/miss.txt")
+		RQ[$name-miss]+=" $q"; RC[$name-miss]+=" $c"
+		echo "round $run/$RUNS firewall $name: hits $hq qps, misses $q qps" >&2
+	done
+done
+
+metrics=$(in_ns bash -c "exec 3<>/dev/tcp/${HTTP_ON%:*}/${HTTP_ON##*:}; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3")
+# Quantiles from a Prometheus histogram's cumulative buckets (upper bounds).
+quantile() { # metric q
+	printf '%s\n' "$metrics" | awk -v m="$1_bucket" -v q="$2" '
+		index($0, m"{") == 1 { split($0, a, "le=\""); split(a[2], b, "\""); le[++n] = b[1]; c[n] = $NF }
+		END { if (n == 0) { print "n/a"; exit } total = c[n]; for (i = 1; i <= n; i++) if (c[i] >= q * total) { printf "%s", le[i]; exit } }'
+}
+elements=$(printf '%s\n' "$metrics" | awk '/^kordon_egress_set_elements/ {s += $NF} END {print s+0}')
+
+echo
+echo "Egress firewall benchmark: dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION, median of $RUNS rounds, $(nproc) cores, upstream NSD"
+printf '%-12s | %-5s | %10s | %10s\n' firewall load QPS "CPU us/q"
+for load in hit miss; do
+	for name in on off; do
+		printf '%-12s | %-5s | %10s | %10s\n' "$name" "$load" "$(echo "${RQ[$name-$load]}" | median)" "$(echo "${RC[$name-$load]}" | median)"
+	done
+done
+for load in hit miss; do
+	awk -v n="$load" -v a="$(echo "${RQ[on-$load]}" | median)" -v b="$(echo "${RQ[off-$load]}" | median)" \
+		'BEGIN { printf "ratio firewall on/off %-4s: QPS %.2fx\n", n, (b>0?a/b:0) }'
+done
+echo "answer-to-kernel (kordon_dnsguard_firewall_admit_seconds, bucket upper bounds): p50 <= $(quantile kordon_dnsguard_firewall_admit_seconds 0.5) s, p99 <= $(quantile kordon_dnsguard_firewall_admit_seconds 0.99) s"
+echo "kernel programming (kordon_egress_programming_seconds): p50 <= $(quantile kordon_egress_programming_seconds 0.5) s, p99 <= $(quantile kordon_egress_programming_seconds 0.99) s"
+echo "set elements at the end: $elements"

@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kordon-dev/kordon/dnsguard"
+	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/kordon-dev/kordon/egress"
+	"github.com/kordon-dev/kordon/egress/flowlog"
+	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/kordon-dev/kordon/policy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+)
+
+// egressFlags are the egress firewall and flow log flags shared by
+// `kordon node` and `kordon dev`.
+type egressFlags struct {
+	firewall     bool
+	internal     []string
+	ttlGrace     time.Duration
+	flowLog      string
+	flowInterval time.Duration
+}
+
+func (f *egressFlags) register(fl *pflag.FlagSet, defaultOn bool) {
+	fl.BoolVar(&f.firewall, "egress-firewall", defaultOn, "enforce EgressPolicies in the kernel (nftables) from DNS answers, intercept every workload's DNS, and log every egress flow (needs CAP_NET_ADMIN)")
+	fl.StringArrayVar(&f.internal, "internal-cidr", nil, "pod or service CIDR never filtered by the egress firewall (repeatable)")
+	fl.DurationVar(&f.ttlGrace, "egress-ttl-grace", 60*time.Second, "how long past an answer's TTL its addresses stay reachable for new connections")
+	fl.StringVar(&f.flowLog, "flow-log", "-", `egress flow log: a file, "-" for stdout, empty for none (with --egress-firewall)`)
+	fl.DurationVar(&f.flowInterval, "flow-interval", 30*time.Second, "interval records for long-lived flows")
+}
+
+// internalPrefixes parses --internal-cidr.
+func (f *egressFlags) internalPrefixes() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(f.internal))
+	for _, s := range f.internal {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("--internal-cidr %q: %w", s, err)
+		}
+		if p.Masked() != p {
+			return nil, fmt.Errorf("--internal-cidr %q: host bits set (did you mean %s?)", s, p.Masked())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// egressDeps are what the egress stack is wired to.
+type egressDeps struct {
+	Registry    *workload.Registry
+	Feed        *alert.Feed
+	Node        string
+	TrustDomain string
+	// DNS is where the local dnsguard listens: every workload's port-53
+	// traffic is redirected there.
+	DNS       netip.AddrPort
+	StateDir  string
+	FlowOut   io.Writer // used when --flow-log is "-"
+	Metrics   prometheus.Registerer
+	Logger    *slog.Logger
+	Namespace string // the namespace programmed, for messages ("this host", "kordon dev's")
+}
+
+// egressStack is the running firewall and flow log.
+type egressStack struct {
+	fw      *egress.Firewall
+	flows   *flowlog.Logger
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closeFn func() error
+	log     *slog.Logger
+}
+
+// errNoNetAdmin explains a missing capability instead of a netlink EPERM.
+var errNoNetAdmin = errors.New("--egress-firewall needs CAP_NET_ADMIN (run as root, or grant the capability: setcap cap_net_admin+ep, or securityContext.capabilities.add: [NET_ADMIN])")
+
+// hasNetAdmin reports whether the process holds CAP_NET_ADMIN (bit 12 of
+// the effective set).
+func hasNetAdmin() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			var caps uint64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%x", &caps); err != nil {
+				return false
+			}
+			return caps&(1<<12) != 0
+		}
+	}
+	return false
+}
+
+// startEgress programs the firewall and starts the flow log.
+func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStack, error) {
+	if !hasNetAdmin() {
+		return nil, errNoNetAdmin
+	}
+	internal, err := f.internalPrefixes()
+	if err != nil {
+		return nil, err
+	}
+	cfg := egress.Config{
+		Registry: d.Registry, Internal: internal, TTLGrace: f.ttlGrace,
+		StateFile: filepath.Join(d.StateDir, "egress-state.json"),
+		Metrics:   d.Metrics, Logger: d.Logger,
+	}
+	if d.DNS.Addr().Is4() {
+		cfg.DNS4 = d.DNS
+	} else if d.DNS.IsValid() {
+		cfg.DNS6 = d.DNS
+	}
+	fw, err := egress.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("egress firewall: %w", err)
+	}
+	s := &egressStack{fw: fw, log: d.Logger}
+	var out io.Writer
+	closeOut := func() error { return nil }
+	switch f.flowLog {
+	case "":
+	case "-":
+		out = d.FlowOut
+	default:
+		fh, err := os.OpenFile(f.flowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			_ = fw.Close()
+			return nil, fmt.Errorf("--flow-log: %w", err)
+		}
+		out, closeOut = fh, fh.Close
+	}
+	flows, err := flowlog.New(flowlog.Config{
+		Registry: d.Registry, TrustDomain: d.TrustDomain, Node: d.Node,
+		Names: fw, Policies: firewallPolicies{fw}, Quarantiner: fw, Alerts: feedSink{d.Feed},
+		Log: out, Interval: f.flowInterval, Internal: internal,
+		Metrics: d.Metrics, Logger: d.Logger,
+	})
+	if err != nil {
+		_ = fw.Close()
+		_ = closeOut()
+		return nil, fmt.Errorf("egress flow log: %w", err)
+	}
+	s.flows = flows
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := fw.Run(runCtx); err != nil {
+			d.Logger.Error("egress firewall stopped", "err", err.Error())
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		if err := flows.Run(runCtx); err != nil {
+			d.Logger.Error("egress flow log stopped", "err", err.Error())
+		}
+	}()
+	s.closeFn = closeOut
+	return s, nil
+}
+
+// SetPolicies hands the EgressPolicies in force to the firewall.
+func (s *egressStack) SetPolicies(set *policy.Set, rootNS, clusterDomain string) error {
+	return s.fw.SetPolicies(set, policy.EgressOptions{RootNamespace: rootNS, ClusterDomain: clusterDomain})
+}
+
+// dnsFirewall is the hook dnsguard calls before an answer goes out.
+func (s *egressStack) dnsFirewall() dnsguard.Firewall { return dnsAdmitter{s.fw} }
+
+// Stop ends the flow log and the firewall; remove also deletes the
+// nftables table (kordon dev, kordon node --cleanup); otherwise it stays
+// and enforcement continues while the agent restarts.
+func (s *egressStack) Stop(remove bool) error {
+	s.cancel()
+	s.wg.Wait()
+	errs := []error{s.flows.Close()}
+	if remove {
+		errs = append(errs, s.fw.Remove())
+	}
+	errs = append(errs, s.fw.Close(), s.closeFn())
+	return errors.Join(errs...)
+}
+
+// dnsAdmitter adapts the firewall to dnsguard's Firewall interface.
+type dnsAdmitter struct{ fw *egress.Firewall }
+
+func (a dnsAdmitter) Admit(grants []dnsguard.Grant) error {
+	gs := make([]egress.Grant, len(grants))
+	for i, g := range grants {
+		gs[i] = egress.Grant{Client: g.Client, Name: g.Name, Addrs: g.Addrs, TTL: g.TTL}
+	}
+	return a.fw.Admit(gs)
+}
+
+// firewallPolicies tells the flow log what policy governs a client.
+type firewallPolicies struct{ fw *egress.Firewall }
+
+func (p firewallPolicies) Policy(client netip.Addr) flowlog.PolicyInfo {
+	_, fw, ok := p.fw.Workload(client)
+	if !ok {
+		return flowlog.PolicyInfo{}
+	}
+	return flowlog.PolicyInfo{Name: fw.Policy, Enforced: fw.Mode == policy.FirewallEnforce, Audit: fw.Mode == policy.FirewallAudit, Quarantine: fw.Quarantine}
+}
+
+// feedSink publishes flow-log alerts to the alert feed (and so to its
+// webhooks, Events and the controller).
+type feedSink struct{ feed *alert.Feed }
+
+func (s feedSink) Publish(ctx context.Context, a flowlog.Alert) error {
+	ev, err := json.Marshal(a.Evidence)
+	if err != nil {
+		return err
+	}
+	dst := a.Dst.Addr().String()
+	_, _, err = s.feed.Publish(ctx, alert.Alert{
+		Time: a.Time, Severity: a.Severity, Kind: a.Kind,
+		Node: a.Client.Node, Namespace: a.Client.Namespace, Pod: a.Client.Pod,
+		ServiceAccount: a.Client.ServiceAccount, SPIFFEID: a.Client.SPIFFEID, ClientIP: a.Client.IP.String(),
+		// The destination address stands where a DNS alert has its
+		// domain: alerts are deduplicated per workload, kind and it.
+		Domain:   dst,
+		Evidence: ev, Action: a.Action, Policy: a.Policy, Message: a.Message,
+	})
+	return err
+}
+
+// warnUnroutedCNI says at start when the node's CNI forwards pod traffic
+// past netfilter (Cilium with eBPF host routing), where the firewall would
+// silently enforce nothing.
+func warnUnroutedCNI(log *slog.Logger) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return
+	}
+	for _, i := range ifs {
+		if i.Name == "cilium_host" {
+			log.Warn("cilium detected: with eBPF host routing pod traffic skips netfilter's forward hook and kordon's egress firewall cannot see it; set bpf.hostLegacyRouting=true in Cilium, or rely on kordon's DNS filtering and Cilium's own toFQDNs policies",
+				"interface", i.Name)
+			return
+		}
+	}
+}
+
+// lineWriter hands only whole lines to a writer it shares with other
+// lineWriters (the query log and the flow log both on stdout), so their
+// buffered writers never interleave halves of records. One lineWriter is
+// used by one goroutine at a time; mu serialises the shared writer.
+type lineWriter struct {
+	mu      *sync.Mutex
+	w       io.Writer
+	pending []byte
+}
+
+// sharedLines returns n lineWriters over w.
+func sharedLines(w io.Writer, n int) []*lineWriter {
+	mu := new(sync.Mutex)
+	out := make([]*lineWriter, n)
+	for i := range out {
+		out[i] = &lineWriter{mu: mu, w: w}
+	}
+	return out
+}
+
+func (l *lineWriter) Write(b []byte) (int, error) {
+	l.pending = append(l.pending, b...)
+	i := bytes.LastIndexByte(l.pending, '\n')
+	if i < 0 {
+		return len(b), nil
+	}
+	l.mu.Lock()
+	_, err := l.w.Write(l.pending[:i+1])
+	l.mu.Unlock()
+	n := copy(l.pending, l.pending[i+1:])
+	l.pending = l.pending[:n]
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
