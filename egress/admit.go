@@ -98,14 +98,14 @@ func (f *Firewall) program(group []*admitReq) error {
 	grant := func(set string, key []byte, d time.Duration) {
 		s := f.sets[set]
 		i, _ := f.tsetIndex(set)
-		k := ekey{i, string(key)}
+		k := mkEkey(i, key)
 		exp := kNow + int64(d)
 		old, had := f.elems[k]
 		if had && exp <= old {
 			return // the kernel already holds it at least as long
 		}
 		undos = append(undos, undo{k, old, had})
-		f.elems[k] = exp
+		f.putElem(k, exp)
 		b.add(s, nftables.SetElement{Key: key, Timeout: timeoutOf(d)})
 	}
 	f.mu.Lock()
@@ -149,9 +149,7 @@ func (f *Firewall) program(group []*admitReq) error {
 			}
 		}
 	}
-	if len(undos) > 0 {
-		f.dirty = true
-	}
+	f.dirty = true
 	f.mu.Unlock()
 	if b.empty() {
 		return nil
@@ -169,7 +167,7 @@ func (f *Firewall) program(group []*admitReq) error {
 			if u.had {
 				f.elems[u.k] = u.old
 			} else {
-				delete(f.elems, u.k)
+				f.delElem(u.k)
 			}
 		}
 		f.mu.Unlock()

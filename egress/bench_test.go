@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/kordon-dev/kordon/internal/netns"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
@@ -140,6 +142,36 @@ func BenchmarkResync10kx50(b *testing.B) {
 		b.ReportMetric(time.Since(start).Seconds(), "admit500k-s")
 		gs = nil
 		b.ReportMetric(float64(heapNow()-h0)/(1<<20), "heap-MiB")
+
+		// One workload changes: the reconcile re-evaluates all 10,000;
+		// Admit calls meanwhile wait only for the diff and the write.
+		reg.Upsert(&workload.Workload{Name: "new", Namespace: "default", ServiceAccount: "default",
+			Labels: map[string]string{"app": "x"}, IPs: []netip.Addr{netip.MustParseAddr("10.244.200.200")}})
+		done := make(chan time.Duration)
+		go func() {
+			start := time.Now()
+			if err := fw.reconcile(); err != nil {
+				b.Error(err)
+			}
+			done <- time.Since(start)
+		}()
+		var worst time.Duration
+		client := netip.MustParseAddr("10.244.0.1")
+	admits:
+		for j := 0; j < 100000; j++ {
+			select {
+			case d := <-done:
+				b.ReportMetric(d.Seconds(), "reconcile-1change-s")
+				break admits
+			default:
+			}
+			start := time.Now()
+			if err := fw.Admit([]Grant{{Client: client, Name: "r.example.com", Addrs: []netip.Addr{synthAddr(true, j)}, TTL: 60}}); err != nil {
+				b.Fatal(err)
+			}
+			worst = max(worst, time.Since(start))
+		}
+		b.ReportMetric(float64(worst.Microseconds()), "admit-during-reconcile-max-us")
 		if err := fw.Close(); err != nil { // saves the state file
 			b.Fatal(err)
 		}
@@ -155,10 +187,19 @@ func BenchmarkResync10kx50(b *testing.B) {
 		setX(b, fw2)
 		b.ReportMetric(time.Since(start).Seconds(), "restart-s")
 		b.ReportMetric(float64(heapNow()-h1)/(1<<20), "restart-heap-MiB")
-		if n := len(fw2.elems); n != nw*na {
-			b.Fatalf("adopted %d elements, want %d", n, nw*na)
+		if n := len(fw2.elems); n < nw*na {
+			b.Fatalf("adopted %d elements, want at least %d", n, nw*na)
 		}
-		if err := fw2.Remove(); err != nil {
+		// A reboot: the table is gone, the state file is not.
+		if err := fw2.Close(); err != nil {
+			b.Fatal(err)
+		}
+		c, err := nftables.New(nftables.WithNetNSFd(ns.Fd(b)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.DelTable(&nftables.Table{Name: "kordon", Family: nftables.TableFamilyINet})
+		if err := c.Flush(); err != nil {
 			b.Fatal(err)
 		}
 		start = time.Now()
@@ -168,8 +209,8 @@ func BenchmarkResync10kx50(b *testing.B) {
 		}
 		setX(b, fw3)
 		b.ReportMetric(time.Since(start).Seconds(), "reboot-restore-s")
-		if n := len(fw3.elems); n != nw*na {
-			b.Fatalf("restored %d elements, want %d", n, nw*na)
+		if n := len(fw3.elems); n < nw*na {
+			b.Fatalf("restored %d elements, want at least %d", n, nw*na)
 		}
 		fw3.Remove()
 	}

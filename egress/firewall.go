@@ -90,6 +90,10 @@ type Firewall struct {
 
 	progMu sync.Mutex // one programmer of conn at a time
 	conn   *nftables.Conn
+	// recMu serialises the writers of f.static (reconcile, quarantine):
+	// they diff against it holding only recMu; f.static changes under
+	// recMu and f.mu.
+	recMu sync.Mutex
 
 	view atomic.Pointer[view]
 
@@ -125,21 +129,54 @@ type Firewall struct {
 }
 
 // ekey names one element of a timeout set: the set's index in f.tsets
-// and the key bytes.
+// and the key bytes (as long as the set's key; the rest zero). It holds
+// no pointer, so the garbage collector does not scan f.elems, which may
+// hold millions of them.
 type ekey struct {
 	set uint8
-	key string
+	key [maxKey]byte
+}
+
+// maxKey is the longest key: ipv6 . ipv6 . proto . port.
+const maxKey = 40
+
+func mkEkey(set uint8, key []byte) ekey {
+	k := ekey{set: set}
+	copy(k.key[:], key)
+	return k
+}
+
+// keyOf returns the key bytes of k.
+func (f *Firewall) keyOf(k ekey) []byte {
+	return append([]byte(nil), k.key[:f.tsets[k.set].s.KeyType.Bytes]...)
 }
 
 // tset is one timeout set.
 type tset struct {
 	s  *nftables.Set
 	fm *fam
+	n  int // elements in f.elems
+}
+
+// putElem records an element of a timeout set; f.mu is held.
+func (f *Firewall) putElem(k ekey, exp int64) {
+	if _, ok := f.elems[k]; !ok {
+		f.tsets[k.set].n++
+	}
+	f.elems[k] = exp
+}
+
+// delElem forgets one; f.mu is held.
+func (f *Firewall) delElem(k ekey) {
+	if _, ok := f.elems[k]; ok {
+		f.tsets[k.set].n--
+		delete(f.elems, k)
+	}
 }
 
 // src is the source address an element's key starts with.
 func (f *Firewall) src(k ekey) netip.Addr {
-	a, _ := netip.AddrFromSlice([]byte(k.key[:f.tsets[k.set].fm.alen]))
+	a, _ := netip.AddrFromSlice(k.key[:f.tsets[k.set].fm.alen])
 	return a
 }
 
@@ -366,7 +403,7 @@ func (f *Firewall) install(readTimeouts bool) error {
 			}
 			i, _ := f.tsetIndex(s.Name)
 			for _, e := range es {
-				f.elems[ekey{i, string(e.Key)}] = now.Add(e.Expires).UnixNano()
+				f.putElem(mkEkey(i, e.Key), now.Add(e.Expires).UnixNano())
 			}
 		}
 	}
@@ -590,7 +627,7 @@ func (f *Firewall) sweep() {
 	}
 	for k, exp := range f.elems {
 		if kNow > exp {
-			delete(f.elems, k)
+			f.delElem(k)
 		}
 	}
 	f.updateGaugesLocked()

@@ -59,8 +59,8 @@ func (f *Firewall) updateGaugesLocked() {
 	for name, m := range f.static {
 		counts[name] = len(m)
 	}
-	for k := range f.elems {
-		counts[f.tsets[k.set].s.Name]++
+	for _, t := range f.tsets {
+		counts[t.s.Name] = t.n
 	}
 	for name, n := range counts {
 		f.m.elements.WithLabelValues(name).Set(float64(n))

@@ -2,6 +2,7 @@ package egress
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -64,20 +65,23 @@ func buildView(ix *policy.EgressIndex, reg *workload.Registry) *view {
 
 // reconcile rebuilds the view and brings the static sets in line with it.
 func (f *Firewall) reconcile() error {
+	// recMu serialises the writers of the static sets, so the policy
+	// evaluation and the diff run without f.mu and f.progMu: Admit waits
+	// only for the write itself.
+	f.recMu.Lock()
+	defer f.recMu.Unlock()
 	f.mu.Lock()
 	ix := f.egress
+	quar := maps.Clone(f.quar)
 	f.mu.Unlock()
 	if ix == nil {
 		return nil
 	}
 	v := buildView(ix, f.cfg.Registry)
 	f.view.Store(v)
+	want := desiredStatic(v, quar)
 
-	f.progMu.Lock()
-	defer f.progMu.Unlock()
-	f.mu.Lock()
 	var b batch
-	want := desiredStatic(v, f.quar)
 	// Grants before memberships: a source enters enforce4 in the same or
 	// a later Flush than its grants.
 	for _, base := range []string{setCIDR, setCIDRPort, setCIDRAddr, setQuar, setPods, setEnforce, setAudit} {
@@ -85,6 +89,7 @@ func (f *Firewall) reconcile() error {
 	}
 	// Learned grants of an address that changed hands (a new pod reusing
 	// an IP) must not carry over.
+	f.mu.Lock()
 	keep := time.Now().Add(staleMargin).UnixNano()
 	var stale []ekey
 	changed := map[netip.Addr]bool{}
@@ -101,39 +106,44 @@ func (f *Firewall) reconcile() error {
 		}
 	}
 	for _, k := range stale {
-		b.del(f.tsets[k.set].s, nftables.SetElement{Key: []byte(k.key)})
+		b.del(f.tsets[k.set].s, nftables.SetElement{Key: f.keyOf(k)})
 	}
 	f.mu.Unlock()
 
+	f.progMu.Lock()
 	start := time.Now()
 	_, err := b.send(f.conn)
 	f.m.programming.Observe(time.Since(start).Seconds())
-
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if err != nil {
 		f.m.errors.Inc()
 		// The kernel may hold part of a multi-Flush batch: read the
 		// static sets back so the next reconcile diffs against the truth.
+		f.mu.Lock()
 		f.rereadStatic()
+		f.mu.Unlock()
+		f.progMu.Unlock()
 		return fmt.Errorf("egress: reconcile: %w", err)
 	}
-	f.commitStatic(&b)
-	for _, k := range stale {
-		delete(f.elems, k)
-	}
-	f.dirty = true
+	f.progMu.Unlock()
+
 	owner := make(map[netip.Addr]string, len(v.byAddr))
 	for a, c := range v.byAddr {
 		owner[a] = c.w.Key()
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.commitStatic(&b)
+	for _, k := range stale {
+		f.delElem(k)
+	}
+	f.dirty = true
 	f.owner = owner
 	f.updateGaugesLocked()
 	return nil
 }
 
-// rereadStatic refreshes f.static from the kernel. f.progMu and f.mu are
-// held.
+// rereadStatic refreshes f.static from the kernel. f.recMu (or New's
+// exclusivity), f.progMu and f.mu are held.
 func (f *Firewall) rereadStatic() {
 	for _, sp := range setSpecs {
 		if sp.timeout {
@@ -353,9 +363,9 @@ func (f *Firewall) setQuarantine(client, dst netip.Addr, on bool) error {
 	if !client.IsValid() || !dst.IsValid() {
 		return fmt.Errorf("egress: quarantine: invalid address")
 	}
+	f.recMu.Lock()
+	defer f.recMu.Unlock()
 	v := f.view.Load()
-	f.progMu.Lock()
-	defer f.progMu.Unlock()
 	f.mu.Lock()
 	k := [2]netip.Addr{client, dst}
 	_, had := f.quar[k]
@@ -366,10 +376,12 @@ func (f *Firewall) setQuarantine(client, dst netip.Addr, on bool) error {
 	}
 	f.dirty = true
 	want := desiredStatic(v, f.quar)
+	f.mu.Unlock()
 	var b batch
 	f.diffStatic(&b, setQuar, func(fm *fam) map[string]nftables.SetElement { return want[setQuar+fm.suffix] })
-	f.mu.Unlock()
+	f.progMu.Lock()
 	_, err := b.send(f.conn)
+	f.progMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {

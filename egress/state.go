@@ -69,7 +69,7 @@ func (f *Firewall) saveState() error {
 	for k, exp := range f.elems {
 		if exp > kNow {
 			r := &bySet[k.set]
-			r.Records = append(r.Records, k.key...)
+			r.Records = append(r.Records, f.keyOf(k)...)
 			r.Records = binary.BigEndian.AppendUint64(r.Records, uint64(exp/int64(time.Millisecond)))
 		}
 	}
@@ -197,7 +197,7 @@ func (f *Firewall) restore(st *stateFile) error {
 			if left < time.Second {
 				continue
 			}
-			k := ekey{i, string(key)}
+			k := mkEkey(i, key)
 			adds = append(adds, added{k, exp.UnixNano()})
 			if !adopted {
 				b.add(s, nftables.SetElement{Key: key, Timeout: left})
@@ -255,7 +255,7 @@ func (f *Firewall) restore(st *stateFile) error {
 	f.commitStatic(&b)
 	for _, a := range adds {
 		if old, ok := f.elems[a.k]; !ok || old < a.exp {
-			f.elems[a.k] = a.exp
+			f.putElem(a.k, a.exp)
 		}
 	}
 	f.updateGaugesLocked()
