@@ -72,8 +72,8 @@ func newAlertsCmd() *cobra.Command {
 				if a.Pod == "" {
 					who = a.ClientIP
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Time.Local().Format(time.DateTime), a.Severity, a.Kind, who, a.Domain, a.Action, a.Message)
-				return tw.Flush()
+				_, err := fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Time.Local().Format(time.DateTime), a.Severity, a.Kind, who, a.Domain, a.Action, a.Message)
+				return err
 			}
 			if output != "json" && output != "table" {
 				return fmt.Errorf("unsupported output format %q (json or table)", output)
@@ -117,6 +117,10 @@ func newAlertsCmd() *cobra.Command {
 				if err := row(a); err != nil {
 					return err
 				}
+				// Following: each alert is shown as it comes.
+				if err := tw.Flush(); err != nil {
+					return err
+				}
 			}
 			if cmd.Context().Err() != nil {
 				return nil
@@ -129,7 +133,7 @@ func newAlertsCmd() *cobra.Command {
 	f.BoolVarP(&follow, "follow", "f", false, "stream new alerts (Server-Sent Events)")
 	f.StringVar(&since, "since", "", "only alerts newer than a duration (1h) or an RFC 3339 time")
 	f.StringVarP(&namespace, "namespace", "n", "", "only alerts for workloads in this namespace")
-	f.StringVar(&kind, "kind", "", "exfiltration, tunneling, blocked or quarantine")
+	f.StringVar(&kind, "kind", "", "exfiltration, tunneling, blocked, quarantine, direct-egress, resolver-bypass or egress-volume")
 	f.StringVar(&severity, "severity", "", "low, medium, high or critical")
 	f.IntVar(&limit, "limit", 0, "at most this many (the newest)")
 	addOutputFlag(cmd, &output, "table", "json")
