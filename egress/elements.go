@@ -10,10 +10,9 @@ import (
 )
 
 // Limits of one netlink batch. google/nftables v0.3.0 encodes all the
-// elements of one SetAddElements call in one netlink attribute, whose
-// length field is 16 bits: past 64 KiB the length wraps and the kernel
-// silently stores only part of the elements (measured:
-// notes/egress-enforcement.md). So every call carries at most
+// elements of one SetAddElements call in one netlink attribute (whose
+// length field is 16 bits): past about 64 KiB the kernel silently stores
+// only part of the elements (measured: notes/egress-enforcement.md). So every call carries at most
 // maxCallBytes of encoded elements, and one Flush at most maxFlushBytes
 // (well under the socket buffers set in dial).
 const (

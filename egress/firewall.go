@@ -278,7 +278,7 @@ func New(cfg Config) (*Firewall, error) {
 		f.log.Warn("egress state not restored", "file", cfg.StateFile, "error", serr)
 	}
 	// With a state file the kernel's timeout sets need not be read back
-	// (a dump of a large hash set is slow: about 6 s for 500,000
+	// (a dump of a large hash set is slow: about 6.5 s for 500,000
 	// elements here); the file knows them, up to its last save.
 	if err := f.install(st == nil); err != nil {
 		conn.CloseLasting()

@@ -274,9 +274,9 @@ type box struct {
 }
 
 // disjointBoxes turns (prefix, port range) grants into boxes that do not
-// overlap and cover exactly their union: the interval (pipapo) set
-// refuses overlapping elements, and grants of several policies may
-// overlap. Per protocol the port axis is cut at every range boundary; in
+// overlap and cover exactly their union: the interval (pipapo) set fails
+// the whole transaction (EEXIST) on an element whose start lies inside
+// another (measured on 6.18), and grants of several policies may overlap. Per protocol the port axis is cut at every range boundary; in
 // each slice the prefixes covering it are merged into disjoint address
 // ranges; neighbouring slices with the same ranges are joined.
 func disjointBoxes(gs []portGrant, fm *fam) []box {
