@@ -100,12 +100,12 @@ note "  node $NODE (10.96.0.53 for DNS), outside $OUT (198.51.100.10 api.shop.ex
 note "  pods: frontend 10.244.0.2, cache 10.244.1.2 (policy shop/cache-egress), legacy-cache 10.244.2.2 (no policy)"
 
 step "Outside: an API on 198.51.100.10:443, a partner on 198.51.100.130:443 and the attacker's host on 203.0.113.200:6379"
-in_ns "$OUT" "$KORDON" dev sink --listen 198.51.100.10:443 --listen 198.51.100.130:443 --listen 203.0.113.200:6379 >"$work/sink.out" 2>&1 &
+ip netns exec "$OUT" "$KORDON" dev sink --listen 198.51.100.10:443 --listen 198.51.100.130:443 --listen 203.0.113.200:6379 >"$work/sink.out" 2>&1 &
 pids+=($!)
 wait_for grep -q 203.0.113.200 "$work/sink.out"
 
 step "Starting kordon dev --egress-firewall in the node namespace"
-in_ns "$NODE" "$KORDON" dev --config "$CONFIG" --upstream-zones "$ZONES" \
+ip netns exec "$NODE" "$KORDON" dev --config "$CONFIG" --upstream-zones "$ZONES" \
 	--egress-firewall --internal-cidr 10.244.0.0/16 --internal-cidr 10.96.0.0/12 \
 	--dns-listen 10.96.0.53:53 --http-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 \
 	--state-dir "$work/state" --addr-file "$work/dev.addr" \

@@ -85,7 +85,7 @@ zone:
   name: bench.test
   zonefile: bench.test.zone
 CONF
-in_ns /usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 &
+ip netns exec "$NS" /usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 &
 PIDS+=($!)
 
 mkdir -p "$WORK/config"
@@ -104,7 +104,9 @@ P
 start_dev() { # name dns-listen extra-args...
 	local name=$1 listen=$2
 	shift 2
-	in_ns "$KORDON" dev --config "$WORK/config" --upstream 127.0.0.1:$NSD_PORT --dns-listen "$listen" \
+	# Not through in_ns: a backgrounded function is a subshell, and $! must
+	# be the server itself (ip netns exec execs it) for the CPU figures.
+	ip netns exec "$NS" "$KORDON" dev --config "$WORK/config" --upstream 127.0.0.1:$NSD_PORT --dns-listen "$listen" \
 		--http-listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 --state-dir "$WORK/state-$name" \
 		--addr-file "$WORK/$name.addr" --query-log "$WORK/$name-queries.log" "$@" \
 		>"$WORK/$name.out" 2>"$WORK/$name.err" &
