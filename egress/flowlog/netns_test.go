@@ -351,8 +351,9 @@ func TestFlowLogNetns(t *testing.T) {
 		ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(named, 0))
 		local := upload(t, pod, ln, size)
 		r := log.wait(t, 10*time.Second, "final upload", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == named })
-		// Headers: at most 80 bytes (IPv4 + TCP with options) a packet.
-		if r.BytesOut < size || r.BytesOut > size+80*r.PacketsOut {
+		// Headers: at most 80 bytes (IPv4 + TCP with options) a packet;
+		// under load a few retransmitted bytes (conntrack counts them).
+		if r.BytesOut < size || r.BytesOut > size+80*r.PacketsOut+size/50 {
 			t.Errorf("bytesOut %d (%d packets), want %d plus headers", r.BytesOut, r.PacketsOut, size)
 		}
 		if r.BytesIn == 0 || r.BytesIn > 64<<10 {
@@ -625,8 +626,8 @@ func TestFlowLogNetns(t *testing.T) {
 		}
 		c.Close()
 		f := log.wait(t, 10*time.Second, "final long", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == longDst })
-		if f.BytesOut < r.BytesOut {
-			t.Errorf("final bytesOut %d < interval %d", f.BytesOut, r.BytesOut)
+		if f.BytesOut < r.BytesOut || f.Duration < r.Duration {
+			t.Errorf("final %+v has less than the interval record %+v", f, r)
 		}
 	})
 }

@@ -81,10 +81,12 @@ func (l *Logger) Run(ctx context.Context) error {
 	dispatched := make(chan struct{})
 	go func() { defer close(dispatched); l.dispatch(pubCtx, alerts) }()
 
-	t := newTracker(&l.cfg, l.metrics, func(k flowKey, tu conntrack.Tuple, zone uint16) {
+	t := newTracker(&l.cfg, l.metrics, func(k flowKey, tu conntrack.Tuple, zone uint16) bool {
 		select {
 		case getReq <- getRequest{k, tu, zone}:
-		default: // the Destroy event will bring the counters
+			return true
+		default: // the next Dump or the Destroy will bring the counters
+			return false
 		}
 	})
 	flush := func() {

@@ -79,7 +79,7 @@ type flowState struct {
 	created time.Time // by the tracker's clock
 	out, in conntrack.Counter
 	counted uint64 // outbound bytes already given to volume detection
-	closing bool   // the close Update came; counters asked for
+	closing bool   // the close Update came and a Get was asked for
 	done    bool   // final record written
 	dumpGen uint64 // last Dump that listed the entry
 	missed  int    // Dumps in a row that did not
@@ -88,7 +88,8 @@ type flowState struct {
 // tracker turns conntrack events, Dumps and NFLOG packets into records and
 // alerts. It is owned by one goroutine and has no I/O: records go to out,
 // alerts to alerts, and get asks for a flow's current counters (answered
-// by got; when it cannot ask, the Destroy event brings them).
+// by got; false when it cannot ask now: the next Dump or the Destroy
+// event brings them).
 type tracker struct {
 	cfg   *Config
 	m     *metrics
@@ -98,7 +99,7 @@ type tracker struct {
 
 	out    chunk
 	alerts []Alert
-	get    func(k flowKey, t conntrack.Tuple, zone uint16)
+	get    func(k flowKey, t conntrack.Tuple, zone uint16) bool
 }
 
 type blockKey struct {
@@ -106,9 +107,9 @@ type blockKey struct {
 	src, dst netip.AddrPort
 }
 
-func newTracker(cfg *Config, m *metrics, get func(flowKey, conntrack.Tuple, uint16)) *tracker {
+func newTracker(cfg *Config, m *metrics, get func(flowKey, conntrack.Tuple, uint16) bool) *tracker {
 	if get == nil {
-		get = func(flowKey, conntrack.Tuple, uint16) {}
+		get = func(flowKey, conntrack.Tuple, uint16) bool { return false }
 	}
 	return &tracker{cfg: cfg, m: m, det: newDetector(cfg), flows: map[flowKey]*flowState{}, block: map[blockKey]time.Time{}, get: get}
 }
@@ -200,9 +201,6 @@ func (t *tracker) track(f *conntrack.Flow, now time.Time) *flowState {
 		return nil
 	}
 	st := &flowState{rec: rec, obs: o, tuple: f.TupleOrig, zone: f.Zone, start: now, created: now}
-	if !f.Timestamp.Start.IsZero() {
-		st.start = f.Timestamp.Start
-	}
 	t.flows[k] = st
 	t.m.flows.WithLabelValues(rec.Verdict).Inc()
 	t.counters(st, f, now)
@@ -213,9 +211,15 @@ func (t *tracker) track(f *conntrack.Flow, now time.Time) *flowState {
 }
 
 // counters takes f's counters when they are newer (New and Update events
-// carry none; counters only grow) and feeds the outbound delta to volume
-// detection.
+// carry none; counters only grow) and its start time, and feeds the
+// outbound delta to volume detection.
 func (t *tracker) counters(st *flowState, f *conntrack.Flow, now time.Time) {
+	// The kernel's start time (Dump, Get and Destroy carry it when
+	// nf_conntrack_timestamp is on) beats the time an event was read,
+	// and is the only one for a flow first seen after it began.
+	if !f.Timestamp.Start.IsZero() {
+		st.start = f.Timestamp.Start
+	}
 	if f.CountersOrig.Packets >= st.out.Packets && f.CountersOrig.Bytes >= st.out.Bytes {
 		st.out.Packets, st.out.Bytes = f.CountersOrig.Packets, f.CountersOrig.Bytes
 	}
@@ -233,6 +237,9 @@ func (t *tracker) counters(st *flowState, f *conntrack.Flow, now time.Time) {
 }
 
 func (t *tracker) write(st *flowState, at time.Time, final bool) {
+	if at.Before(st.start) { // a Dump that began before the flow
+		at = st.start
+	}
 	r := st.rec
 	r.Time = at
 	r.BytesOut, r.PacketsOut = st.out.Bytes, st.out.Packets
@@ -276,8 +283,7 @@ func (t *tracker) event(ev *conntrack.Event, now time.Time) {
 		// Update to TIME_WAIT/CLOSE arrives with the last packet. It has
 		// no counters, so they are read from the entry (Get).
 		if closedTCP(f) && !st.done && !st.closing {
-			st.closing = true
-			t.get(k, st.tuple, st.zone)
+			st.closing = t.get(k, st.tuple, st.zone)
 		}
 	case conntrack.EventDestroy:
 		if !st.done {
@@ -327,9 +333,10 @@ func (t *tracker) dump(flows []conntrack.Flow, gen uint64, started, now time.Tim
 			t.counters(st, f, now)
 		}
 		st.dumpGen, st.missed = gen, 0
-		if !st.done && closedTCP(f) {
-			// Closed before we saw its close Update (an overrun, or
-			// before Run): these are its final counters.
+		if !st.done && !st.closing && closedTCP(f) {
+			// Closed, and no Get on its way (its close Update was lost
+			// to an overrun or came before Run, or the Get queue was
+			// full): these are its final counters.
 			t.write(st, started, true)
 			continue
 		}

@@ -20,8 +20,10 @@ type harness struct {
 	tr   *tracker
 	now  time.Time
 	gets []flowKey
-	recs []Record
-	as   []Alert
+	// getsFull makes the Get queue refuse requests.
+	getsFull bool
+	recs     []Record
+	as       []Alert
 }
 
 func newHarness(t *testing.T, edit func(*Config)) *harness {
@@ -36,7 +38,10 @@ func newHarness(t *testing.T, edit func(*Config)) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, now: t0}
-	h.tr = newTracker(&cfg, testMetrics(t), func(k flowKey, _ conntrack.Tuple, _ uint16) { h.gets = append(h.gets, k) })
+	h.tr = newTracker(&cfg, testMetrics(t), func(k flowKey, _ conntrack.Tuple, _ uint16) bool {
+		h.gets = append(h.gets, k)
+		return !h.getsFull
+	})
 	return h
 }
 
@@ -319,3 +324,44 @@ func TestTrackerBlockedPackets(t *testing.T) {
 type fixedPolicy PolicyInfo
 
 func (p fixedPolicy) Policy(netip.Addr) PolicyInfo { return PolicyInfo(p) }
+
+func TestTrackerCloseWithGetQueueFull(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	h.getsFull = true
+	f := tcpFlow(9, pod, 40009, leakTo, egress.MarkUnmanaged)
+	h.event(evNew, f)
+	h.event(evUpdate, withState(f, tcpTimeWait))
+	if len(h.recs) != 0 {
+		t.Fatalf("records %+v before any counters", h.recs)
+	}
+	// The next Dump has the entry in TIME_WAIT with its counters.
+	h.tr.dump([]conntrack.Flow{withState(withCounters(f, 700, 5, 300, 4), tcpTimeWait)}, 1, h.now, h.now)
+	h.take()
+	if len(h.recs) != 1 || !h.recs[0].Final || h.recs[0].BytesOut != 700 {
+		t.Fatalf("records %+v, want one final from the Dump", h.recs)
+	}
+	h.event(evDestroy, withCounters(f, 700, 5, 300, 4))
+	if len(h.recs) != 1 {
+		t.Errorf("records %+v after Destroy, want still one", h.recs)
+	}
+}
+
+func TestTrackerDumpDoesNotPreemptGet(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	f := tcpFlow(10, pod, 40010, leakTo, egress.MarkUnmanaged)
+	h.event(evNew, f)
+	h.event(evUpdate, withState(f, tcpTimeWait)) // Get on its way
+	h.tr.dump([]conntrack.Flow{withState(withCounters(f, 600, 4, 300, 4), tcpTimeWait)}, 1, h.now.Add(-time.Second), h.now)
+	h.take()
+	if len(h.recs) != 0 {
+		t.Fatalf("records %+v: the Dump wrote a flow whose Get is pending", h.recs)
+	}
+	got := withCounters(f, 700, 5, 300, 4)
+	h.tr.got(keyOf(&f), &got, nil, h.now)
+	h.take()
+	if len(h.recs) != 1 || h.recs[0].BytesOut != 700 || h.recs[0].Duration < 0 {
+		t.Errorf("records %+v, want one with the Get's counters", h.recs)
+	}
+}
