@@ -163,6 +163,14 @@ func installObjects() []map[string]any {
 					"dnsPolicy":         "Default",
 					"priorityClassName": "system-node-critical",
 					"tolerations":       []any{map[string]any{"operator": "Exists"}},
+					// /proc/sys is read-only in the agent's container: a privileged
+					// init container turns on conntrack accounting (byte counts in
+					// the flow log) and exits.
+					"initContainers": []any{map[string]any{
+						"name": "host-setup", "image": Image, "args": []any{"node", "--prepare-host"},
+						"securityContext": map[string]any{"privileged": true},
+						"resources":       map[string]any{"requests": map[string]any{"cpu": "10m", "memory": "16Mi"}, "limits": map[string]any{"memory": "64Mi"}},
+					}},
 					"containers": []any{map[string]any{
 						"name":  "node",
 						"image": Image,
@@ -170,11 +178,19 @@ func installObjects() []map[string]any {
 							"--upstream=$(UPSTREAM_DNS)", "--controller-http=http://kordon-controller." + Namespace + ".svc:9080",
 							"--state-dir=/var/lib/kordon", "--http-listen=127.0.0.1:9081", "--namespace=" + Namespace,
 							"--controller-issuance=kordon-controller." + Namespace + ".svc:15012",
-							"--workload-api-socket=/run/kordon/sockets/agent.sock", "--token-file=/var/run/secrets/kordon/token"},
+							"--workload-api-socket=/run/kordon/sockets/agent.sock", "--token-file=/var/run/secrets/kordon/token",
+							// The egress firewall: pods under an enforcing EgressPolicy reach
+							// only what their own DNS answers gave them; every pod's DNS is
+							// redirected here and every egress flow is logged.
+							"--egress-firewall", "--internal-cidr=$(POD_CIDR)", "--internal-cidr=$(SERVICE_CIDR)"},
 						"env": []any{
 							map[string]any{"name": "NODE_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "spec.nodeName"}}},
 							// The cluster DNS Service IP (kube-dns): set it to yours.
 							map[string]any{"name": "UPSTREAM_DNS", "value": "10.96.0.10:53"},
+							// The pod and service CIDRs, never filtered by the egress
+							// firewall: set them to yours.
+							map[string]any{"name": "POD_CIDR", "value": "10.244.0.0/16"},
+							map[string]any{"name": "SERVICE_CIDR", "value": "10.96.0.0/12"},
 						},
 						"ports": []any{
 							map[string]any{"name": "dns", "containerPort": 53, "protocol": "UDP"},
@@ -189,8 +205,9 @@ func installObjects() []map[string]any {
 						"securityContext": map[string]any{
 							"allowPrivilegeEscalation": false,
 							"readOnlyRootFilesystem":   true,
-							"capabilities":             map[string]any{"drop": []any{"ALL"}, "add": []any{"NET_BIND_SERVICE"}},
-							"seccompProfile":           map[string]any{"type": "RuntimeDefault"},
+							// NET_ADMIN: nftables and conntrack (the egress firewall and flow log).
+							"capabilities":   map[string]any{"drop": []any{"ALL"}, "add": []any{"NET_BIND_SERVICE", "NET_ADMIN"}},
+							"seccompProfile": map[string]any{"type": "RuntimeDefault"},
 						},
 					}},
 					// Alert log, webhook cursor and quarantines survive restarts.

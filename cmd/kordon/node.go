@@ -20,6 +20,7 @@ import (
 	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/egress"
+	"github.com/kordon-dev/kordon/egress/flowlog"
 	"github.com/kordon-dev/kordon/internal/kube"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
@@ -33,7 +34,7 @@ func newNodeCmd() *cobra.Command {
 	var kubeconfig, dnsListen, httpListen, stateDir, controllerHTTP, queryLog, rootNS string
 	var wl workloadAPIFlags
 	var ef egressFlags
-	var cleanup bool
+	var cleanup, prepareHost bool
 	cmd := &cobra.Command{
 		Use:   "node --node NAME --dns-listen ADDR --upstream IP:PORT",
 		Short: "Run the node agent: DNS filtering for this node's pods, exfiltration detection, alert forwarding",
@@ -43,6 +44,13 @@ exfiltration, keeps a durable local alert log and forwards every alert to the
 controller's feed (at least once, buffered on disk while the controller is down).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if prepareHost {
+				if err := flowlog.EnableAccounting(0); err != nil {
+					return fmt.Errorf("--prepare-host: %w", err)
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "conntrack accounting and timestamps on (net.netfilter.nf_conntrack_acct=1, nf_conntrack_timestamp=1)")
+				return nil
+			}
 			if cleanup {
 				return egress.RemoveTable("", filepath.Join(stateDir, "egress-state.json"))
 			}
@@ -174,6 +182,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
 	ef.register(fl, false)
 	fl.BoolVar(&cleanup, "cleanup", false, "remove kordon's nftables table from this host and exit (uninstall)")
+	fl.BoolVar(&prepareHost, "prepare-host", false, "turn on conntrack accounting in this network namespace and exit (the DaemonSet's privileged init container)")
 	wl.register(cmd)
 	return cmd
 }
