@@ -59,18 +59,21 @@ func newEnv(t testing.TB, pods int, mod func(*Config)) *env {
 	// gateway answers RST), so first-packet latency does not show up as
 	// a slow verdict.
 	for _, p := range tp.Pods {
-		gw := netip.AddrFrom4([4]byte{10, 244, byte(p.Index), 1})
-		eventually(t, 5*time.Second, "pod link up", func() error {
-			c, err := e.dial(p.Index, netip.AddrPortFrom(gw, 9))
-			if err == nil {
-				c.Close()
-				return nil
-			}
-			if isRefused(err) {
-				return nil
-			}
-			return err
-		})
+		gw4 := netip.AddrFrom4([4]byte{10, 244, byte(p.Index), 1})
+		gw6 := p.IP6.Prev() // fd00:244:i::1
+		for _, gw := range []netip.Addr{gw4, gw6} {
+			eventually(t, 5*time.Second, "pod link up", func() error {
+				c, err := e.dial(p.Index, netip.AddrPortFrom(gw, 9))
+				if err == nil {
+					c.Close()
+					return nil
+				}
+				if isRefused(err) {
+					return nil
+				}
+				return err
+			})
+		}
 	}
 	return e
 }

@@ -1,8 +1,11 @@
 package egress
 
 import (
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,5 +123,35 @@ func TestAdmitTimeoutFailsClosed(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("Admit took %v", d)
+	}
+}
+
+// TestCorruptStateFile: a damaged state file is reported and ignored;
+// New still programs the table.
+func TestCorruptStateFile(t *testing.T) {
+	state := t.TempDir() + "/state.json"
+	if err := os.WriteFile(state, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	e := newEnv(t, 1, func(c *Config) {
+		c.StateFile = state
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	e.setPolicies(pol{pod: 0, allow: []string{"api.example.com"}})
+	e.mustRefuse(0, netip.MustParseAddrPort("198.51.100.1:80"))
+	if !strings.Contains(logs.String(), "egress state not restored") {
+		t.Fatalf("logs: %s", logs.String())
+	}
+	e.admit(0, "api.example.com", 300, netip.MustParseAddr("198.51.100.2"))
+	if err := e.fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := loadState(state)
+	if err != nil || st == nil {
+		t.Fatalf("state after Close: %v %v", st, err)
+	}
+	if len(st.Sets) != 1 || st.Sets[0].Name != "dns4" || len(st.Sets[0].Records) != 16 {
+		t.Fatalf("saved sets %+v", st.Sets)
 	}
 }
