@@ -30,7 +30,6 @@ type getResult struct {
 
 type dumpResult struct {
 	flows   []conntrack.Flow
-	gen     uint64
 	started time.Time
 	err     error
 }
