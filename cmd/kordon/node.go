@@ -98,6 +98,11 @@ controller's feed (at least once, buffered on disk while the controller is down)
 					return fmt.Errorf("--dns-listen: %w", err)
 				}
 				warnUnroutedCNI(log)
+				// Every pod's DNS is redirected to --dns-listen: it must be a
+				// local address (a dummy interface, as NodeLocal DNSCache).
+				if err := egress.EnsureLocalAddress("", dnsAP.Addr()); err != nil {
+					return err
+				}
 				if stack, err = startEgress(ctx, &ef, egressDeps{
 					Registry: workloads, Feed: feed, Node: df.node, TrustDomain: policy.DefaultTrustDomain,
 					DNS: dnsAP, StateDir: stateDir, FlowOut: stdout[1], Metrics: reg, Logger: log,
