@@ -53,7 +53,9 @@ type Config struct {
 	// Node names this node; it fills client.node when the workload has none.
 	Node string
 	// Names (optional) tells the DNS name behind (client, dst) and whether a
-	// DNS answer to that client gave dst.
+	// DNS answer to that client gave dst. Names and Policies are called on
+	// the event loop, once per new flow or blocked attempt: they must
+	// answer from memory, or the kernel drops events.
 	Names Names
 	// Policies (optional) gives per-client policy information.
 	Policies Policies

@@ -365,3 +365,31 @@ func TestTrackerDumpDoesNotPreemptGet(t *testing.T) {
 		t.Errorf("records %+v, want one with the Get's counters", h.recs)
 	}
 }
+
+// BenchmarkTrackerFlow is one TCP flow's life through the tracker: New,
+// two Updates, the close Update, the Get's answer and Destroy.
+func BenchmarkTrackerFlow(b *testing.B) {
+	reg := workload.NewRegistry()
+	reg.Replace([]*workload.Workload{{Name: "cache-0", Namespace: "shop", ServiceAccount: "cache", IPs: []netip.Addr{pod}}})
+	cfg := Config{Registry: reg, Names: fakeNames{}, Internal: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	if err := cfg.fill(); err != nil {
+		b.Fatal(err)
+	}
+	m, _ := newMetrics(nil)
+	tr := newTracker(&cfg, m, func(flowKey, conntrack.Tuple, uint16) bool { return true })
+	now := t0
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		f := tcpFlow(uint32(i), pod, uint16(i), leakTo, egress.MarkDNS)
+		est, tw := withState(f, 3), withState(f, tcpTimeWait)
+		got := withCounters(f, 5000, 6, 900, 5)
+		for _, ev := range []conntrack.Event{{Type: conntrack.EventNew, Flow: &f}, {Type: conntrack.EventUpdate, Flow: &est}, {Type: conntrack.EventUpdate, Flow: &est}, {Type: conntrack.EventUpdate, Flow: &tw}} {
+			tr.event(&ev, now)
+		}
+		tr.got(keyOf(&f), &got, nil, now)
+		tr.event(&conntrack.Event{Type: conntrack.EventDestroy, Flow: &got}, now)
+		if i%256 == 0 {
+			tr.take()
+		}
+	}
+}
