@@ -125,6 +125,9 @@ func (f *Firewall) program(group []*admitReq) error {
 			}
 			for _, dst := range g.Addrs {
 				dst = dst.Unmap()
+				if !dst.IsValid() {
+					continue // one bad address must not fail the batch
+				}
 				fm := famOf(dst)
 				for _, src := range c.w.IPs {
 					src = src.Unmap()
@@ -198,6 +201,9 @@ func (f *Firewall) rememberLocked(id, name string, addrs []netip.Addr, exp int64
 	}
 	for _, a := range addrs {
 		a = a.Unmap()
+		if !a.IsValid() {
+			continue
+		}
 		old, ok := m[a]
 		if !ok {
 			if len(m) >= maxNamesPerClient || f.nNames >= maxNames {

@@ -635,46 +635,50 @@ func (f *Firewall) sweep() {
 
 // Close stops the firewall and leaves the table in the kernel, so
 // enforcement goes on across an agent restart. It saves the state file.
+// Closing again does nothing.
 func (f *Firewall) Close() error {
-	var err error
-	f.closeOnce.Do(func() {
-		f.closed.Store(true)
-		close(f.stop)
-		<-f.done
-		err = f.saveState()
-		f.progMu.Lock()
-		if cerr := f.conn.CloseLasting(); err == nil {
-			err = cerr
-		}
-		f.progMu.Unlock()
-	})
+	err := f.shutdown(f.saveState)
+	if errors.Is(err, ErrClosed) {
+		return nil
+	}
 	return err
 }
 
 // Remove deletes the table (and so every rule and set) and the state
-// file, and closes the firewall: nothing of it is left.
+// file, and closes the firewall: nothing of it is left. After Close it
+// returns ErrClosed.
 func (f *Firewall) Remove() error {
-	if f.closed.Load() {
-		return ErrClosed
-	}
-	f.closed.Store(true)
-	close(f.stop)
-	<-f.done
-	f.progMu.Lock()
-	defer f.progMu.Unlock()
-	f.conn.DelTable(f.table)
-	err := f.conn.Flush()
-	f.closeOnce.Do(func() {})
-	if cerr := f.conn.CloseLasting(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("egress: remove table %s: %w", f.table.Name, err)
-	}
-	if f.cfg.StateFile != "" {
-		if err := os.Remove(f.cfg.StateFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("egress: remove state: %w", err)
+	return f.shutdown(func() error {
+		f.conn.DelTable(f.table)
+		if err := f.conn.Flush(); err != nil {
+			return fmt.Errorf("egress: remove table %s: %w", f.table.Name, err)
 		}
-	}
-	return nil
+		if f.cfg.StateFile != "" {
+			if err := os.Remove(f.cfg.StateFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("egress: remove state: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// shutdown runs once, for the first of Close and Remove: it stops Admit
+// and Run, waits for programming in flight, runs final and closes the
+// netlink connection. Later calls return ErrClosed.
+func (f *Firewall) shutdown(final func() error) error {
+	err := ErrClosed
+	f.closeOnce.Do(func() {
+		f.closed.Store(true)
+		close(f.stop)
+		<-f.done
+		f.recMu.Lock()
+		defer f.recMu.Unlock()
+		f.progMu.Lock()
+		defer f.progMu.Unlock()
+		err = final()
+		if cerr := f.conn.CloseLasting(); err == nil {
+			err = cerr
+		}
+	})
+	return err
 }

@@ -155,3 +155,27 @@ func TestCorruptStateFile(t *testing.T) {
 		t.Fatalf("saved sets %+v", st.Sets)
 	}
 }
+
+// TestBadGrantAddress: an invalid address in one grant does not fail the
+// batch for the others.
+func TestBadGrantAddress(t *testing.T) {
+	e := newEnv(t, 1, nil)
+	e.setPolicies(pol{pod: 0, allow: []string{"api.example.com"}})
+	srv := e.tcpServer(e.tp.OutsideAddr(t, "198.51.100.130"), 8080)
+	if err := e.fw.Admit([]Grant{
+		{Client: e.tp.Pods[0].IP4, Name: "api.example.com", Addrs: []netip.Addr{{}}, TTL: 60},
+		{Client: e.tp.Pods[0].IP4, Name: "api.example.com", Addrs: []netip.Addr{{}, srv.addr.Addr()}, TTL: 60},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustConnect(0, srv.addr)
+	if err := e.fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.fw.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := e.fw.Remove(); err != ErrClosed {
+		t.Fatalf("Remove after Close: %v, want ErrClosed", err)
+	}
+}
