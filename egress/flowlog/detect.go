@@ -56,6 +56,7 @@ type observation struct {
 	mark     uint32
 	verdict  string
 	reason   string // blocked attempts: policy, port, dot, quarantine
+	dnsName  string // the name whose answer gave dst, when known
 	internal bool   // dst is in Config.Internal
 	learned  bool   // a DNS answer to client gave dst
 	policy   PolicyInfo
@@ -171,6 +172,9 @@ func (d *detector) alert(o *observation, now time.Time, kind, severity string) A
 	}
 	if o.reason != "" {
 		a.Evidence["reason"] = o.reason
+	}
+	if o.dnsName != "" {
+		a.Evidence["dnsName"] = o.dnsName
 	}
 	return a
 }

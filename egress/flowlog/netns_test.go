@@ -367,7 +367,7 @@ func TestFlowLogNetns(t *testing.T) {
 			t.Errorf("durationSeconds %v", r.Duration)
 		}
 		a := alerts.wait(t, 5*time.Second, "egress-volume", func(a *Alert) bool { return a.Kind == KindEgressVolume && a.Dst.Addr() == named })
-		if a.Client.Pod != "cache-0" || a.Severity != "medium" || a.Evidence["bytes"].(int64) <= 512<<10 {
+		if a.Client.Pod != "cache-0" || a.Severity != "medium" || a.Evidence["bytes"].(int64) <= 512<<10 || a.Evidence["dnsName"] != "api.example.com" {
 			t.Errorf("volume alert %+v", a)
 		}
 

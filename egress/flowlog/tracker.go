@@ -184,6 +184,7 @@ func (t *tracker) describe(proto uint8, src, dst netip.AddrPort, mark uint32, ko
 	o := observation{client: c, proto: rec.Proto, dst: dst, mark: mark, verdict: rec.Verdict, internal: internal}
 	if t.cfg.Names != nil {
 		rec.DNSName, _ = t.cfg.Names.Lookup(src.Addr(), dst.Addr())
+		o.dnsName = rec.DNSName
 		o.learned = t.cfg.Names.Learned(src.Addr(), dst.Addr())
 	}
 	if t.cfg.Policies != nil {
