@@ -346,13 +346,38 @@ func (f *Firewall) install(readTimeouts bool) error {
 			}
 		}
 	}
+	existing := map[string]*nftables.Set{}
+	if f.adopted {
+		ss, err := c.GetSets(f.table)
+		if err != nil {
+			return fmt.Errorf("egress: list sets: %w", err)
+		}
+		for _, s := range ss {
+			existing[s.Name] = s
+		}
+	}
 	c.AddTable(f.table)
+	// Rules first (they jump to the chains and look up the sets), then
+	// the chains.
+	for _, ch := range old {
+		c.FlushChain(ch)
+	}
+	for _, ch := range old {
+		c.DelChain(ch)
+	}
 	for _, sp := range setSpecs {
 		for _, fm := range fams {
 			s := sp.set(f.table, fm)
 			// Our own batch-local set IDs: v0.3.0 otherwise increments a
 			// package variable without a lock shared by every Conn.
 			s.ID = uint32(len(f.sets) + 1)
+			if e, ok := existing[s.Name]; ok && !sameSet(e, s) {
+				// A set of another definition (an older version): its
+				// elements cannot be kept; replace it in this same
+				// transaction (no rule refers to it any more).
+				f.log.Warn("egress set replaced", "set", s.Name)
+				c.DelSet(e)
+			}
 			if err := c.AddSet(s, nil); err != nil {
 				return fmt.Errorf("egress: set %s: %w", s.Name, err)
 			}
@@ -361,13 +386,6 @@ func (f *Firewall) install(readTimeouts bool) error {
 				f.tsets = append(f.tsets, tset{s: s, fm: fm})
 			}
 		}
-	}
-	// Rules first (they jump to the chains), then the chains.
-	for _, ch := range old {
-		c.FlushChain(ch)
-	}
-	for _, ch := range old {
-		c.DelChain(ch)
 	}
 	rs := buildRuleset(f.table, f.sets, f.cfg.DNS4, f.cfg.DNS6)
 	for _, ch := range rs.chains {
@@ -419,6 +437,12 @@ func (f *Firewall) install(readTimeouts bool) error {
 	}
 	f.updateGauges()
 	return nil
+}
+
+// sameSet reports whether an existing set has the definition of want.
+func sameSet(have, want *nftables.Set) bool {
+	return have.KeyType.GetNFTMagic() == want.KeyType.GetNFTMagic() && have.KeyType.Bytes == want.KeyType.Bytes &&
+		have.Interval == want.Interval && have.HasTimeout == want.HasTimeout && have.Concatenation == want.Concatenation
 }
 
 // staticKey is the key of e in f.static: its key and key end bytes, and

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/kordon-dev/kordon/policy"
 )
 
@@ -178,4 +180,39 @@ func TestBadGrantAddress(t *testing.T) {
 	if err := e.fw.Remove(); err != ErrClosed {
 		t.Fatalf("Remove after Close: %v, want ErrClosed", err)
 	}
+}
+
+// TestAdoptReplacesForeignSet: a table left by an older version with a
+// set of another definition is adopted; that set is replaced, the rest
+// kept.
+func TestAdoptReplacesForeignSet(t *testing.T) {
+	e := newEnv(t, 1, nil)
+	e.setPolicies(pol{pod: 0, allow: []string{"api.example.com"}})
+	srv := e.tcpServer(e.tp.OutsideAddr(t, "198.51.100.140"), 8080)
+	e.admit(0, "api.example.com", 300, srv.addr.Addr())
+	if err := e.fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// An "older version" made quar6 a plain address set.
+	c := e.nft()
+	tb := &nftables.Table{Name: "kordon", Family: nftables.TableFamilyINet}
+	for _, ch := range []string{"pod6"} {
+		c.FlushChain(&nftables.Chain{Name: ch, Table: tb})
+	}
+	c.DelSet(&nftables.Set{Name: "quar6", Table: tb})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddSet(&nftables.Set{Name: "quar6", Table: tb, KeyType: nftables.TypeIP6Addr, ID: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	s, err := c.GetSetByName(tb, "quar6")
+	if err != nil || !s.Concatenation {
+		t.Fatalf("quar6 after adoption: %+v %v", s, err)
+	}
+	e.mustConnect(0, srv.addr) // dns4 kept its element
 }
