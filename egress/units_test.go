@@ -216,3 +216,31 @@ func TestAdoptReplacesForeignSet(t *testing.T) {
 	}
 	e.mustConnect(0, srv.addr) // dns4 kept its element
 }
+
+// TestRefreshExtendsTimeout: a later answer with a longer TTL extends the
+// kernel element (kernel 6.18 updates the timeout of an element added
+// again; measured), and a shorter one does not shorten it.
+func TestRefreshExtendsTimeout(t *testing.T) {
+	e := newEnv(t, 1, nil) // TTLGrace 1s
+	e.setPolicies(pol{pod: 0, allow: []string{"api.example.com"}})
+	dst := netip.MustParseAddr("198.51.100.150")
+	expires := func() time.Duration {
+		es := e.setElems("dns4")
+		if len(es) != 1 {
+			t.Fatalf("dns4 has %d elements", len(es))
+		}
+		return es[0].Expires
+	}
+	e.admit(0, "api.example.com", 10, dst)
+	if d := expires(); d > 11*time.Second || d < 9*time.Second {
+		t.Fatalf("after TTL 10: expires in %v", d)
+	}
+	e.admit(0, "api.example.com", 100, dst)
+	if d := expires(); d < 99*time.Second {
+		t.Fatalf("after TTL 100: expires in %v, want about 101s (kernel kept the old timeout?)", d)
+	}
+	e.admit(0, "api.example.com", 5, dst)
+	if d := expires(); d < 99*time.Second {
+		t.Fatalf("after TTL 5: expires in %v, a shorter answer shortened it", d)
+	}
+}
