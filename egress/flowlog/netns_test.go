@@ -141,7 +141,7 @@ func (f fakeNames) Learned(c, d netip.Addr) bool { _, ok := f[[2]netip.Addr{c, d
 // with PrefixBlockPolicy and rejected, TCP to port 853 likewise with
 // PrefixBlockDoT, UDP to port 53 gets MarkBypass, and every other new
 // connection MarkUnmanaged.
-func installRules(t *testing.T, fd int, blocked netip.Addr) {
+func installRules(t *testing.T, fd int, blocked ...netip.Addr) {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(fd))
 	if err != nil {
@@ -150,14 +150,20 @@ func installRules(t *testing.T, fd int, blocked netip.Addr) {
 	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "flowlogtest"})
 	policy := nftables.ChainPolicyAccept
 	ch := c.AddChain(&nftables.Chain{Name: "fwd", Table: tbl, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &policy})
-	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: blocked.AsSlice()},
-		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: egress.LogGroup, Data: []byte(egress.PrefixBlockPolicy)},
-		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED},
-	}})
+	for _, a := range blocked {
+		proto, off := byte(unix.NFPROTO_IPV4), uint32(16)
+		if a.Is6() {
+			proto, off = unix.NFPROTO_IPV6, 24
+		}
+		c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(a.BitLen() / 8)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()},
+			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: egress.LogGroup, Data: []byte(egress.PrefixBlockPolicy)},
+			&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED},
+		}})
+	}
 	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
@@ -303,7 +309,8 @@ func TestFlowLogNetns(t *testing.T) {
 	resolver := tp.OutsideAddr(t, "198.51.100.53")
 	dotResolver := tp.OutsideAddr(t, "198.51.100.54")
 	manyDst := tp.OutsideAddr(t, "203.0.113.30")
-	installRules(t, fd, blocked)
+	blocked6 := tp.OutsideAddr(t, "2001:db8:100::66")
+	installRules(t, fd, blocked, blocked6)
 
 	reg := workload.NewRegistry()
 	reg.Replace([]*workload.Workload{{Name: "cache-0", Namespace: "shop", ServiceAccount: "cache", IPs: []netip.Addr{pod.IP4, pod.IP6}}})
@@ -427,6 +434,19 @@ func TestFlowLogNetns(t *testing.T) {
 		a := alerts.wait(t, 5*time.Second, "direct-egress (blocked)", func(a *Alert) bool { return a.Kind == KindDirectEgress && a.Dst.Addr() == blocked })
 		if a.Action != ActionBlocked || a.Evidence["reason"] != "policy" {
 			t.Errorf("alert %+v", a)
+		}
+		// IPv6, UDP: the parser walks the IPv6 header to the ports.
+		c, err := dial(t, pod.NS, "udp", netip.AddrPortFrom(blocked6, 5353).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		r6 := log.wait(t, 10*time.Second, "blocked ipv6", func(r *Record) bool { return r.Verdict == VerdictBlocked && r.Dst == blocked6 })
+		if r6.Proto != "udp" || r6.DPort != 5353 || r6.Src != pod.IP6 || r6.SPort != addrPort(t, c.LocalAddr()).Port() || r6.Client.Pod != "cache-0" {
+			t.Errorf("record %+v", r6)
 		}
 	})
 
