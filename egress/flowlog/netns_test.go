@@ -407,6 +407,42 @@ func TestFlowLogNetns(t *testing.T) {
 		}
 	})
 
+	t.Run("reset", func(t *testing.T) {
+		// An RST moves the entry to CLOSE at once; its Destroy would come
+		// only with the garbage collector's sweep.
+		ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(named, 0))
+		read := make(chan int64, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				read <- -1
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			n, _ := io.CopyN(io.Discard, c, 5000)
+			read <- n
+			_, _ = io.Copy(io.Discard, c)
+		}()
+		c, err := dial(t, pod.NS, "tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		local := addrPort(t, c.LocalAddr())
+		if _, err := c.Write(make([]byte, 5000)); err != nil {
+			t.Fatal(err)
+		}
+		if n := <-read; n != 5000 {
+			t.Fatalf("server read %d", n)
+		}
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close() // RST
+		r := log.wait(t, 10*time.Second, "final reset", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == named })
+		if r.BytesOut < 5000 || r.BytesOut > 5000+80*r.PacketsOut {
+			t.Errorf("record %+v, want 5000 bytes out plus headers", r)
+		}
+	})
+
 	t.Run("direct egress", func(t *testing.T) {
 		// The backdoored-image case: a Redis image talks to an outside
 		// address no DNS answer gave it.
