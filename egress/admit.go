@@ -104,6 +104,10 @@ func (f *Firewall) program(group []*admitReq) error {
 		if had && exp <= old {
 			return // the kernel already holds it at least as long
 		}
+		if !had && f.perSrc[f.src(k)] >= maxElemsPerSource {
+			f.m.dropped.Inc()
+			return
+		}
 		undos = append(undos, undo{k, old, had})
 		f.putElem(k, exp)
 		b.add(s, nftables.SetElement{Key: key, Timeout: timeoutOf(d)})

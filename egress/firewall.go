@@ -102,6 +102,8 @@ type Firewall struct {
 	// expiry (unix nanoseconds, kernel clock = wall clock), as programmed
 	// by this process, restored from the state file or read back.
 	elems map[ekey]int64
+	// perSrc counts f.elems by source address (maxElemsPerSource).
+	perSrc map[netip.Addr]int
 	// tsets are the timeout sets, indexed by ekey.set.
 	tsets []tset
 	// static are the current elements of the sets without timeouts
@@ -162,6 +164,7 @@ type tset struct {
 func (f *Firewall) putElem(k ekey, exp int64) {
 	if _, ok := f.elems[k]; !ok {
 		f.tsets[k.set].n++
+		f.perSrc[f.src(k)]++
 	}
 	f.elems[k] = exp
 }
@@ -170,6 +173,10 @@ func (f *Firewall) putElem(k ekey, exp int64) {
 func (f *Firewall) delElem(k ekey) {
 	if _, ok := f.elems[k]; ok {
 		f.tsets[k.set].n--
+		src := f.src(k)
+		if f.perSrc[src]--; f.perSrc[src] <= 0 {
+			delete(f.perSrc, src)
+		}
 		delete(f.elems, k)
 	}
 }
@@ -206,6 +213,13 @@ type client struct {
 	we *policy.WorkloadEgress
 	fw policy.Firewall
 }
+
+// maxElemsPerSource bounds the learned kernel elements of one source
+// address (all timeout sets): a workload allowed a wildcard whose
+// answers it controls could otherwise grow the kernel's sets without
+// end. Past it new grants of that source are not programmed (its
+// connections to them are refused: fail closed) until elements expire.
+const maxElemsPerSource = 1 << 16
 
 // Bounds of the in-memory name memory (Lookup, Learned): per workload
 // (or unknown address) and in total.
@@ -261,6 +275,7 @@ func New(cfg Config) (*Firewall, error) {
 		table:      &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
 		sets:       map[string]*nftables.Set{},
 		elems:      map[ekey]int64{},
+		perSrc:     map[netip.Addr]int{},
 		static:     map[string]map[string]nftables.SetElement{},
 		names:      map[string]map[netip.Addr]nameEntry{},
 		namesSwept: map[string]time.Time{},

@@ -8,6 +8,7 @@ type metrics struct {
 	errors      prometheus.Counter
 	grants      prometheus.Counter
 	timeouts    prometheus.Counter
+	dropped     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -33,9 +34,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "kordon", Subsystem: "egress", Name: "admit_timeouts_total",
 			Help: "Admit calls that gave up after AdmitTimeout.",
 		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "kordon", Subsystem: "egress", Name: "elements_dropped_total",
+			Help: "Grant elements not programmed because their source address holds the maximum (65,536).",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.elements, m.programming, m.errors, m.grants, m.timeouts} {
+		for _, c := range []prometheus.Collector{m.elements, m.programming, m.errors, m.grants, m.timeouts, m.dropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -134,3 +134,24 @@ func pct(ds []time.Duration, p int) time.Duration {
 	}
 	return s[min(len(s)-1, len(s)*p/100)]
 }
+
+// TestElementsPerSourceBounded: one source cannot grow the kernel sets
+// past maxElemsPerSource; the rest is counted, not programmed.
+func TestElementsPerSourceBounded(t *testing.T) {
+	e := newEnv(t, 1, func(c *Config) { c.AdmitTimeout = time.Minute })
+	e.setPolicies(pol{pod: 0, allow: []string{"*.example.com"}})
+	const extra = 10
+	addrs := make([]netip.Addr, maxElemsPerSource+extra)
+	for i := range addrs {
+		addrs[i] = synthAddr(false, i)
+	}
+	if err := e.fw.Admit([]Grant{{Client: e.tp.Pods[0].IP4, Name: "w.example.com", Addrs: addrs, TTL: 600}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.setLen("dns4"); n != maxElemsPerSource {
+		t.Fatalf("dns4 has %d elements, want %d", n, maxElemsPerSource)
+	}
+	if got := testutil.ToFloat64(e.fw.m.dropped); got != extra {
+		t.Fatalf("kordon_egress_elements_dropped_total = %v, want %d", got, extra)
+	}
+}
