@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -231,7 +230,7 @@ const (
 // New programs the table: it creates it, or adopts an existing table of
 // that name, keeping its sets and their elements, and rebuilds every
 // chain and rule in one netlink transaction, so enforcement never lapses
-// across an agent restart. It sets nf_conntrack_acct=1 in the namespace.
+// across an agent restart.
 func New(cfg Config) (*Firewall, error) {
 	if cfg.Registry == nil {
 		return nil, errors.New("egress: Config.Registry is required")
@@ -298,10 +297,6 @@ func New(cfg Config) (*Firewall, error) {
 	if err := f.install(st == nil); err != nil {
 		conn.CloseLasting()
 		return nil, err
-	}
-	if err := setConntrackAcct(cfg.NetNSFd); err != nil {
-		conn.CloseLasting()
-		return nil, fmt.Errorf("egress: nf_conntrack_acct: %w", err)
 	}
 	if st != nil {
 		if err := f.restore(st); err != nil {
@@ -568,41 +563,6 @@ func sortElems(es []nftables.SetElement) {
 		}
 		return 1
 	})
-}
-
-// setConntrackAcct writes net.netfilter.nf_conntrack_acct=1 in the
-// namespace fd (0: the current one): it is 0 in every new namespace, and
-// with it 0 the flow log's byte counters are all zero.
-func setConntrackAcct(fd int) error {
-	const path = "/proc/sys/net/netfilter/nf_conntrack_acct"
-	write := func() error { return os.WriteFile(path, []byte("1"), 0o644) }
-	if fd == 0 {
-		return write()
-	}
-	errc := make(chan error, 1)
-	go func() {
-		// A fresh locked thread; if it cannot return to its namespace it
-		// exits locked and the runtime discards it.
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		werr := write()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns back: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- werr
-	}()
-	return <-errc
 }
 
 // Run follows the registry, sweeps expired memory and saves the state

@@ -291,7 +291,10 @@ func buildRuleset(t *nftables.Table, sets map[string]*nftables.Set, dns4, dns6 n
 	r.add(fwd, matchCtState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), accept)
 
 	nat := r.chain(&nftables.Chain{Name: chainPrerout, Table: t, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: ptr(nftables.ChainPolicyAccept)})
+		// Before kube-proxy's DNAT (dstnat, -100): the first NAT chain to
+		// map a connection wins, and a pod's query to the kube-dns Service
+		// IP must reach kordon, not a CoreDNS pod.
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityNATDest - 10), Policy: ptr(nftables.ChainPolicyAccept)})
 
 	for _, f := range fams {
 		s := func(base string) *nftables.Set { return sets[base+f.suffix] }
