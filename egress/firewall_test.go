@@ -2,6 +2,8 @@ package egress
 
 import (
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
@@ -490,4 +492,39 @@ func (e *env) listenPod(pod int, ap netip.AddrPort) net.Listener {
 		}
 	}()
 	return ln
+}
+
+// TestQuarantineHTTP: the address quarantines are listed, added and lifted
+// over HTTP, and the kernel follows.
+func TestQuarantineHTTP(t *testing.T) {
+	e := newEnv(t, 1, nil)
+	e.setPolicies() // unmanaged: only a quarantine can block it
+	srv := e.tcpServer(e.tp.OutsideAddr(t, "198.51.100.70"), 8080)
+	e.mustConnect(0, srv.addr)
+	h := e.fw.Handler()
+	do := func(method, path string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+		return rec
+	}
+	pair := "/v1/egress/quarantines/" + e.tp.Pods[0].IP4.String() + "/" + srv.addr.Addr().String()
+	if rec := do("POST", pair); rec.Code != http.StatusNoContent {
+		t.Fatalf("POST: %d %s", rec.Code, rec.Body)
+	}
+	e.mustRefuse(0, srv.addr)
+	rec := do("GET", "/v1/egress/quarantines")
+	want := `{"quarantines":[{"client":"10.244.0.2","destination":"198.51.100.70"}]}`
+	if got := strings.TrimSpace(rec.Body.String()); got != want {
+		t.Fatalf("GET: %s, want %s", got, want)
+	}
+	if rec := do("DELETE", pair); rec.Code != http.StatusNoContent {
+		t.Fatalf("DELETE: %d %s", rec.Code, rec.Body)
+	}
+	e.mustConnect(0, srv.addr)
+	if rec := do("DELETE", pair); rec.Code != http.StatusNotFound {
+		t.Fatalf("second DELETE: %d, want 404", rec.Code)
+	}
+	if rec := do("DELETE", "/v1/egress/quarantines/bogus/1.2.3.4"); rec.Code != http.StatusBadRequest {
+		t.Fatalf("bad address: %d, want 400", rec.Code)
+	}
 }

@@ -520,6 +520,10 @@ func (d *devServer) startHTTP() error {
 	mux.Handle("/v1/alerts", d.feed.Handler())
 	mux.Handle("/v1/quarantines", d.inspector.Handler())
 	mux.Handle("/v1/quarantines/", d.inspector.Handler())
+	if d.egress != nil {
+		mux.Handle("/v1/egress/quarantines", d.egress.fw.Handler())
+		mux.Handle("/v1/egress/quarantines/", d.egress.fw.Handler())
+	}
 	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	d.httpAddr = l.Addr()
 	d.wg.Add(1)
