@@ -86,9 +86,15 @@ type Config struct {
 	// nf_conntrack_timestamp alone. By default New sets both to 1 in the
 	// watched namespace: without accounting every counter is 0.
 	KeepSysctls bool
-	Metrics     prometheus.Registerer
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// NoConntrackTable: do not add table inet kordon-flowlog. By default
+	// New adds it (a hookless chain with one ct expression, no per-packet
+	// cost) because the kernel tracks no connection in a namespace where
+	// no rule uses conntrack; Close removes it. Set this where another
+	// table (kordon's firewall) always uses conntrack.
+	NoConntrackTable bool
+	Metrics          prometheus.Registerer
+	Logger           *slog.Logger
+	Now              func() time.Time
 }
 
 // Names is the DNS side's knowledge of which names and addresses it gave
@@ -209,6 +215,8 @@ type Logger struct {
 	dump   *dumpConn  // Dump and Get
 	nflog  *nflogConn
 
+	ownTable bool // New added table inet kordon-flowlog
+
 	mu      sync.Mutex
 	running bool
 	closed  bool
@@ -217,8 +225,9 @@ type Logger struct {
 }
 
 // New validates cfg, fills defaults, turns on conntrack accounting and
-// timestamps in the namespace (unless KeepSysctls), and opens the
-// conntrack event socket, the dump socket and the NFLOG group.
+// timestamps in the namespace (unless KeepSysctls), opens the conntrack
+// event socket, the dump socket and the NFLOG group, and makes sure the
+// kernel tracks connections (unless NoConntrackTable).
 func New(cfg Config) (*Logger, error) {
 	if cfg.Registry == nil {
 		return nil, errors.New("flowlog: Config.Registry is required")
@@ -251,6 +260,15 @@ func New(cfg Config) (*Logger, error) {
 		l.events.Close()
 		l.dump.Close()
 		return nil, err
+	}
+	if !cfg.NoConntrackTable {
+		// After the event socket exists: the first connections tracked
+		// already have a listener.
+		if err := ensureConntrack(cfg.NetNSFd); err != nil {
+			l.log.Warn("cannot make sure conntrack runs; flows are logged only if another rule uses conntrack", "error", err)
+		} else {
+			l.ownTable = true
+		}
 	}
 	if cfg.Log != nil {
 		l.writer = newRecordWriter(cfg.Log, cfg.LogBuffer, m, cfg.Logger)
@@ -315,8 +333,14 @@ func (l *Logger) Close() error {
 	return nil
 }
 
+// closeSockets releases the kernel resources: the sockets and the table.
 func (l *Logger) closeSockets() {
 	l.events.Close()
 	l.dump.Close()
 	l.nflog.Close()
+	if l.ownTable {
+		if err := removeConntrackTable(l.cfg.NetNSFd); err != nil {
+			l.log.Warn("cannot remove conntrack table", "table", "inet "+conntrackTable, "error", err)
+		}
+	}
 }

@@ -801,3 +801,56 @@ func TestFlowLogOverrun(t *testing.T) {
 	}
 	t.Logf("overruns %v, events %v, records %v", testutil.ToFloat64(l.metrics.overruns), testutil.ToFloat64(l.metrics.events), len(log.all()))
 }
+
+// TestFlowLogWithoutFirewall: with no rule using conntrack in the node the
+// kernel tracks nothing; New's own table (a hookless chain with a ct
+// expression) turns tracking on, so flows are logged, and Close removes
+// the table.
+func TestFlowLogWithoutFirewall(t *testing.T) {
+	tp := netns.NewTopology(t, 1)
+	pod := tp.Pods[0]
+	fd := tp.Node.Fd(t)
+	dst := tp.OutsideAddr(t, "203.0.113.50")
+	reg := workload.NewRegistry()
+	reg.Replace([]*workload.Workload{{Name: "web", Namespace: "shop", IPs: []netip.Addr{pod.IP4}}})
+	log := newLines()
+	l, err := New(Config{NetNSFd: fd, Registry: reg, Log: log, Interval: time.Second, Internal: tp.Internal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- l.Run(context.Background()) }()
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			l.Close()
+			<-runErr
+		}
+	})
+	ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(dst, 443))
+	local := upload(t, pod, ln, 20000)
+	r := log.wait(t, 10*time.Second, "final", func(r *Record) bool { return r.Final && r.SPort == local.Port() && r.Dst == dst })
+	if r.BytesOut < 20000 || r.Verdict != VerdictAllowed || r.Client.Pod != "web" {
+		t.Errorf("record %+v", r)
+	}
+	closed = true
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-runErr; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := c.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tbl := range tables {
+		if tbl.Name == conntrackTable {
+			t.Errorf("table %s left after Close", tbl.Name)
+		}
+	}
+}
