@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/kordon-dev/kordon/internal/netns"
 	"github.com/miekg/dns"
 )
@@ -794,4 +795,43 @@ func startRogueResolver(t *testing.T, ns *netns.NS, addr string) *rogueResolver 
 	go func() { _ = tcp.ActivateAndServe() }()
 	t.Cleanup(func() { _ = udp.Shutdown(); _ = tcp.Shutdown() })
 	return r
+}
+
+// TestDevFirewallNeedsNetAdmin: without CAP_NET_ADMIN kordon dev
+// --egress-firewall says what it needs and exits 1, touching nothing.
+func TestDevFirewallNeedsNetAdmin(t *testing.T) {
+	netns.RequireRoot(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) not installed")
+	}
+	ns := netns.New(t, "nocap")
+	ns.Exec(t, "ip", "addr", "add", "10.96.0.53/32", "dev", "lo")
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config")
+	if err := os.MkdirAll(cfg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg, "workloads.yaml"), []byte(workloadsYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := ns.Command(setpriv, "--inh-caps=-all", "--bounding-set=-net_admin", "--",
+		kordonBin(t), "dev", "--config", cfg, "--upstream", "127.0.0.1:53", "--egress-firewall",
+		"--dns-listen", "10.96.0.53:53", "--http-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0",
+		"--state-dir", filepath.Join(dir, "state"))
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("want exit status 1, got %v:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--egress-firewall needs CAP_NET_ADMIN") {
+		t.Fatalf("output does not say what is missing:\n%s", out)
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tables, err := c.ListTables(); err != nil || len(tables) != 0 {
+		t.Fatalf("nftables tables after the refusal: %v %v", tables, err)
+	}
 }
