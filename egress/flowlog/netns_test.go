@@ -854,3 +854,20 @@ func TestFlowLogWithoutFirewall(t *testing.T) {
 		}
 	}
 }
+
+// TestGetMissingEntry: a Get for an entry that is gone is recognised as
+// such (the flow then waits for its Destroy instead of being written with
+// old counters).
+func TestGetMissingEntry(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t, "get")
+	d, err := dialDump(ns.Fd(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	f := tcpFlow(1, netip.MustParseAddr("10.244.0.2"), 40000, netip.MustParseAddrPort("198.51.100.7:6379"), 0)
+	if _, err := d.get(f.TupleOrig, 0); !errNotFound(err) {
+		t.Errorf("get of a missing entry: %v, want ENOENT", err)
+	}
+}
