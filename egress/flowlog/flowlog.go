@@ -243,10 +243,8 @@ func New(cfg Config) (*Logger, error) {
 	if !cfg.KeepSysctls {
 		// Why: with nf_conntrack_acct 0 (the default in every new
 		// namespace) all counters are 0 and the log's byte counts lie.
-		for _, key := range []string{"nf_conntrack_acct", "nf_conntrack_timestamp"} {
-			if err := setNetfilterSysctl(cfg.NetNSFd, key, "1"); err != nil {
-				l.log.Warn("cannot enable conntrack sysctl", "key", "net.netfilter."+key, "error", err)
-			}
+		if err := EnableAccounting(cfg.NetNSFd); err != nil {
+			l.log.Warn("cannot enable conntrack accounting", "error", err)
 		}
 	}
 	if l.events, err = dialEvents(cfg.NetNSFd); err != nil {
