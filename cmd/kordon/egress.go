@@ -150,6 +150,8 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 		Registry: d.Registry, TrustDomain: d.TrustDomain, Node: d.Node,
 		Names: fw, Policies: firewallPolicies{fw}, Quarantiner: fw, Alerts: feedSink{d.Feed},
 		Log: out, Interval: f.flowInterval, Internal: internal,
+		// The firewall's rules already make the kernel track connections.
+		NoConntrackTable: true,
 		Metrics: d.Metrics, Logger: d.Logger,
 	})
 	if err != nil {
