@@ -73,6 +73,7 @@ const workloadsYAML = `
 - {name: web, namespace: shop, serviceAccount: web, labels: {app: web}, ips: [10.244.0.2, "fd00:244:0::2"], node: dev}
 - {name: batch, namespace: shop, serviceAccount: batch, labels: {app: batch}, ips: [10.244.1.2, "fd00:244:1::2"], node: dev}
 - {name: legacy, namespace: legacy, serviceAccount: legacy, labels: {app: legacy}, ips: [10.244.2.2, "fd00:244:2::2"], node: dev}
+- {name: jobs, namespace: shop, serviceAccount: jobs, labels: {app: jobs}, ips: [10.244.3.2, "fd00:244:3::2"], node: dev}
 `
 
 const egressYAML = `
@@ -90,6 +91,16 @@ spec:
   selector: {matchLabels: {app: batch}}
   mode: Audit
   allow: [api.shop.example]
+---
+# No allow list (not filtered), but a direct connection quarantines the
+# address for this workload.
+apiVersion: security.kordon.dev/v1
+kind: EgressPolicy
+metadata: {name: jobs-watch, namespace: shop}
+spec:
+  selector: {matchLabels: {app: jobs}}
+  deny: ["*.adnet.example"]
+  detection: {action: Quarantine}
 `
 
 const manyNames = 150
@@ -414,10 +425,9 @@ type feedAlert struct {
 	Kind, Namespace, Pod, Domain, Action, Message string
 }
 
-// alerts reads the feed through the node namespace's loopback.
-func (k *kordon) alerts(t *testing.T) []feedAlert {
-	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+// httpClient reaches kordon dev's HTTP API on the node namespace's loopback.
+func (k *kordon) httpClient() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var c net.Conn
 			err := k.tp.Node.Do(func() (err error) {
@@ -427,7 +437,12 @@ func (k *kordon) alerts(t *testing.T) []feedAlert {
 			return c, err
 		},
 	}}
-	resp, err := client.Get("http://" + k.http + "/v1/alerts")
+}
+
+// alerts reads the feed through the node namespace's loopback.
+func (k *kordon) alerts(t *testing.T) []feedAlert {
+	t.Helper()
+	resp, err := k.httpClient().Get("http://" + k.http + "/v1/alerts")
 	if err != nil {
 		t.Logf("alerts: %v", err)
 		return nil
@@ -465,8 +480,8 @@ func isRefused(err error) bool {
 // kordon dev and the namespaces once keeps the suite quick); each subtest
 // is one claim of the egress firewall.
 func TestEgressFirewall(t *testing.T) {
-	tp := netns.NewTopology(t, 3)
-	web, batch, legacy := tp.Pods[0], tp.Pods[1], tp.Pods[2]
+	tp := netns.NewTopology(t, 4)
+	web, batch, legacy, jobs := tp.Pods[0], tp.Pods[1], tp.Pods[2], tp.Pods[3]
 	anyIP(t, tp)
 	echo := &echoServers{got: map[string]int64{}}
 	for _, a := range []string{":443", "0.0.0.0:6379", "0.0.0.0:853"} {
@@ -579,6 +594,49 @@ func TestEgressFirewall(t *testing.T) {
 			k.waitAlert(t, tc.name+" direct-egress alert", func(a feedAlert) bool {
 				return a.Kind == "direct-egress" && a.Pod == tc.name && a.Domain == "203.0.113.200"
 			})
+		}
+	})
+
+	t.Run("detection action Quarantine blocks the address for that workload", func(t *testing.T) {
+		dst := netip.MustParseAddrPort("203.0.113.201:6379")
+		c, err := dial(jobs, "tcp", dst)
+		if err != nil {
+			t.Fatalf("first connection (not filtered, only watched): %v", err)
+		}
+		c.Close()
+		a := k.waitAlert(t, "quarantined direct-egress alert", func(a feedAlert) bool {
+			return a.Kind == "direct-egress" && a.Pod == "jobs" && a.Action == "quarantined"
+		})
+		if !strings.Contains(a.Message, "/v1/egress/quarantines/10.244.3.2/203.0.113.201") {
+			t.Errorf("message does not say how to lift: %q", a.Message)
+		}
+		poll(t, 10*time.Second, "quarantined address refused", func() bool {
+			c, err := dial(jobs, "tcp", dst)
+			if err == nil {
+				c.Close()
+				return false
+			}
+			return isRefused(err)
+		})
+		// Only for that workload.
+		if c, err := dial(legacy, "tcp", dst); err != nil {
+			t.Fatalf("another workload lost the address: %v", err)
+		} else {
+			c.Close()
+		}
+		req, _ := http.NewRequest(http.MethodDelete, "http://"+k.http+"/v1/egress/quarantines/10.244.3.2/203.0.113.201", nil)
+		resp, err := k.httpClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("lift: %s", resp.Status)
+		}
+		if c, err := dial(jobs, "tcp", dst); err != nil {
+			t.Fatalf("after the lift: %v", err)
+		} else {
+			c.Close()
 		}
 	})
 

@@ -290,6 +290,8 @@ func (l *Logger) dispatch(ctx context.Context, in <-chan Alert) {
 				l.log.Warn("quarantine failed", "client_ip", a.Client.IP, "dst", a.Dst.Addr(), "error", err)
 				a.Action = ActionAlerted
 				a.Message += "; quarantine failed: " + err.Error()
+			} else {
+				a.Message += fmt.Sprintf("; %s is now blocked for this workload (lift with DELETE /v1/egress/quarantines/%s/%s)", a.Dst.Addr(), a.Client.IP, a.Dst.Addr())
 			}
 		}
 		if l.cfg.Alerts == nil {
