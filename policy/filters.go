@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
@@ -14,11 +15,30 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// Envoy filter names.
+// Envoy filter names. A workload's chain holds one RBAC filter per action,
+// each named by its action (HTTPRBACFilterName + ".deny", ".allow",
+// ".audit"): grpc-go's xDS client NACKs a Listener whose HTTP filters, or
+// whose network filters, repeat a name ("duplicate filter name"). Envoy and
+// grpc-go pick the filter implementation by the typed_config's type URL,
+// so the suffix changes nothing else. (istiod names every one of them
+// envoy.filters.http.rbac, pilot/pkg/security/authz/builder/builder.go
+// buildHTTP, which Envoy tolerates and grpc-go does not.)
 const (
 	HTTPRBACFilterName    = "envoy.filters.http.rbac"
 	NetworkRBACFilterName = "envoy.filters.network.rbac"
 )
+
+// HTTPFilterName is the name of c's HTTP RBAC filter, unique in a chain:
+// envoy.filters.http.rbac.deny, .allow or .audit.
+func (c RBACConfig) HTTPFilterName() string {
+	return HTTPRBACFilterName + "." + strings.ToLower(string(c.Action))
+}
+
+// NetworkFilterName is the name of c's network RBAC filter, unique in a
+// chain: envoy.filters.network.rbac.deny, .allow or .audit.
+func (c RBACConfig) NetworkFilterName() string {
+	return NetworkRBACFilterName + "." + strings.ToLower(string(c.Action))
+}
 
 // HTTPConfig returns the envoy.extensions.filters.http.rbac.v3.RBAC
 // message for c: AUDIT configs become shadow rules (reported, never
@@ -53,7 +73,7 @@ func (c *Compiled) HTTPFilters() ([]*hcmv3.HttpFilter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
-		out = append(out, &hcmv3.HttpFilter{Name: HTTPRBACFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}})
+		out = append(out, &hcmv3.HttpFilter{Name: cfg.HTTPFilterName(), ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}})
 	}
 	return out, nil
 }
@@ -70,7 +90,7 @@ func (c *Compiled) NetworkFilters() ([]*listenerv3.Filter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
-		out = append(out, &listenerv3.Filter{Name: NetworkRBACFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}})
+		out = append(out, &listenerv3.Filter{Name: cfg.NetworkFilterName(), ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}})
 	}
 	return out, nil
 }

@@ -410,8 +410,8 @@ func TestEnvoySDSAndRBAC(t *testing.T) {
 		}
 	}
 	want := map[string]string{
-		"inbound|8443": "envoy.filters.network.http_connection_manager,envoy.filters.http.rbac,envoy.filters.http.router",
-		"inbound|9000": "envoy.filters.network.rbac,envoy.filters.network.tcp_proxy",
+		"inbound|8443": "envoy.filters.network.http_connection_manager,envoy.filters.http.rbac.allow,envoy.filters.http.router",
+		"inbound|9000": "envoy.filters.network.rbac.allow,envoy.filters.network.tcp_proxy",
 	}
 	for l, f := range want {
 		if got := strings.Join(filters[l], ","); got != f {
