@@ -103,6 +103,11 @@ type Firewall struct {
 	elems map[ekey]int64
 	// perSrc counts f.elems by source address (maxElemsPerSource).
 	perSrc map[netip.Addr]int
+	// pending are the elements of f.elems that the batch being written
+	// adds or extends: not yet in the kernel (admit.go).
+	pending map[ekey]struct{}
+	// fsets caches the timeout sets of each family (setsOf).
+	fsets [2]*famSets
 	// tsets are the timeout sets, indexed by ekey.set.
 	tsets []tset
 	// static are the current elements of the sets without timeouts
@@ -275,6 +280,7 @@ func New(cfg Config) (*Firewall, error) {
 		sets:       map[string]*nftables.Set{},
 		elems:      map[ekey]int64{},
 		perSrc:     map[netip.Addr]int{},
+		pending:    map[ekey]struct{}{},
 		static:     map[string]map[string]nftables.SetElement{},
 		names:      map[string]map[netip.Addr]nameEntry{},
 		namesSwept: map[string]time.Time{},
