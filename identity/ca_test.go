@@ -133,7 +133,7 @@ func TestSignCSRAdversarial(t *testing.T) {
 		{name: "rsa-512", der: rsa512, tmpl: x509.CertificateRequest{}, id: shopFrontend, reason: RejectWeakKey,
 			text: "identity: CSR key is too weak: RSA 512 bits (minimum 2048)"},
 		{name: "ttl-longer-than-ca", tmpl: x509.CertificateRequest{}, id: shopFrontend, ttl: 90 * 24 * time.Hour, reason: RejectTTLTooLong,
-			text: "identity: requested TTL is longer than the CA's lifetime: requested 2160h0m0s, CA lifetime 720h0m30s, maximum 24h0m0s"},
+			text: "identity: requested TTL is longer than the CA's lifetime: requested 2160h0m0s, CA lifetime 24h0m30s, maximum 24h0m0s"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -253,7 +253,7 @@ func TestRotationOverlap(t *testing.T) {
 func TestIntermediateFromUpstream(t *testing.T) {
 	t.Parallel()
 	upKey := p256(t)
-	tmpl := &x509.Certificate{SerialNumber: bigOne(), Subject: pkix.Name{CommonName: "enterprise root"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(48 * time.Hour),
+	tmpl := &x509.Certificate{SerialNumber: bigOne(), Subject: pkix.Name{CommonName: "enterprise root"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(12 * time.Hour), // shorter than DefaultCATTL
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, upKey.Public(), upKey)
 	if err != nil {

@@ -263,7 +263,7 @@ func bearer(ctx context.Context) string {
 
 // ServerTLS returns a TLS config for the issuance server with a
 // certificate from the CA for id (the controller's own identity); it is
-// re-signed before expiry on each handshake.
+// re-signed at half-life on the next handshake.
 func ServerTLS(ca *CA, id spiffeid.ID) *tls.Config {
 	var mu sync.Mutex
 	var cur *tls.Certificate
@@ -272,7 +272,10 @@ func ServerTLS(ca *CA, id spiffeid.ID) *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			if cur != nil && time.Until(cur.Leaf.NotAfter) > 10*time.Minute {
+			// Why half-life (the Workload API's rule too): after a root
+			// rotation the next handshake past half-life presents an SVID
+			// from the new root, long before the old one leaves bundles.
+			if cur != nil && ca.cfg.Now().Before(halfLife(cur.Leaf)) {
 				return cur, nil
 			}
 			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -317,10 +320,13 @@ type IssuanceClient struct {
 
 // DialIssuance connects to addr, trusting roots and requiring serverID.
 func DialIssuance(addr string, roots []*x509.Certificate, serverID spiffeid.ID, token func() (string, error)) (*IssuanceClient, error) {
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
+	return DialIssuanceRoots(addr, func() ([]*x509.Certificate, error) { return roots, nil }, serverID, token)
+}
+
+// DialIssuanceRoots is DialIssuance with the trusted roots read at each
+// handshake, so a client that follows the published bundle keeps trusting
+// the controller after the CA root rotates.
+func DialIssuanceRoots(addr string, roots func() ([]*x509.Certificate, error), serverID spiffeid.ID, token func() (string, error)) (*IssuanceClient, error) {
 	tlsCfg := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// SPIFFE SVIDs carry no DNS name: verify the chain ourselves and
@@ -337,6 +343,14 @@ func DialIssuance(addr string, roots []*x509.Certificate, serverID spiffeid.ID, 
 					return err
 				}
 				certs = append(certs, c)
+			}
+			rs, err := roots()
+			if err != nil {
+				return fmt.Errorf("identity: trust bundle: %w", err)
+			}
+			pool := x509.NewCertPool()
+			for _, r := range rs {
+				pool.AddCert(r)
 			}
 			inter := x509.NewCertPool()
 			for _, c := range certs[1:] {

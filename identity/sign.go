@@ -129,7 +129,21 @@ func ParseWorkloadID(id spiffeid.ID) (namespace, serviceAccount string, err erro
 // may name id as its only URI SAN or carry no SAN at all; anything else is
 // refused rather than silently dropped, so a confused or malicious client
 // learns that its request was wrong. ttl 0 means the default.
-func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) (*SVID, error) {
+func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) (svid *SVID, err error) {
+	start := time.Now()
+	defer func() { ca.observeX509(start, svid, err) }()
+	return ca.signCSR(csrDER, id, ttl)
+}
+
+// observeX509 records one X.509 signing request in the metrics.
+func (ca *CA) observeX509(start time.Time, svid *SVID, err error) {
+	ca.metrics.observeSign("x509", start, err)
+	if err == nil {
+		ca.metrics.svidExpiry.Set(float64(svid.NotAfter().Unix()))
+	}
+}
+
+func (ca *CA) signCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) (*SVID, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
 		return nil, reject(RejectBadCSR, "%v", err)
@@ -170,7 +184,7 @@ func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) (*SVID, 
 			}
 		}
 	}
-	return ca.SignPublicKey(csr.PublicKey, id, ttl)
+	return ca.signPublicKey(csr.PublicKey, id, ttl)
 }
 
 var oidBasicConstraints = asn1.ObjectIdentifier{2, 5, 29, 19}
@@ -195,7 +209,13 @@ func checkKey(pub crypto.PublicKey) error {
 
 // SignPublicKey signs an X.509-SVID for id over pub (for callers that
 // generate keys themselves, such as the node agent for its pods).
-func (ca *CA) SignPublicKey(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*SVID, error) {
+func (ca *CA) SignPublicKey(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (svid *SVID, err error) {
+	start := time.Now()
+	defer func() { ca.observeX509(start, svid, err) }()
+	return ca.signPublicKey(pub, id, ttl)
+}
+
+func (ca *CA) signPublicKey(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*SVID, error) {
 	if err := checkKey(pub); err != nil {
 		return nil, err
 	}
@@ -251,6 +271,12 @@ func (ca *CA) SignPublicKey(pub crypto.PublicKey, id spiffeid.ID, ttl time.Durat
 	return &SVID{ID: id, Chain: chain}, nil
 }
 
+// halfLife is when a certificate is due for renewal: kordon's one
+// renewal rule (SPIRE's agent renews at half-life too).
+func halfLife(c *x509.Certificate) time.Time {
+	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
+}
+
 func isSelfSigned(c *x509.Certificate) bool {
 	return c.CheckSignatureFrom(c) == nil
 }
@@ -262,7 +288,13 @@ func jwtKeyID(c *x509.Certificate) string {
 }
 
 // SignJWTSVID signs a JWT-SVID (ES256) for id with the given audiences.
-func (ca *CA) SignJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (string, time.Time, error) {
+func (ca *CA) SignJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (token string, exp time.Time, err error) {
+	start := time.Now()
+	defer func() { ca.metrics.observeSign("jwt", start, err) }()
+	return ca.signJWTSVID(id, audience, ttl)
+}
+
+func (ca *CA) signJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (string, time.Time, error) {
 	if id.TrustDomain() != ca.td {
 		return "", time.Time{}, reject(RejectWrongTD, "%s (CA trust domain %s)", id, ca.td.Name())
 	}

@@ -22,7 +22,7 @@ var (
 )
 
 // State is what a Store persists: the trust domain and its authorities
-// (the active one has a zero RetireAfter).
+// (the active one has a zero RetireAfter and is not Prepared).
 type State struct {
 	TrustDomain string            `json:"trustDomain"`
 	Authorities []StoredAuthority `json:"authorities"`
@@ -34,6 +34,11 @@ type StoredAuthority struct {
 	CertPEM     string    `json:"certPEM"`
 	KeyPEM      string    `json:"keyPEM"`
 	RetireAfter time.Time `json:"retireAfter,omitempty"`
+	// Prepared marks the next authority: in the bundle, not yet signing.
+	// It also carries RetireAfter (its NotAfter) so that older kordon
+	// versions, which sign with the authority whose RetireAfter is zero,
+	// never sign with it.
+	Prepared bool `json:"prepared,omitempty"`
 }
 
 // Store persists CA state with optimistic concurrency, so several
