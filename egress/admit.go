@@ -89,7 +89,7 @@ func (f *Firewall) admitHeld(grants []Grant) bool {
 		}
 		exp := kNow + int64(f.grantTTL(g)) - slack
 		held := true
-		f.eachElem(c, g, buf[:0], func(set uint8, key []byte) {
+		f.eachElem(c, g, buf[:0], func(set uint8, _ netip.Addr, key []byte) {
 			if !held {
 				return
 			}
@@ -149,10 +149,10 @@ func (f *Firewall) setsOf(fm *fam) *famSets {
 	return fs
 }
 
-// eachElem calls fn with every timeout-set element (set index, key)
-// grant g gives client c, in the order program writes them. The key is
-// built in buf and valid only until fn returns. f.mu is held.
-func (f *Firewall) eachElem(c *client, g *Grant, buf []byte, fn func(set uint8, key []byte)) {
+// eachElem calls fn with every timeout-set element (set index, source
+// address, key) grant g gives client c, in the order program writes them.
+// The key is built in buf and valid only until fn returns. f.mu is held.
+func (f *Firewall) eachElem(c *client, g *Grant, buf []byte, fn func(set uint8, src netip.Addr, key []byte)) {
 	ports, anyPort, ok := c.we.NamePorts(policy.CanonicalName(g.Name))
 	if !ok {
 		return
@@ -171,10 +171,10 @@ func (f *Firewall) eachElem(c *client, g *Grant, buf []byte, fn func(set uint8, 
 			}
 			pair := append(append(buf[:0], src.AsSlice()...), dst.AsSlice()...)
 			if anyPort {
-				fn(fs.dns, pair)
+				fn(fs.dns, src, pair)
 				continue
 			}
-			fn(fs.addr, pair)
+			fn(fs.addr, src, pair)
 			for _, pr := range ports {
 				proto, err := protoNum(pr.Proto)
 				if err != nil {
@@ -182,7 +182,7 @@ func (f *Firewall) eachElem(c *client, g *Grant, buf []byte, fn func(set uint8, 
 				}
 				for _, blk := range portBlocksOf(pr.First, pr.Last) {
 					j := slices.Index(portBlocks, blk.Size)
-					fn(fs.port[j], append(pair, proto, 0, 0, 0, byte(blk.Start>>8), byte(blk.Start), 0, 0))
+					fn(fs.port[j], src, append(pair, proto, 0, 0, 0, byte(blk.Start>>8), byte(blk.Start), 0, 0))
 				}
 			}
 		}
@@ -246,18 +246,23 @@ func (f *Firewall) program(group []*admitReq) error {
 				continue
 			}
 			exp := kNow + int64(d)
-			f.eachElem(c, g, buf[:0], func(set uint8, key []byte) {
+			f.eachElem(c, g, buf[:0], func(set uint8, src netip.Addr, key []byte) {
 				k := mkEkey(set, key)
 				old, had := f.elems[k]
 				if had && exp-slack <= old {
 					return // the kernel already holds it long enough
 				}
-				if !had && f.perSrc[f.src(k)] >= maxElemsPerSource {
-					f.m.dropped.Inc()
-					return
+				if !had {
+					if f.perSrc[src] >= maxElemsPerSource {
+						f.m.dropped.Inc()
+						return
+					}
+					// putElem without looking k up again.
+					f.tsets[set].n++
+					f.perSrc[src]++
 				}
+				f.elems[k] = exp
 				undos = append(undos, undo{k, old, had})
-				f.putElem(k, exp)
 				f.pending[k] = struct{}{}
 				b.add(f.tsets[set].s, nftables.SetElement{Key: slices.Clone(key), Timeout: timeoutOf(d)})
 			})
