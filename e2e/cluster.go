@@ -126,6 +126,9 @@ func StartCluster(ctx context.Context, binDir, dir string, logs *os.File) (*Clus
 		"--endpoint-reconciler-type", "none",
 		"--enable-priority-and-fairness=false",
 		"--disable-admission-plugins", "ServiceAccount",
+		// As kubeadm, kind and managed clusters run it: node agents of
+		// CNIs and of kordon (its init container) are privileged.
+		"--allow-privileged=true",
 		"--v", "0")
 	api.Stdout, api.Stderr = logs, logs
 	if err := api.Start(); err != nil {
