@@ -69,20 +69,25 @@ type Query struct {
 
 // Evidence explains a detection.
 type Evidence struct {
-	Queries          int            `json:"queries"`
-	UniqueSubdomains int            `json:"uniqueSubdomains"`
-	WindowSeconds    float64        `json:"windowSeconds"`
-	BytesPerMinute   float64        `json:"uniqueBytesPerMinute"`
-	BytesLastHour    int            `json:"uniqueBytesLastHour"`
-	MeanEntropy      float64        `json:"meanEntropyBitsPerChar"`
-	MeanSubdomainLen float64        `json:"meanSubdomainLength"`
-	MaxLabelLen      int            `json:"maxLabelLength"`
-	Encoding         string         `json:"encoding"`
-	QTypes           map[string]int `json:"qtypes"`
-	NXDomainRatio    float64        `json:"nxdomainRatio"`
-	QueriesPerSecond float64        `json:"queriesPerSecond"`
-	Periodic         bool           `json:"periodic,omitempty"`
-	Samples          []string       `json:"samples"`
+	Queries          int     `json:"queries"`
+	UniqueSubdomains int     `json:"uniqueSubdomains"`
+	WindowSeconds    float64 `json:"windowSeconds"`
+	BytesPerMinute   float64 `json:"uniqueBytesPerMinute"`
+	BytesLastHour    int     `json:"uniqueBytesLastHour"`
+	// EncodedBytesLastHour is the information content of the new names
+	// of the last hour, in bytes (4 bits a hex character, 5 base32, 6
+	// base64, 8 raw; labels seen before count as references).
+	EncodedBytesLastHour float64        `json:"encodedBytesLastHour"`
+	UniqueNamesLastHour  int            `json:"uniqueNamesLastHour"`
+	MeanEntropy          float64        `json:"meanEntropyBitsPerChar"`
+	MeanSubdomainLen     float64        `json:"meanSubdomainLength"`
+	MaxLabelLen          int            `json:"maxLabelLength"`
+	Encoding             string         `json:"encoding"`
+	QTypes               map[string]int `json:"qtypes"`
+	NXDomainRatio        float64        `json:"nxdomainRatio"`
+	QueriesPerSecond     float64        `json:"queriesPerSecond"`
+	Periodic             bool           `json:"periodic,omitempty"`
+	Samples              []string       `json:"samples"`
 }
 
 // Detection is a finding for one client and registrable domain.
@@ -136,6 +141,7 @@ type Detector struct {
 	seed   maphash.Seed
 	lru    *list.List
 	keys   map[string]*list.Element
+	shared []sharedName // fixed size: sharedSlots
 }
 
 // New builds a Detector.
@@ -152,7 +158,8 @@ func New(cfg Config) *Detector {
 	if cfg.ClusterDomain == "" {
 		cfg.ClusterDomain = "cluster.local"
 	}
-	d := &Detector{cfg: cfg, benign: map[string]bool{}, seed: maphash.MakeSeed(), lru: list.New(), keys: map[string]*list.Element{}}
+	d := &Detector{cfg: cfg, benign: map[string]bool{}, seed: maphash.MakeSeed(), lru: list.New(), keys: map[string]*list.Element{},
+		shared: make([]sharedName, sharedSlots)}
 	for _, b := range cfg.Benign {
 		d.benign[b] = true
 	}
@@ -184,9 +191,8 @@ type state struct {
 	qtypes              map[uint16]int
 	samples             []string
 	times               []time.Time
-	hourStart           time.Time
-	hourBytes           int
-	hourUnique          map[uint64]struct{}
+	owner               uint64 // hash of key
+	hour                hourly
 }
 
 func (d *Detector) isBenign(domain, name string) bool {
@@ -218,17 +224,22 @@ func (d *Detector) Observe(q Query, sens Sensitivity) *Detection {
 	domain, sub := split(name)
 	// Classify on the original case: mixed case is a base64 signal.
 	origSub := orig[:len(sub)]
-	if domain == "" || d.isBenign(domain, name) {
+	if domain == "" {
+		return nil
+	}
+	owner := maphash.String(d.seed, q.Client+"\x00"+domain)
+	// Benign-listed names are remembered too: the same address looked up
+	// under a listed DNSBL and then an unlisted one is a reuse.
+	reused := d.reused(sub, owner, q.Time)
+	if d.isBenign(domain, name) {
 		return nil
 	}
 	st := d.get(q.Client, domain, q.Time)
+	st.owner = owner
 	if q.Time.Sub(st.start) > d.cfg.Window {
 		st.resetWindow(q.Time)
 	}
-	if q.Time.Sub(st.hourStart) > time.Hour {
-		st.hourStart, st.hourBytes = q.Time, 0
-		st.hourUnique = map[uint64]struct{}{}
-	}
+	st.hour.advance(q.Time)
 	st.last = q.Time
 	st.queries++
 	if q.NXDomain {
@@ -259,9 +270,12 @@ func (d *Detector) Observe(q Query, sens Sensitivity) *Detection {
 				st.samples = append(st.samples, name)
 			}
 		}
-		if _, seen := st.hourUnique[h]; !seen && len(st.hourUnique) < 4*maxUnique {
-			st.hourUnique[h] = struct{}{}
-			st.hourBytes += len(raw)
+		if st.hour.newName(h) {
+			bits := st.hour.nameBits(d.seed, origSub)
+			if reused {
+				bits = 0
+			}
+			st.hour.add(bits, len(raw))
 		}
 	}
 	return st.evaluate(sens.factor())
@@ -289,8 +303,8 @@ func (d *Detector) get(client, domain string, now time.Time) *state {
 		d.lru.Remove(old)
 		delete(d.keys, old.Value.(*state).key)
 	}
-	st := &state{key: key, client: client, domain: domain, start: now, hourStart: now,
-		unique: map[uint64]struct{}{}, hourUnique: map[uint64]struct{}{}, qtypes: map[uint16]int{}}
+	st := &state{key: key, client: client, domain: domain, start: now, hour: newHourly(),
+		unique: map[uint64]struct{}{}, qtypes: map[uint16]int{}}
 	d.keys[key] = d.lru.PushFront(st)
 	return st
 }
@@ -396,27 +410,9 @@ func classifySub(sub string) int {
 
 // classify guesses the encoding of one label's bytes.
 func classify(s string) int {
-	var lower, upper, digit, other, high, hyphen, total int
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '.':
-			continue
-		case c >= 0x80 || c < 0x20:
-			high++
-		case c >= 'a' && c <= 'z':
-			lower++
-		case c >= 'A' && c <= 'Z':
-			upper++
-		case c >= '0' && c <= '9':
-			digit++
-		case c == '-':
-			hyphen++
-		default:
-			other++
-		}
-		total++
-	}
+	cc := countChars(s)
+	lower, upper, digit, hyphen, high, total := cc.lower, cc.upper, cc.digit, cc.hyphen, cc.high, cc.total
+	other := cc.other + cc.under
 	switch {
 	case total == 0:
 		return classPlain
@@ -432,6 +428,35 @@ func classify(s string) int {
 		return classBase32
 	}
 	return classPlain
+}
+
+// charClasses counts the kinds of bytes of a label (dots are skipped).
+type charClasses struct{ lower, upper, digit, hyphen, under, other, high, total int }
+
+func countChars(s string) (cc charClasses) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			continue
+		case c >= 0x80 || c < 0x20:
+			cc.high++
+		case c >= 'a' && c <= 'z':
+			cc.lower++
+		case c >= 'A' && c <= 'Z':
+			cc.upper++
+		case c >= '0' && c <= '9':
+			cc.digit++
+		case c == '-':
+			cc.hyphen++
+		case c == '_':
+			cc.under++
+		default:
+			cc.other++
+		}
+		cc.total++
+	}
+	return cc
 }
 
 func isHex(s string) bool {
@@ -481,12 +506,10 @@ func itoa(i int) string {
 
 // Thresholds at Medium sensitivity; Low multiplies them by 1.6, High by 0.6.
 const (
-	minUnique       = 10    // unique subdomains in the window
-	minMeanSubLen   = 22.0  // mean bytes of a unique subdomain
-	minEntropy      = 3.2   // bits per character
-	minBytesPerMin  = 900.0 // unique subdomain bytes per minute
-	minHourlyBytes  = 12000 // low and slow: unique bytes per hour
-	minHourlyUnique = 60
+	minUnique      = 10    // unique subdomains in the window
+	minMeanSubLen  = 22.0  // mean bytes of a unique subdomain
+	minEntropy     = 3.2   // bits per character
+	minBytesPerMin = 900.0 // unique subdomain bytes per minute
 )
 
 // evaluate scores the pair and returns a detection above threshold.
@@ -549,9 +572,16 @@ func (st *state) evaluate(f float64) *Detection {
 	fast := u >= int(minUnique*f) && meanLen >= minMeanSubLen*f && encoded && perMin >= minBytesPerMin*f
 	// Raw or Base128 bytes in names are never benign: fewer are needed.
 	rawBytes := binary && u >= int(math.Max(3, minUnique*f/3))
-	slow := st.hourBytes >= int(minHourlyBytes*f) && len(st.hourUnique) >= int(minHourlyUnique*f) && meanLen >= minMeanSubLen*f && encoded
+	// Low and slow: the information of the new names over the last hour
+	// (1 KiB of encoded data at Medium), whatever their timing or type.
+	hourBits, hourBytes, hourNames := st.hour.totals()
+	slow := hourBits >= minHourlyBits*f && hourNames >= minHourlyNames
 	if !(fast || rawBytes || slow) {
 		return nil
+	}
+	if slow {
+		// A channel past the hourly cap is at least medium, high at twice it.
+		score = math.Max(score, 0.9+0.3*math.Min(hourBits/(minHourlyBits*f)-1, 1))
 	}
 	kind := KindExfiltration
 	if float64(dataQ) > 0.5*float64(st.queries) || binary {
@@ -576,7 +606,7 @@ func (st *state) evaluate(f float64) *Detection {
 		Client: st.client, Domain: st.domain, Kind: kind, Score: round(score), Severity: sev,
 		Evidence: Evidence{
 			Queries: st.queries, UniqueSubdomains: u, WindowSeconds: round(elapsed), BytesPerMinute: round(perMin),
-			BytesLastHour: st.hourBytes, MeanEntropy: round(meanH), MeanSubdomainLen: round(meanLen), MaxLabelLen: st.maxLabel,
+			BytesLastHour: hourBytes, EncodedBytesLastHour: round(hourBits / 8), UniqueNamesLastHour: hourNames, MeanEntropy: round(meanH), MeanSubdomainLen: round(meanLen), MaxLabelLen: st.maxLabel,
 			Encoding: classNames[dominant], QTypes: qt, NXDomainRatio: round(nxRatio),
 			QueriesPerSecond: round(float64(st.queries) / math.Max(elapsed, 1)), Periodic: periodic, Samples: samples,
 		},

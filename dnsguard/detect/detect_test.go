@@ -212,13 +212,7 @@ func benignCorpus(t *testing.T) []Query {
 		}
 	}
 	rng := rand.New(rand.NewPCG(42, 42))
-	hexN := func(n int) string {
-		b := make([]byte, (n+1)/2)
-		for i := range b {
-			b[i] = byte(rng.IntN(256))
-		}
-		return hex.EncodeToString(b)[:n]
-	}
+	hexN := randHex(rng)
 	uuid := func() string { return hexN(8) + "-" + hexN(4) + "-" + hexN(4) + "-" + hexN(4) + "-" + hexN(12) }
 	var qs []Query
 	now := t0
@@ -309,8 +303,10 @@ func TestBoundedMemory(t *testing.T) {
 	}
 	for _, el := range d.keys {
 		st := el.Value.(*state)
-		if len(st.unique) > maxUnique || len(st.hourUnique) > 4*maxUnique || len(st.samples) > maxSamples || len(st.times) > maxTimes {
-			t.Fatalf("per-key state exceeded caps: %d unique, %d hourly", len(st.unique), len(st.hourUnique))
+		h := &st.hour
+		if len(st.unique) > maxUnique || len(st.samples) > maxSamples || len(st.times) > maxTimes ||
+			len(h.names[0]) > maxHourNames || len(h.names[1]) > maxHourNames || len(h.labels[0]) > maxHourLabels || len(h.labels[1]) > maxHourLabels {
+			t.Fatalf("per-key state exceeded caps: %d unique, %d+%d hourly names, %d+%d labels", len(st.unique), len(h.names[0]), len(h.names[1]), len(h.labels[0]), len(h.labels[1]))
 		}
 	}
 }

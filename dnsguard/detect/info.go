@@ -1,0 +1,245 @@
+package detect
+
+import (
+	"hash/maphash"
+	"math"
+	"strings"
+	"time"
+)
+
+// Low-and-slow exfiltration is measured as the information content of the
+// new names a (client, domain) pair asks for over a sliding hour, not as
+// raw characters: a hex character carries 4 bits, a base32 one 5, a
+// base64 one 6, a raw byte 8, a word-like label about 2. The hour is 12
+// slots of 5 minutes; names and labels are remembered for two half-hour
+// generations, each capped, so the state of a pair is bounded.
+const (
+	slotDur       = 5 * time.Minute
+	hourSlots     = 12
+	genSlots      = 6    // slots per generation of the name and label sets
+	maxHourNames  = 2048 // unique names remembered per generation
+	maxHourLabels = 2048 // unique labels remembered per generation
+	sharedSlots   = 1 << 16
+	// minHourlyBits is the cap at Medium: 1 KiB of encoded data per hour.
+	minHourlyBits = 8192.0
+	// minHourlyNames: one or two long names are never a channel.
+	minHourlyNames = 4
+)
+
+// hourly is a pair's sliding hour of information.
+type hourly struct {
+	slotAt int64 // index of the newest slot (time / slotDur)
+	bits   [hourSlots]float64
+	bytes  [hourSlots]int
+	nnames [hourSlots]int
+	genAt  int64 // generation index of names[0] and labels[0]
+	names  [2]map[uint64]struct{}
+	labels [2]map[uint64]struct{}
+}
+
+func newHourly() hourly {
+	return hourly{names: [2]map[uint64]struct{}{{}, {}}, labels: [2]map[uint64]struct{}{{}, {}}}
+}
+
+// advance moves the ring to now; records out of order stay in the newest slot.
+func (h *hourly) advance(now time.Time) {
+	idx := now.UnixNano() / int64(slotDur)
+	switch {
+	case h.slotAt == 0:
+		h.slotAt = idx
+	case idx > h.slotAt:
+		for n := 0; h.slotAt < idx && n < hourSlots; n++ {
+			h.slotAt++
+			i := h.slotAt % hourSlots
+			h.bits[i], h.bytes[i], h.nnames[i] = 0, 0, 0
+		}
+		h.slotAt = idx
+	}
+	gen := h.slotAt / genSlots
+	switch {
+	case h.genAt == 0:
+		h.genAt = gen
+	case gen == h.genAt+1:
+		h.names = [2]map[uint64]struct{}{{}, h.names[0]}
+		h.labels = [2]map[uint64]struct{}{{}, h.labels[0]}
+		h.genAt = gen
+	case gen > h.genAt:
+		h.names = [2]map[uint64]struct{}{{}, {}}
+		h.labels = [2]map[uint64]struct{}{{}, {}}
+		h.genAt = gen
+	}
+}
+
+func seen(sets *[2]map[uint64]struct{}, k uint64) bool {
+	if _, ok := sets[0][k]; ok {
+		return true
+	}
+	_, ok := sets[1][k]
+	return ok
+}
+
+// newName reports whether the name is new this hour and remembers it.
+// When the set is full every name counts as new: the detector errs
+// towards counting information, never towards forgetting it.
+func (h *hourly) newName(k uint64) bool {
+	if seen(&h.names, k) {
+		return false
+	}
+	if len(h.names[0]) < maxHourNames {
+		h.names[0][k] = struct{}{}
+	}
+	return true
+}
+
+// add records one new name's information in the current slot.
+func (h *hourly) add(bits float64, rawBytes int) {
+	i := h.slotAt % hourSlots
+	h.bits[i] += bits
+	h.bytes[i] += rawBytes
+	h.nnames[i]++
+}
+
+// totals sums the last hour.
+func (h *hourly) totals() (bits float64, rawBytes, names int) {
+	for i := range h.bits {
+		bits += h.bits[i]
+		rawBytes += h.bytes[i]
+		names += h.nnames[i]
+	}
+	return bits, rawBytes, names
+}
+
+// nameBits estimates the information in a new subdomain (original case,
+// presentation form): the sum of its labels' information, where a label
+// already seen this hour costs only a reference to it (log2 of the labels
+// known), so fixed labels and repeated octets are not counted twice, but
+// new combinations of known labels still are.
+func (h *hourly) nameBits(seed maphash.Seed, origSub string) float64 {
+	known := float64(len(h.labels[0]) + len(h.labels[1]))
+	var total float64
+	for _, l := range strings.Split(origSub, ".") {
+		raw := unescape(l)
+		if raw == "" {
+			continue
+		}
+		full := labelBits(raw)
+		k := maphash.String(seed, asciiLower(raw))
+		if seen(&h.labels, k) {
+			total += math.Min(full, math.Log2(known+1))
+			continue
+		}
+		if len(h.labels[0]) < maxHourLabels {
+			h.labels[0][k] = struct{}{}
+		}
+		total += full
+	}
+	return total
+}
+
+// Bits per character of the encodings a label can be written in.
+var (
+	bitsDecimal = math.Log2(10)
+	bitsLetters = math.Log2(26)
+)
+
+const (
+	bitsWord   = 2.0 // word-like labels (host names, service names)
+	bitsHex    = 4.0
+	bitsBase32 = 5.0 // lower-case letters and digits (base32, base36)
+	bitsBase64 = 6.0
+	bitsRaw    = 8.0
+)
+
+// labelBits estimates the information in one label's bytes by the
+// smallest alphabet that writes it. Hyphenated lower-case labels are
+// measured piece by piece (session-<uuid>, ip-10-0-12-34), since encoders
+// that use a hyphen (base64url) also use both cases.
+func labelBits(s string) float64 {
+	cc := countChars(s)
+	lower, upper, digit, hyphen, under, other, high := cc.lower, cc.upper, cc.digit, cc.hyphen, cc.under, cc.other, cc.high
+	n := float64(len(s))
+	letters := lower + upper
+	switch {
+	case n == 0:
+		return 0
+	case high > 0:
+		return n * bitsRaw
+	case upper > 0 && lower > 0 && (digit > 0 || other > 0 || under > 0 || hyphen > 0 || len(s) >= 20):
+		// Mixed case with digits or symbols: base64. Mixed case alone on
+		// a short label is a 0x20-randomised word.
+		return n * bitsBase64
+	case other > 0:
+		return n * bitsBase64
+	case hyphen > 0 || under > 0:
+		var sum float64
+		for _, p := range strings.FieldsFunc(s, func(r rune) bool { return r == '-' || r == '_' }) {
+			sum += labelBits(p)
+		}
+		return sum + float64(hyphen+under)
+	case digit == len(s):
+		return n * bitsDecimal
+	case digit > 0 && isHex(asciiLower(s)):
+		return n * bitsHex
+	case digit > 0:
+		return n * bitsBase32
+	case letters >= 12 && entropy(asciiLower(s)) >= 3.4:
+		// Long letter strings as random as an encoder's output.
+		return n * bitsLetters
+	}
+	return n * bitsWord
+}
+
+// sharedName is one slot of the detector's table of recent names, which
+// tells a name reused by another workload or under another domain.
+type sharedName struct {
+	name  uint64 // hash of the subdomain (or of its left part)
+	owner uint64 // hash of the (client, domain) pair that asked first
+	at    int64  // unix seconds of the last use by the owner
+}
+
+// reused reports whether the subdomain was asked within the hour by
+// another (client, domain) pair: the same address looked up under several
+// DNSBL zones, a CDN host many pods resolve, a file hash the fleet checks.
+// Such a name carries no secret of one workload to one domain. The first
+// pair to ask is always counted in full, so sending every chunk twice
+// evades nothing. Besides the whole subdomain, its left part without the
+// last one or two labels is compared (1.2.3.4 of 1.2.3.4.zen and of
+// 1.2.3.4.psbl), but only while those labels hold at most a third of its
+// information, so data cannot hide to the right of a common label. The
+// table is direct-mapped and fixed in size (a collision forgets the older
+// name).
+func (d *Detector) reused(sub string, owner uint64, now time.Time) bool {
+	if sub == "" {
+		return false
+	}
+	ts := now.Unix()
+	const hour = int64(time.Hour / time.Second)
+	var keys [3]uint64
+	n := 0
+	keys[n] = maphash.String(d.seed, sub)
+	n++
+	total := 0.0
+	labels := strings.Split(sub, ".")
+	for _, l := range labels {
+		total += labelBits(l)
+	}
+	stripped := 0.0
+	for k := 1; k <= 2 && k < len(labels); k++ {
+		stripped += labelBits(labels[len(labels)-k])
+		if stripped*3 > total {
+			break
+		}
+		keys[n] = maphash.String(d.seed, strings.Join(labels[:len(labels)-k], "."))
+		n++
+	}
+	found := false
+	for _, h := range keys[:n] {
+		s := &d.shared[h%sharedSlots]
+		if s.name == h && s.owner != owner && ts-s.at < hour {
+			found = true
+			continue
+		}
+		*s = sharedName{name: h, owner: owner, at: ts}
+	}
+	return found
+}
