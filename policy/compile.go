@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -58,19 +59,43 @@ func (s *Set) ForWorkload(namespace string, labels map[string]string, rootNamesp
 }
 
 // RBACConfig is one compiled RBAC filter configuration: the Envoy
-// config.rbac.v3.RBAC with its action (DENY, ALLOW, or AUDIT as shadow
-// rules) and the policies it came from.
+// config.rbac.v3.RBAC of one action's enforced policies and of its dry-run
+// policies.
 type RBACConfig struct {
-	// Action is the kordon action this config enforces.
+	// Action is the kordon action of this config.
 	Action Action
-	// Rules is the Envoy RBAC config (action DENY, ALLOW, or LOG for
-	// AUDIT); HTTPConfig/NetworkConfig put AUDIT configs into
-	// shadow_rules, which never change a decision.
+	// Rules is the enforced Envoy RBAC (action DENY, ALLOW, or LOG for
+	// AUDIT, as istiod emits AUDIT). It is nil when every policy of this
+	// action is a dry-run one: Istio drops the enforced rules entirely
+	// then (pilot/pkg/security/authz/builder/builder.go, Builder.build:
+	// "if !hasEnforcePolicy { enforceRules = nil }"), so a dry-run ALLOW
+	// never makes a workload deny what no ALLOW policy selects.
 	Rules *rbacconfig.RBAC
+	// Shadow holds the rules of the action's dry-run policies
+	// (annotation istio.io/dry-run: "true"): evaluated and reported under
+	// the shadow stat prefix, never enforced. Nil when there are none.
+	Shadow *rbacconfig.RBAC
+}
+
+// DryRunAnnotation marks an AuthorizationPolicy whose rules are
+// evaluated and reported but never enforced (Istio's istio.io/dry-run).
+const DryRunAnnotation = "istio.io/dry-run"
+
+// IsDryRun reports whether p carries istio.io/dry-run: "true" (any value
+// strconv.ParseBool reads as true; validation refuses other values, as
+// Istio's pkg/config/validation checkDryRunAnnotation does).
+func (p *AuthorizationPolicy) IsDryRun() bool {
+	v, ok := p.Metadata.Annotations[DryRunAnnotation]
+	if !ok {
+		return false
+	}
+	b, err := strconv.ParseBool(v)
+	return err == nil && b
 }
 
 // Compiled is the RBAC for one workload, in the order a proxy must apply
-// the filters: DENY, then ALLOW, then AUDIT. A missing action has no entry.
+// the filters: AUDIT (which never denies), then DENY, then ALLOW, as
+// istiod orders them. A missing action has no entry.
 type Compiled struct {
 	// HTTP configs for the HTTP RBAC filter (envoy.filters.http.rbac).
 	HTTP []RBACConfig
@@ -94,14 +119,23 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 		byAction[a] = append(byAction[a], p)
 	}
 	out := &Compiled{}
-	for _, action := range []Action{ActionDeny, ActionAllow, ActionAudit} {
+	// istiod's order (pilot/pkg/security/authz/builder/builder.go, build):
+	// AUDIT first, so that it sees the requests a DENY then refuses.
+	for _, action := range []Action{ActionAudit, ActionDeny, ActionAllow} {
 		ps := byAction[action]
 		if len(ps) == 0 {
 			continue
 		}
 		for _, tcp := range []bool{false, true} {
-			policies := map[string]*rbacconfig.Policy{}
+			enforced, shadow := map[string]*rbacconfig.Policy{}, map[string]*rbacconfig.Policy{}
+			hasEnforced, hasShadow := false, false
 			for _, p := range ps {
+				policies := enforced
+				if p.IsDryRun() {
+					policies, hasShadow = shadow, true
+				} else {
+					hasEnforced = true
+				}
 				c := &ruleCompiler{opts: opts, policyNS: p.Metadata.Namespace, tcp: tcp, action: action}
 				for i := range p.Spec.Rules {
 					pol, ok := c.rule(&p.Spec.Rules[i])
@@ -112,17 +146,16 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 				}
 			}
 			cfg := RBACConfig{Action: action}
-			switch action {
-			case ActionDeny:
-				cfg.Rules = &rbacconfig.RBAC{Action: rbacconfig.RBAC_DENY, Policies: policies}
-			case ActionAllow:
-				cfg.Rules = &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: policies}
-			case ActionAudit:
-				// Shadow rules only: evaluated and reported, never enforced.
-				cfg.Rules = &rbacconfig.RBAC{Action: rbacconfig.RBAC_LOG, Policies: policies}
+			if hasEnforced {
+				cfg.Rules = &rbacconfig.RBAC{Action: envoyAction(action), Policies: enforced}
 			}
-			if err := cfg.Rules.ValidateAll(); err != nil {
-				return nil, fmt.Errorf("policy: compiled RBAC is invalid: %w", err)
+			if hasShadow {
+				cfg.Shadow = &rbacconfig.RBAC{Action: envoyAction(action), Policies: shadow}
+			}
+			for _, r := range []*rbacconfig.RBAC{cfg.Rules, cfg.Shadow} {
+				if err := r.ValidateAll(); r != nil && err != nil {
+					return nil, fmt.Errorf("policy: compiled RBAC is invalid: %w", err)
+				}
 			}
 			if tcp {
 				out.Network = append(out.Network, cfg)
@@ -132,6 +165,20 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 		}
 	}
 	return out, nil
+}
+
+// envoyAction is the Envoy RBAC action of a kordon action: AUDIT is LOG,
+// which records a match and allows every request, as in istiod
+// (pilot/pkg/security/authz/builder/builder.go, build: auditPolicies with
+// rbacpb.RBAC_LOG).
+func envoyAction(a Action) rbacconfig.RBAC_Action {
+	switch a {
+	case ActionDeny:
+		return rbacconfig.RBAC_DENY
+	case ActionAudit:
+		return rbacconfig.RBAC_LOG
+	}
+	return rbacconfig.RBAC_ALLOW
 }
 
 // RuleName is the Envoy policy name of rule i of namespace/name, in
@@ -564,10 +611,19 @@ func notRule(p *rbacconfig.Permission) *rbacconfig.Permission {
 	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_NotRule{NotRule: p}}
 }
 
-// PolicyNames returns the sorted names of the Envoy policies in c.
+// PolicyNames returns the sorted names of the enforced Envoy policies in c.
 func (c RBACConfig) PolicyNames() []string {
-	names := make([]string, 0, len(c.Rules.GetPolicies()))
-	for n := range c.Rules.GetPolicies() {
+	return sortedPolicyNames(c.Rules)
+}
+
+// ShadowPolicyNames returns the sorted names of the dry-run policies in c.
+func (c RBACConfig) ShadowPolicyNames() []string {
+	return sortedPolicyNames(c.Shadow)
+}
+
+func sortedPolicyNames(r *rbacconfig.RBAC) []string {
+	names := make([]string, 0, len(r.GetPolicies()))
+	for n := range r.GetPolicies() {
 		names = append(names, n)
 	}
 	sort.Strings(names)

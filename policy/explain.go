@@ -49,6 +49,22 @@ type Decision struct {
 	Reason string `json:"reason"`
 	// Audited lists AUDIT rules that matched (they never change Allowed).
 	Audited []string `json:"audited,omitempty"`
+	// DryRun is what the dry-run policies (istio.io/dry-run: "true") of
+	// each action would have decided, as the RBAC filter's shadow rules
+	// report it; it never changes Allowed.
+	DryRun []DryRunResult `json:"dryRun,omitempty"`
+}
+
+// DryRunResult is the shadow decision of one action's dry-run policies,
+// as Envoy counts it (<prefix>shadow_allowed / <prefix>shadow_denied).
+type DryRunResult struct {
+	// Action is ALLOW or DENY.
+	Action Action `json:"action"`
+	// Decision is "ALLOW" or "DENY": what the dry-run policies alone would
+	// have done to the request.
+	Decision string `json:"decision"`
+	// Rule is the matching dry-run rule, if one matched.
+	Rule string `json:"rule,omitempty"`
 }
 
 // Explain evaluates req for target against set with Istio's semantics. It
@@ -71,9 +87,25 @@ func Explain(set *Set, target Target, req Request, opts CompileOptions) (*Decisi
 	var allowCfg *RBACConfig
 	for i := range configs {
 		cfg := &configs[i]
+		if cfg.Shadow != nil {
+			name, ok, err := ev.firstMatch(cfg.Shadow)
+			if err != nil {
+				return nil, err
+			}
+			r := DryRunResult{Action: cfg.Action, Rule: name, Decision: "ALLOW"}
+			if ok == (cfg.Action == ActionDeny) {
+				r.Decision = "DENY"
+			}
+			if cfg.Action != ActionAudit {
+				d.DryRun = append(d.DryRun, r)
+			}
+		}
+		if cfg.Rules == nil {
+			continue // only dry-run policies: nothing enforced
+		}
 		switch cfg.Action {
 		case ActionDeny:
-			if name, ok, err := ev.firstMatch(cfg); err != nil {
+			if name, ok, err := ev.firstMatch(cfg.Rules); err != nil {
 				return nil, err
 			} else if ok && d.Rule == "" {
 				d.Allowed, d.Rule = false, name
@@ -97,9 +129,9 @@ func Explain(set *Set, target Target, req Request, opts CompileOptions) (*Decisi
 	case d.Rule != "":
 		// denied above
 	case allowCfg == nil:
-		d.Reason = "no ALLOW policy applies to the workload: allowed by default"
+		d.Reason = "no enforced ALLOW policy applies to the workload: allowed by default"
 	default:
-		name, ok, err := ev.firstMatch(allowCfg)
+		name, ok, err := ev.firstMatch(allowCfg.Rules)
 		if err != nil {
 			return nil, err
 		}
@@ -140,10 +172,10 @@ type evaluator struct {
 	regexps map[string]*regexp.Regexp
 }
 
-// firstMatch returns the first matching policy name in sorted order.
-func (e *evaluator) firstMatch(cfg *RBACConfig) (string, bool, error) {
-	for _, name := range cfg.PolicyNames() {
-		ok, err := e.policy(cfg.Rules.Policies[name])
+// firstMatch returns the first matching policy name of r in sorted order.
+func (e *evaluator) firstMatch(r *rbacconfig.RBAC) (string, bool, error) {
+	for _, name := range sortedPolicyNames(r) {
+		ok, err := e.policy(r.Policies[name])
 		if err != nil {
 			return "", false, err
 		}

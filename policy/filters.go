@@ -41,27 +41,46 @@ func (c RBACConfig) NetworkFilterName() string {
 }
 
 // HTTPConfig returns the envoy.extensions.filters.http.rbac.v3.RBAC
-// message for c: AUDIT configs become shadow rules (reported, never
-// enforced); DENY and ALLOW configs become enforced rules.
+// message for c, as istiod's buildHTTP (pilot/pkg/security/authz/builder/
+// builder.go): the enforced rules (AUDIT as action LOG, which allows
+// everything) and the dry-run policies as shadow rules under Istio's
+// shadow stat prefix (istio_dry_run_allow_ / istio_dry_run_deny_,
+// pilot/pkg/security/authz/model/model.go). istiod also sets the allow
+// prefix on filters without shadow rules (shadowRuleStatPrefix of a nil
+// RBAC); kordon sets it only where there are shadow rules.
 func (c RBACConfig) HTTPConfig() *rbachttp.RBAC {
-	if c.Action == ActionAudit {
-		return &rbachttp.RBAC{ShadowRules: c.Rules, ShadowRulesStatPrefix: "kordon_audit_"}
+	return &rbachttp.RBAC{Rules: c.Rules, ShadowRules: c.Shadow, ShadowRulesStatPrefix: c.shadowStatPrefix()}
+}
+
+// Shadow rule stat prefixes, Istio's (pilot/pkg/security/authz/model/model.go
+// RBACShadowRulesAllowStatPrefix, RBACShadowRulesDenyStatPrefix).
+const (
+	ShadowAllowStatPrefix = "istio_dry_run_allow_"
+	ShadowDenyStatPrefix  = "istio_dry_run_deny_"
+)
+
+func (c RBACConfig) shadowStatPrefix() string {
+	if c.Shadow == nil {
+		return ""
 	}
-	return &rbachttp.RBAC{Rules: c.Rules}
+	switch c.Action {
+	case ActionAllow:
+		return ShadowAllowStatPrefix
+	case ActionDeny:
+		return ShadowDenyStatPrefix
+	}
+	return ""
 }
 
 // NetworkConfig returns the envoy.extensions.filters.network.rbac.v3.RBAC
-// message for c.
+// message for c (istiod's buildTCP, with kordon's stat prefix).
 func (c RBACConfig) NetworkConfig() *rbacnet.RBAC {
 	prefix := "kordon_" + string(c.Action) + "_"
-	if c.Action == ActionAudit {
-		return &rbacnet.RBAC{ShadowRules: c.Rules, StatPrefix: prefix, ShadowRulesStatPrefix: "kordon_audit_"}
-	}
-	return &rbacnet.RBAC{Rules: c.Rules, StatPrefix: prefix}
+	return &rbacnet.RBAC{Rules: c.Rules, StatPrefix: prefix, ShadowRules: c.Shadow, ShadowRulesStatPrefix: c.shadowStatPrefix()}
 }
 
 // HTTPFilters wraps the HTTP configs as HttpConnectionManager filters, in
-// the order a proxy must apply them (DENY, ALLOW, AUDIT).
+// the order a proxy must apply them (AUDIT, DENY, ALLOW).
 func (c *Compiled) HTTPFilters() ([]*hcmv3.HttpFilter, error) {
 	var out []*hcmv3.HttpFilter
 	for _, cfg := range c.HTTP {

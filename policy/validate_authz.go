@@ -22,6 +22,19 @@ func validateAuthorizationPolicy(p *AuthorizationPolicy) ErrorList {
 	default:
 		errs = append(errs, pos.Errorf("spec.action", "unknown action %q (want ALLOW, DENY or AUDIT)", spec.Action))
 	}
+	if v, ok := p.Metadata.Annotations[DryRunAnnotation]; ok {
+		// As Istio's pkg/config/validation checkDryRunAnnotation: only
+		// ALLOW and DENY can be dry-run, and the value must be a boolean.
+		field := "metadata.annotations[" + DryRunAnnotation + "]"
+		switch spec.Action {
+		case "", ActionAllow, ActionDeny:
+			if _, err := strconv.ParseBool(v); err != nil {
+				errs = append(errs, pos.Errorf(field, "invalid value %q: want \"true\" or \"false\"", v))
+			}
+		default:
+			errs = append(errs, pos.Errorf(field, "%s supports only actions ALLOW and DENY, not %s", DryRunAnnotation, spec.Action))
+		}
+	}
 	if spec.Provider != nil && spec.Action != ActionCustom {
 		errs = append(errs, pos.Errorf("spec.provider", "provider is only valid with action CUSTOM, which is not supported"))
 	}

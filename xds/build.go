@@ -396,7 +396,9 @@ func inboundRoute(in *buildInput) *routev3.RouteConfiguration {
 			case policy.ActionAllow:
 				perFilter[AllowFilterName] = mustAny(&rbachttp.RBACPerRoute{Rbac: c.HTTPConfig()})
 			}
-			// AUDIT compiles to shadow rules, which grpc-go ignores.
+			// AUDIT is action LOG, which grpc-go does not enforce; dry-run
+			// policies are shadow rules, which grpc-go ignores (an override
+			// without rules allows everything).
 		}
 	}
 	return &routev3.RouteConfiguration{

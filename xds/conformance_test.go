@@ -427,7 +427,7 @@ spec:
 	for _, f := range filters {
 		names = append(names, f.Name)
 	}
-	if got, want := strings.Join(names, ","), "envoy.filters.http.rbac.deny,envoy.filters.http.rbac.allow,envoy.filters.http.rbac.audit"; got != want {
+	if got, want := strings.Join(names, ","), "envoy.filters.http.rbac.audit,envoy.filters.http.rbac.deny,envoy.filters.http.rbac.allow"; got != want {
 		t.Fatalf("filter names %s, want %s", got, want)
 	}
 	p := startRawPlane(t)
@@ -477,5 +477,89 @@ func TestCompileGoldenConformance(t *testing.T) {
 			s := serveCompiled(t, p, ca, "golden/"+name, parseCompiledHTTPFilters(t, out))
 			checkDecisions(t, s, set, goldenTarget, candidates(set), policy.CompileOptions{})
 		})
+	}
+}
+
+// TestCompileOutputDryRun checks on grpc-go that dry-run policies are
+// never enforced (Istio: pilot/pkg/security/authz/builder/builder.go,
+// Builder.build puts them in shadowRules and drops the enforced rules of
+// an action that has only dry-run policies): a dry-run DENY denies
+// nothing, a dry-run ALLOW makes nothing denied, while the enforced DENY
+// beside them still denies. Explain reports what the dry-run policies
+// would have done.
+func TestCompileOutputDryRun(t *testing.T) {
+	t.Parallel()
+	set, err := policy.LoadPaths(policy.LoadOptions{}, "../policy/testdata/dry-run-allow-and-deny-in.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := compileOutput(t, set, goldenTarget, policy.CompileOptions{})
+	p := startRawPlane(t)
+	s := serveCompiled(t, p, newMeshCA(t, testTD, nil), "foo/httpbin", parseCompiledHTTPFilters(t, out))
+	sleep := "spiffe://cluster.local/ns/foo/sa/sleep"
+	other := "spiffe://cluster.local/ns/bar/sa/default"
+	cases := []struct {
+		name, principal, path, want string
+		dryRun                      []policy.DryRunResult
+	}{
+		{name: "dry-run DENY matches: not denied", principal: sleep, path: "/shop.Admin/Delete", want: "ALLOW",
+			dryRun: []policy.DryRunResult{{Action: policy.ActionDeny, Decision: "DENY", Rule: "ns[foo]-policy[deny-admin-dry-run]-rule[0]"}, {Action: policy.ActionAllow, Decision: "ALLOW", Rule: "ns[foo]-policy[allow-dry-run]-rule[0]"}}},
+		{name: "dry-run ALLOW does not match: not denied", principal: other, path: "/shop.Catalog/List", want: "ALLOW",
+			dryRun: []policy.DryRunResult{{Action: policy.ActionDeny, Decision: "ALLOW"}, {Action: policy.ActionAllow, Decision: "DENY"}}},
+		{name: "enforced DENY still denies", principal: other, path: "/shop.Debug/Dump", want: "DENY",
+			dryRun: []policy.DryRunResult{{Action: policy.ActionDeny, Decision: "ALLOW"}, {Action: policy.ActionAllow, Decision: "DENY"}}},
+	}
+	for _, tc := range cases {
+		req := conformanceRequest{principal: tc.principal, host: "httpbin.foo", path: tc.path}
+		got := checkDecisions(t, s, set, goldenTarget, []conformanceRequest{req}, policy.CompileOptions{})
+		if d := got[req.String()]; d != tc.want {
+			t.Errorf("%s: grpc-go decided %s, want %s", tc.name, d, tc.want)
+		}
+		d, err := policy.Explain(set, goldenTarget, policy.Request{Principal: tc.principal, Method: "POST", Path: tc.path}, policy.CompileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(d.DryRun) != fmt.Sprint(tc.dryRun) {
+			t.Errorf("%s: explain dry-run %v, want %v", tc.name, d.DryRun, tc.dryRun)
+		}
+	}
+}
+
+// TestProxylessDryRun pushes dry-run policies through kordon's own xDS
+// server (RBACPerRoute overrides) to a proxyless gRPC server: once the
+// enforced ALLOW that denied the intruder becomes a dry-run one, and a
+// dry-run DENY of every caller is added, nobody is denied.
+func TestProxylessDryRun(t *testing.T) {
+	t.Parallel()
+	m := startMesh(t, shopWorkloads(), nil)
+	lis, port := m.echoService(t)
+	m.srv.SetPolicies(mustPolicies(t, allowPolicy("frontend")))
+	echoBS, _ := m.bootstrap(t, "shop/echo-0")
+	startEcho(t, echoBS, lis)
+	target := fmt.Sprintf("echo.shop:%d", port)
+	frontBS, _ := m.bootstrap(t, "shop/frontend-0")
+	front := dialXDS(t, frontBS, target)
+	intruderBS, _ := m.bootstrap(t, "shop/intruder-0")
+	intruder := dialXDS(t, intruderBS, target)
+	eventually(t, 20*time.Second, "intruder denied by the enforced ALLOW", func() error {
+		if err := check(intruder); status.Code(err) != codes.PermissionDenied {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+	dryRun := strings.Replace(allowPolicy("frontend"), "metadata: {name: echo-allow, namespace: shop}",
+		"metadata: {name: echo-allow, namespace: shop, annotations: {istio.io/dry-run: \"true\"}}", 1) + `---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-everyone, namespace: shop, annotations: {istio.io/dry-run: "true"}}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules: [{}]
+`
+	m.srv.SetPolicies(mustPolicies(t, dryRun))
+	eventually(t, 20*time.Second, "intruder allowed once the ALLOW is dry-run", func() error { return check(intruder) })
+	if err := check(front); err != nil {
+		t.Fatalf("frontend under a dry-run DENY of everyone: %v", err)
 	}
 }

@@ -3,7 +3,6 @@ package xds
 import (
 	"crypto/tls"
 	"fmt"
-	"net"
 	"strconv"
 	"testing"
 	"time"
@@ -33,14 +32,7 @@ func codeOf(err error) codes.Code { return status.Code(err) }
 // domain refused, and SVID rotation.
 func TestProxylessEndToEnd(t *testing.T) {
 	m := startMesh(t, shopWorkloads(), nil)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := uint32(lis.Addr().(*net.TCPAddr).Port)
-	if err := m.srv.SetServices([]Service{{Name: "echo", Namespace: "shop", Port: port, Selector: map[string]string{"app": "echo"}}}); err != nil {
-		t.Fatal(err)
-	}
+	lis, port := m.echoService(t)
 	m.srv.SetPolicies(mustPolicies(t, allowPolicy("frontend")))
 
 	echoBS, echoFiles := m.bootstrap(t, "shop/echo-0")

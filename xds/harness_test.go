@@ -244,3 +244,18 @@ func mustCompiled(t testing.TB) *policy.Compiled {
 	}
 	return c
 }
+
+// echoService listens on loopback for the echo workload and makes it the
+// service shop/echo on that port.
+func (m *mesh) echoService(t testing.TB) (net.Listener, uint32) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint32(lis.Addr().(*net.TCPAddr).Port)
+	if err := m.srv.SetServices([]Service{{Name: "echo", Namespace: "shop", Port: port, Selector: map[string]string{"app": "echo"}}}); err != nil {
+		t.Fatal(err)
+	}
+	return lis, port
+}

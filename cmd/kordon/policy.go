@@ -95,8 +95,10 @@ func newPolicyCompileCmd() *cobra.Command {
 		Short: "Compile the policies that apply to one workload to Envoy RBAC filters",
 		Long: `Print one JSON object {"httpFilters": [...], "networkFilters": [...]} whose
 items are Envoy HttpFilter and network Filter messages (protojson: name and
-typedConfig with @type), in the order a proxy must apply them: DENY, ALLOW,
-then AUDIT (shadow rules).`,
+typedConfig with @type), in the order a proxy must apply them: AUDIT (action
+LOG, never denies), DENY, then ALLOW, each filter named by its action
+(envoy.filters.http.rbac.audit, .deny, .allow). Policies annotated
+istio.io/dry-run: "true" are shadow rules only, never enforced.`,
 		Example: `  kordon policy compile -n shop -l app=payments -o json manifests/examples/`,
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -186,6 +188,12 @@ answer is exactly what a proxy enforces). Exit 0 for ALLOW, 2 for DENY, 1 on err
 				out += ": " + d.Reason
 				if len(d.Audited) > 0 {
 					out += "\naudited by: " + strings.Join(d.Audited, ", ")
+				}
+				for _, r := range d.DryRun {
+					out += "\ndry-run " + string(r.Action) + " policies would " + map[string]string{"ALLOW": "allow", "DENY": "deny"}[r.Decision]
+					if r.Rule != "" {
+						out += " (" + r.Rule + ")"
+					}
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), out)
 			} else if err := printStructured(cmd.OutOrStdout(), output, d); err != nil {
