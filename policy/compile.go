@@ -504,28 +504,15 @@ func cidr(v string) *corev3.CidrRange {
 	return &corev3.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))}
 }
 
-// hostPermission matches the :authority header case-insensitively, with or
-// without a port, as istiod does.
+// hostPermission matches the :authority header exactly and
+// case-insensitively, with no implicit port, as istiod since Istio 1.11
+// (pilot/pkg/security/authz/model/generator.go hostGenerator,
+// pilot/pkg/security/authz/matcher/header.go HostMatcher): "google.com"
+// does not match "google.com:80"; users write "google.com:*" (a prefix
+// match) for any port. An ALLOW on hosts so allows no more than Istio's,
+// a DENY denies no more.
 func hostPermission(v string) *rbacconfig.Permission {
-	m := headerMatch(":authority", v, true)
-	if v == "*" || strings.HasSuffix(v, "*") {
-		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: m}}
-	}
-	withPort := &routev3.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-		MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: hostPortRegex(v)}},
-	}}}
-	return orRules([]*rbacconfig.Permission{
-		{Rule: &rbacconfig.Permission_Header{Header: m}},
-		{Rule: &rbacconfig.Permission_Header{Header: withPort}},
-	})
-}
-
-// hostPortRegex matches host:port, case-insensitively.
-func hostPortRegex(v string) string {
-	if strings.HasPrefix(v, "*") {
-		return `(?i).*` + regexp.QuoteMeta(strings.TrimPrefix(v, "*")) + `:[0-9]+`
-	}
-	return `(?i)` + regexp.QuoteMeta(v) + `:[0-9]+`
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: headerMatch(":authority", v, true)}}
 }
 
 func methodPermission(v string) *rbacconfig.Permission {

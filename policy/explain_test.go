@@ -61,7 +61,13 @@ func TestExplainSemantics(t *testing.T) {
 		{name: "methods and paths", policies: ap("foo", "p", `rules: [{to: [{operation: {methods: ["GET"], paths: ["/api/*"]}}]}]`), req: Request{Method: "GET", Path: "/api/v1?x=1"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
 		{name: "method mismatch", policies: ap("foo", "p", `rules: [{to: [{operation: {methods: ["GET"]}}]}]`), req: Request{Method: "POST", Path: "/"}, allowed: false},
 		{name: "notPaths", policies: ap("foo", "p", `rules: [{to: [{operation: {notPaths: ["/admin/*"]}}]}]`), req: Request{Method: "GET", Path: "/admin/x"}, allowed: false},
-		{name: "host case and port insensitive", policies: ap("foo", "p", `rules: [{to: [{operation: {hosts: ["httpbin.foo"]}}]}]`), req: Request{Host: "HTTPBIN.foo:8000"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
+		{name: "host case-insensitive", policies: ap("foo", "p", `rules: [{to: [{operation: {hosts: ["httpbin.foo"]}}]}]`), req: Request{Host: "HTTPBIN.foo"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
+		// Istio 1.11+ (pilot/pkg/security/authz/matcher/header.go HostMatcher): no implicit port.
+		{name: "host has no implicit port", policies: ap("foo", "p", `rules: [{to: [{operation: {hosts: ["httpbin.foo"]}}]}]`), req: Request{Host: "httpbin.foo:8000"}, allowed: false},
+		{name: "host with any port", policies: ap("foo", "p", `rules: [{to: [{operation: {hosts: ["httpbin.foo:*"]}}]}]`), req: Request{Host: "HTTPBIN.foo:8000"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
+		{name: "host with any port is not the bare host", policies: ap("foo", "p", `rules: [{to: [{operation: {hosts: ["httpbin.foo:*"]}}]}]`), req: Request{Host: "httpbin.foo"}, allowed: false},
+		{name: "DENY on a host denies no port it does not name", policies: ap("foo", "p", `action: DENY
+  rules: [{to: [{operation: {hosts: ["httpbin.foo"]}}]}]`), req: Request{Host: "httpbin.foo:8000"}, allowed: true},
 		{name: "ports", policies: ap("foo", "p", `rules: [{to: [{operation: {ports: ["8080"]}}]}]`), req: Request{Port: 9090}, allowed: false},
 		{name: "selector mismatch does not apply", policies: ap("foo", "p", `selector: {matchLabels: {app: other}}
   rules: []`), req: Request{}, allowed: true},

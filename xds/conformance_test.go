@@ -332,6 +332,7 @@ func candidates(set *policy.Set) []conformanceRequest {
 				for _, v := range append(append([]string{}, o.Hosts...), o.NotHosts...) {
 					hosts[strings.TrimPrefix(strings.TrimSuffix(fill(v), ":x"), "x")] = true
 					hosts[strings.ToUpper(fill(v))] = true
+					hosts[strings.TrimSuffix(strings.TrimSuffix(v, "*"), ":")+":8080"] = true
 				}
 				for _, v := range append(append([]string{}, o.Paths...), o.NotPaths...) {
 					paths[pathOf(v)] = true
