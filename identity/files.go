@@ -8,8 +8,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // Names of the files WriteSVIDFiles produces, as grpc-go's file_watcher
@@ -21,10 +25,15 @@ const (
 	BundleMapFile = "spiffe_bundle_map.json"
 )
 
-// WriteSVIDFiles writes an SVID's chain, its private key and the trust
-// bundle into dir, each atomically (temporary file and rename) with mode
-// 0600, key first so that a watcher never pairs a new certificate with an
-// old key for longer than one refresh.
+// WriteSVIDFiles writes the trust bundle, an SVID's private key and its
+// chain into dir, each atomically (temporary file and rename) with mode
+// 0600. The bundle goes first: it must hold the root of the SVID being
+// written (read it after signing) and, as roots leave the bundle only once
+// every SVID they signed has expired, it still verifies the SVID being
+// replaced; so at no moment does dir hold an SVID that the bundle beside
+// it does not verify. The key goes before the certificate, so that a
+// watcher never pairs a new certificate with an old key for longer than
+// one refresh.
 func WriteSVIDFiles(dir string, svid *SVID, key crypto.Signer, bundlePEM []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("identity: %w", err)
@@ -37,9 +46,9 @@ func WriteSVIDFiles(dir string, svid *SVID, key crypto.Signer, bundlePEM []byte)
 		name string
 		data []byte
 	}{
+		{BundleFile, bundlePEM},
 		{KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})},
 		{CertFile, svid.ChainPEM()},
-		{BundleFile, bundlePEM},
 	}
 	for _, f := range files {
 		if err := WriteFileAtomic(filepath.Join(dir, f.name), f.data, 0o600); err != nil {
@@ -47,6 +56,26 @@ func WriteSVIDFiles(dir string, svid *SVID, key crypto.Signer, bundlePEM []byte)
 		}
 	}
 	return nil
+}
+
+// WriteBundleFile replaces only the bundle in dir (after a root was
+// published or pruned), atomically with mode 0600.
+func WriteBundleFile(dir string, bundlePEM []byte) error {
+	if err := WriteFileAtomic(filepath.Join(dir, BundleFile), bundlePEM, 0o600); err != nil {
+		return fmt.Errorf("identity: write %s: %w", BundleFile, err)
+	}
+	return nil
+}
+
+// VerifySVIDWithBundle checks svid against a PEM bundle of trustDomain at
+// time now, with go-spiffe's verifier.
+func VerifySVIDWithBundle(svid *SVID, bundlePEM []byte, trustDomain spiffeid.TrustDomain, now time.Time) error {
+	roots, err := parsePEMCerts(bundlePEM)
+	if err != nil {
+		return err
+	}
+	_, _, err = x509svid.Verify(svid.Chain, x509bundle.FromX509Authorities(trustDomain, roots), x509svid.WithTime(now))
+	return err
 }
 
 // BundleMap renders grpc-go's spiffe_trust_bundle_map_file:

@@ -275,7 +275,7 @@ func ServerTLS(ca *CA, id spiffeid.ID) *tls.Config {
 			// Why half-life (the Workload API's rule too): after a root
 			// rotation the next handshake past half-life presents an SVID
 			// from the new root, long before the old one leaves bundles.
-			if cur != nil && ca.cfg.Now().Before(halfLife(cur.Leaf)) {
+			if cur != nil && ca.cfg.Now().Before(RenewAt(cur.Leaf)) {
 				return cur, nil
 			}
 			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -289,7 +289,7 @@ func TestNinetyDaysOfRotation(t *testing.T) {
 			switchHandshakes += 2
 		}
 		for _, h := range holders {
-			if !now.Before(halfLife(h.svid.Chain[0])) {
+			if !now.Before(RenewAt(h.svid.Chain[0])) {
 				h.renew(t, ca)
 			}
 			// Why a full TTL: CA TTL >= 6 SVID TTLs means the cap at the

@@ -271,10 +271,17 @@ func (ca *CA) signPublicKey(pub crypto.PublicKey, id spiffeid.ID, ttl time.Durat
 	return &SVID{ID: id, Chain: chain}, nil
 }
 
-// halfLife is when a certificate is due for renewal: kordon's one
-// renewal rule (SPIRE's agent renews at half-life too).
-func halfLife(c *x509.Certificate) time.Time {
-	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
+// RenewAt is when an SVID is due for renewal: half of its life (SPIRE's
+// agent renews at half-life too). The life is counted from when it was
+// issued, not from its NotBefore, which kordon backdates by 30 s for clock
+// skew: with a 15 s SVID the backdated half-life would have passed already
+// when the SVID is signed.
+func RenewAt(c *x509.Certificate) time.Time {
+	issued := c.NotBefore.Add(backdate)
+	if !issued.Before(c.NotAfter) {
+		issued = c.NotBefore
+	}
+	return issued.Add(c.NotAfter.Sub(issued) / 2)
 }
 
 func isSelfSigned(c *x509.Certificate) bool {

@@ -23,10 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
 
 // xdsReviewer adapts the Kubernetes token reviewer to the xDS server's
@@ -44,6 +42,25 @@ func (x xdsReviewer) Review(ctx context.Context, token string) (xds.Identity, er
 type controllerFlags struct {
 	kubeconfig, namespace, trustDomain, rootNamespace         string
 	xdsListen, issuanceListen, httpListen, alertsDir, podName string
+	caTTL, svidTTL                                            time.Duration
+}
+
+// registerTTLFlags adds --ca-ttl and --svid-ttl (kordon controller and
+// kordon dev), with SPIRE's defaults; identity/README.md says why.
+func registerTTLFlags(fl *pflag.FlagSet, caTTL, svidTTL *time.Duration) {
+	fl.DurationVar(caTTL, "ca-ttl", identity.DefaultCATTL,
+		"lifetime of each CA root; the next root is published at half-life, signs from when a sixth is left, "+
+			"and the old one stays trusted until its SVIDs expire (keep it at least 6x --svid-ttl)")
+	fl.DurationVar(svidTTL, "svid-ttl", identity.DefaultSVIDTTL, "lifetime of X.509-SVIDs, renewed at half-life (at most 24h)")
+}
+
+// svidRefresh is how often the xDS server checks its SDS SVIDs for
+// renewal: its default, or a tenth of a short --svid-ttl.
+func svidRefresh(svidTTL time.Duration) time.Duration {
+	if svidTTL <= 0 {
+		return xds.DefaultSVIDRefresh
+	}
+	return min(xds.DefaultSVIDRefresh, max(svidTTL/10, 100*time.Millisecond))
 }
 
 func newControllerCmd() *cobra.Command {
@@ -52,8 +69,11 @@ func newControllerCmd() *cobra.Command {
 		Use:   "controller",
 		Short: "Run the control plane in a cluster: CA and SVID issuance, xDS, policy status, alert feed",
 		Long: `Every replica serves xDS, signs SVIDs and serves the alert feed; a Lease elects
-the one that writes policy status. The CA lives in the Secret kordon-ca of --namespace:
-replicas starting together agree on one root (create-if-absent).`,
+the one that writes policy status, publishes the trust bundle (ConfigMap
+kordon-trust-bundle) and rotates the CA root. A replica that loses the Lease
+campaigns again. The CA lives in the Secret kordon-ca of --namespace: replicas
+starting together agree on one root (create-if-absent), and the others reload
+it when the leader rotates.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -71,6 +91,7 @@ replicas starting together agree on one root (create-if-absent).`,
 	fl.StringVar(&f.httpListen, "http-listen", ":9080", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/xds/status")
 	fl.StringVar(&f.alertsDir, "alerts-dir", "/var/lib/kordon/alerts", "durable alert log directory")
 	fl.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this replica's name (leader election identity)")
+	registerTTLFlags(fl, &f.caTTL, &f.svidTTL)
 	return cmd
 }
 
@@ -91,7 +112,8 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	if err != nil {
 		return fmt.Errorf("--namespace: %w", err)
 	}
-	ca, err := identity.New(ctx, identity.Config{TrustDomain: f.trustDomain, Store: &kube.SecretStore{Client: clients.Kube, Namespace: f.namespace, Name: "kordon-ca"}, Logger: log})
+	ca, err := identity.New(ctx, identity.Config{TrustDomain: f.trustDomain, Store: &kube.SecretStore{Client: clients.Kube, Namespace: f.namespace, Name: "kordon-ca"},
+		CATTL: f.caTTL, SVIDTTL: f.svidTTL, Logger: log, Metrics: reg})
 	if err != nil {
 		return err
 	}
@@ -103,6 +125,7 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	xsrv, err := xds.New(xds.Config{
 		Registry: workloads, TrustDomain: f.trustDomain, RootNamespace: f.rootNamespace,
 		Identities:    &xds.CAIdentities{CA: ca},
+		SVIDRefresh:   svidRefresh(f.svidTTL),
 		Authenticator: xds.AnyAuthenticator{xds.SVIDAuthenticator{TrustDomain: f.trustDomain}, xds.TokenAuthenticator{Reviewer: xdsReviewer{reviewer}}},
 		TLS:           identity.ServerTLS(ca, ctrlID),
 		Logger:        log, Metrics: reg,
@@ -162,34 +185,46 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	}()
 	defer hs.Shutdown(context.Background())
 
-	// Leader election: only the leader writes policy status.
+	// Every replica follows the CA Secret, so that it signs with the root
+	// the leader activated; the leader also steps the rotation schedule.
+	go ca.RunReload(ctx, 0)
+
+	// Leader election, campaigned again whenever the Lease is lost: only
+	// the leader writes policy status, publishes the bundle and rotates.
 	id := f.podName
 	if id == "" {
 		id, _ = os.Hostname()
 	}
-	lock := &resourcelock.LeaseLock{LeaseMeta: metav1.ObjectMeta{Name: "kordon-controller", Namespace: f.namespace},
-		Client: clients.Kube.CoordinationV1(), LockConfig: resourcelock.ResourceLockConfig{Identity: id}}
-	go leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-		Lock: lock, LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, ReleaseOnCancel: true,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(lctx context.Context) {
-				leader.Store(true)
-				log.Info("became leader", "identity", id)
-				// Publish the trust bundle for node agents while leading.
-				for {
-					if err := kube.PublishBundle(lctx, clients.Kube, f.namespace, ca); err != nil {
-						log.Warn("trust bundle not published", "error", err)
-					}
-					select {
-					case <-lctx.Done():
-						return
-					case <-time.After(30 * time.Second):
-					}
+	elector := &kube.LeaderElection{Client: clients.Kube, Namespace: f.namespace, Name: "kordon-controller", Identity: id, Logger: log,
+		OnLeading: leader.Store,
+		Lead: func(lctx context.Context) {
+			publish := func() {
+				if err := kube.PublishBundle(lctx, clients.Kube, f.namespace, ca); err != nil && lctx.Err() == nil {
+					log.Warn("trust bundle not published", "error", err)
 				}
-			},
-			OnStoppedLeading: func() { leader.Store(false); log.Info("lost leadership", "identity", id) },
-		},
-	})
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				// A new root is published as soon as it is prepared: node
+				// agents must trust it before it signs.
+				ca.RunRotation(lctx, 0, publish)
+			}()
+			for {
+				publish()
+				select {
+				case <-lctx.Done():
+					<-done
+					return
+				case <-time.After(30 * time.Second):
+				}
+			}
+		}}
+	go func() {
+		if err := elector.Run(ctx); err != nil {
+			errc <- err
+		}
+	}()
 	select {
 	case <-synced:
 	case <-ctx.Done():

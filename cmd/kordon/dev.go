@@ -46,6 +46,8 @@ type devOptions struct {
 	queryLog      string
 	logLevel      string
 	pollInterval  time.Duration
+	caTTL         time.Duration
+	svidTTL       time.Duration
 	egress        egressFlags
 }
 
@@ -85,6 +87,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	f.StringVar(&o.queryLog, "query-log", "-", `query log destination: a file, or "-" for stdout`)
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&o.pollInterval, "poll-interval", devconfig.DefaultInterval, "how often --config is checked for changes")
+	registerTTLFlags(f, &o.caTTL, &o.svidTTL)
 	o.egress.register(f, false)
 	_ = cmd.MarkFlagRequired("config")
 	cmd.AddCommand(newDevUpstreamCmd(), newDevExfilSimCmd(), newDevGRPCServeCmd(), newDevGRPCCallCmd(), newDevSinkCmd())
@@ -177,7 +180,7 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.startUpstream(); err != nil {
 		return d, err
 	}
-	if d.ident, err = newDevIdentity(ctx, d.stateDir, d.log); err != nil {
+	if d.ident, err = newDevIdentity(ctx, devIdentityConfig{StateDir: d.stateDir, CATTL: o.caTTL, SVIDTTL: o.svidTTL, Logger: d.log, Metrics: d.reg}); err != nil {
 		return d, err
 	}
 	d.sockets = newDevSockets(d.stateDir, d.registry, d.ident.ca, d.log)
@@ -220,7 +223,7 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	}()
 	go func() {
 		defer d.wg.Done()
-		d.ident.run(runCtx, d.registry, time.Minute)
+		d.ident.run(runCtx, d.registry)
 	}()
 	d.ready.Store(true)
 	if o.addrFile != "" {
@@ -287,6 +290,7 @@ func (d *devServer) newXDS() error {
 		Policies:    &policy.Set{},
 		TrustDomain: xdsTrustDomain,
 		Identities:  &xds.CAIdentities{CA: d.ident.ca},
+		SVIDRefresh: svidRefresh(d.opts.svidTTL),
 		// Dev mode listens on loopback only (checked in startXDS): every
 		// local process may read any workload's config.
 		AllowUnauthenticated: true,
@@ -634,8 +638,8 @@ func (d *devServer) printSummary(w io.Writer) {
 	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/alerts /v1/quarantines /v1/config /v1/xds/status)\n", "http", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
 	fmt.Fprintf(w, "  %-12s %s/<namespace>_<name>.sock (SPIFFE Workload API, one socket per workload)\n", "workload API", d.sockets.dir)
-	fmt.Fprintf(w, "identity: CA for %s (root kept in %s), SVID files in %s/<namespace>/<name>/\n",
-		d.ident.ca.TrustDomain().Name(), filepath.Join(d.stateDir, "ca.json"), d.ident.dir)
+	fmt.Fprintf(w, "identity: CA for %s (root kept in %s, rotated every %s), SVIDs of %s in %s/<namespace>/<name>/\n",
+		d.ident.ca.TrustDomain().Name(), filepath.Join(d.stateDir, "ca.json"), d.ident.caTTL/2, d.ident.svidTTL, d.ident.dir)
 	fmt.Fprintf(w, "watching %s for changes every %s\n", s.Dir, d.opts.pollInterval)
 	fmt.Fprintln(w, "ready")
 }

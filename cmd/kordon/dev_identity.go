@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,18 +17,23 @@ import (
 
 	"github.com/kordon-dev/kordon/identity"
 	"github.com/kordon-dev/kordon/internal/workload"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // devIdentity is dev mode's identity wiring: the CA (state in
-// --state-dir/ca.json, so a restart keeps the root) and an SVID file set per
-// workload under --state-dir/svids/<namespace>/<name>/, renewed at half
-// life, which proxyless gRPC workloads read through the file_watcher
-// certificate provider (see kordon xds bootstrap).
+// --state-dir/ca.json, so a restart keeps the root), rotated on SPIRE's
+// schedule (--ca-ttl), and an SVID file set per workload under
+// --state-dir/svids/<namespace>/<name>/, renewed at half-life (--svid-ttl)
+// and given each new bundle as soon as the CA publishes it, which proxyless
+// gRPC workloads read through the file_watcher certificate provider (see
+// kordon xds bootstrap).
 type devIdentity struct {
-	ca  *identity.CA
-	dir string
-	log *slog.Logger
-	now func() time.Time
+	ca      *identity.CA
+	dir     string
+	log     *slog.Logger
+	now     func() time.Time
+	caTTL   time.Duration
+	svidTTL time.Duration
 
 	mu     sync.Mutex
 	issued map[string]issuedSVID // by workload key
@@ -35,21 +41,46 @@ type devIdentity struct {
 
 // issuedSVID is what was last written for one workload.
 type issuedSVID struct {
-	id        string
-	notBefore time.Time
-	notAfter  time.Time
+	id      string
+	renewAt time.Time
+	bundle  []byte
 }
 
-func newDevIdentity(ctx context.Context, stateDir string, log *slog.Logger) (*devIdentity, error) {
+// devIdentityConfig configures newDevIdentity.
+type devIdentityConfig struct {
+	StateDir string
+	// CATTL and SVIDTTL are the lifetimes (0: identity's defaults).
+	CATTL, SVIDTTL time.Duration
+	Logger         *slog.Logger
+	Metrics        prometheus.Registerer
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func newDevIdentity(ctx context.Context, cfg devIdentityConfig) (*devIdentity, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.SVIDTTL <= 0 {
+		cfg.SVIDTTL = identity.DefaultSVIDTTL
+	}
+	if cfg.CATTL <= 0 {
+		cfg.CATTL = identity.DefaultCATTL
+	}
 	ca, err := identity.New(ctx, identity.Config{
 		TrustDomain: xdsTrustDomain,
-		Store:       &identity.FileStore{Path: filepath.Join(stateDir, "ca.json")},
-		Logger:      log,
+		Store:       &identity.FileStore{Path: filepath.Join(cfg.StateDir, "ca.json")},
+		CATTL:       cfg.CATTL,
+		SVIDTTL:     cfg.SVIDTTL,
+		Now:         cfg.Now,
+		Logger:      cfg.Logger,
+		Metrics:     cfg.Metrics,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &devIdentity{ca: ca, dir: filepath.Join(stateDir, "svids"), log: log, now: time.Now, issued: map[string]issuedSVID{}}, nil
+	return &devIdentity{ca: ca, dir: filepath.Join(cfg.StateDir, "svids"), log: cfg.Logger, now: cfg.Now,
+		caTTL: cfg.CATTL, svidTTL: cfg.SVIDTTL, issued: map[string]issuedSVID{}}, nil
 }
 
 // xdsTrustDomain is dev mode's trust domain.
@@ -61,29 +92,51 @@ func (di *devIdentity) svidDir(namespace, name string) string {
 }
 
 // sync issues SVID files for workloads that have none, whose identity
-// changed, or whose SVID is past half of its life, and removes the files of
+// changed, or whose SVID is past half of its life; rewrites the bundle of
+// the others when the CA's bundle changed; and removes the files of
 // workloads that are gone.
 func (di *devIdentity) sync(ws []*workload.Workload) error {
 	di.mu.Lock()
 	defer di.mu.Unlock()
 	now := di.now()
+	bundle := di.ca.BundlePEM()
 	keep := map[string]bool{}
 	for _, w := range ws {
 		keep[w.Key()] = true
 		id := w.SPIFFEID(xdsTrustDomain)
+		dir := di.svidDir(w.Namespace, w.Name)
 		prev, ok := di.issued[w.Key()]
-		if ok && prev.id == id && now.Before(prev.notBefore.Add(prev.notAfter.Sub(prev.notBefore)/2)) {
+		if ok && prev.id == id && now.Before(prev.renewAt) {
+			if !bytes.Equal(prev.bundle, bundle) {
+				// A root was published or pruned: the workload must
+				// trust a new root before any peer presents an SVID from
+				// it. The SVID on disk keeps verifying (see
+				// identity.WriteSVIDFiles).
+				if err := identity.WriteBundleFile(dir, bundle); err != nil {
+					return err
+				}
+				prev.bundle = bundle
+				di.issued[w.Key()] = prev
+				di.log.Info("trust bundle updated", "workload", w.Key())
+			}
 			continue
 		}
 		svid, key, err := di.sign(w.Namespace, w.ServiceAccount)
 		if err != nil {
 			return fmt.Errorf("identity for %s: %w", w.Key(), err)
 		}
-		if err := identity.WriteSVIDFiles(di.svidDir(w.Namespace, w.Name), svid, key, di.ca.BundlePEM()); err != nil {
+		// Read after signing, so that it holds the signing root.
+		b := di.ca.BundlePEM()
+		// Why: fail closed. A workload must never be handed an SVID that
+		// the bundle beside it does not verify.
+		if err := identity.VerifySVIDWithBundle(svid, b, di.ca.TrustDomain(), now); err != nil {
+			return fmt.Errorf("identity for %s: signed SVID does not verify with the bundle: %w", w.Key(), err)
+		}
+		if err := identity.WriteSVIDFiles(dir, svid, key, b); err != nil {
 			return err
 		}
 		leaf := svid.Chain[0]
-		di.issued[w.Key()] = issuedSVID{id: id, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
+		di.issued[w.Key()] = issuedSVID{id: id, renewAt: identity.RenewAt(leaf), bundle: b}
 		di.log.Info("svid issued", "workload", w.Key(), "spiffe_id", id, "not_after", leaf.NotAfter)
 	}
 	for key := range di.issued {
@@ -118,16 +171,30 @@ func (di *devIdentity) sign(namespace, serviceAccount string) (*identity.SVID, *
 	return svid, key, nil
 }
 
-// run renews SVIDs until ctx is done.
-func (di *devIdentity) run(ctx context.Context, reg *workload.Registry, every time.Duration) {
-	t := time.NewTicker(every)
+// interval is how often run steps the rotation schedule and the files:
+// the CA's check interval, or a tenth of the SVID TTL if that is shorter.
+func (di *devIdentity) interval() time.Duration {
+	return min(di.ca.CheckInterval(), max(di.svidTTL/10, 100*time.Millisecond))
+}
+
+// step rotates the CA if due (dev mode is its own leader) and syncs the files.
+func (di *devIdentity) step(ctx context.Context, ws []*workload.Workload) error {
+	if _, err := di.ca.RotateIfDue(ctx); err != nil {
+		return err
+	}
+	return di.sync(ws)
+}
+
+// run rotates the CA and renews SVIDs until ctx is done.
+func (di *devIdentity) run(ctx context.Context, reg *workload.Registry) {
+	t := time.NewTicker(di.interval())
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := di.sync(reg.List()); err != nil {
+			if err := di.step(ctx, reg.List()); err != nil && ctx.Err() == nil {
 				di.log.Error("svid renewal failed", "err", err.Error())
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -35,7 +36,7 @@ func readLeaf(t *testing.T, dir string) *x509.Certificate {
 
 func TestDevIdentityRenewsAtHalfLifeAndFollowsTheFolder(t *testing.T) {
 	state := t.TempDir()
-	di, err := newDevIdentity(context.Background(), state, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	di, err := newDevIdentity(context.Background(), devIdentityConfig{StateDir: state, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +86,124 @@ func TestDevIdentityRenewsAtHalfLifeAndFollowsTheFolder(t *testing.T) {
 	}
 
 	// A restart keeps the root.
-	again, err := newDevIdentity(context.Background(), state, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	again, err := newDevIdentity(context.Background(), devIdentityConfig{StateDir: state, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !again.ca.ActiveCertificate().Equal(di.ca.ActiveCertificate()) {
 		t.Error("a restart created a new root")
 	}
+}
+
+// readFiles reads a workload's SVID chain, then its bundle (the order in
+// which a reader that checks one against the other would).
+func readFiles(dir string) (*identity.SVID, []byte, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, identity.CertFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	bundle, err := os.ReadFile(filepath.Join(dir, identity.BundleFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	var chain []*x509.Certificate
+	for rest := certPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, nil, err
+		}
+		chain = append(chain, c)
+	}
+	if len(chain) == 0 {
+		return nil, nil, fmt.Errorf("no certificate in %s", identity.CertFile)
+	}
+	return &identity.SVID{Chain: chain}, bundle, nil
+}
+
+// TestDevIdentityRotationKeepsFilesVerifiable is kordon dev --ca-ttl 60s
+// --svid-ttl 15s on an injected clock for 10 minutes in 250 ms steps: the
+// root rotates every 30 s and after every step each workload's SVID file
+// is verified by the bundle file beside it.
+func TestDevIdentityRotationKeepsFilesVerifiable(t *testing.T) {
+	t.Parallel()
+	clk := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	di, err := newDevIdentity(context.Background(), devIdentityConfig{StateDir: t.TempDir(), CATTL: time.Minute, SVIDTTL: 15 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return clk }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := []*workload.Workload{
+		{Name: "web", Namespace: "shop", ServiceAccount: "web"},
+		{Name: "db", Namespace: "shop", ServiceAccount: "db"},
+	}
+	roots := map[string]bool{}
+	for i := 0; i < 2400; i++ {
+		clk = clk.Add(250 * time.Millisecond)
+		if err := di.step(context.Background(), ws); err != nil {
+			t.Fatalf("at %s: %v", clk, err)
+		}
+		roots[string(di.ca.ActiveCertificate().Raw)] = true
+		for _, w := range ws {
+			svid, bundle, err := readFiles(di.svidDir(w.Namespace, w.Name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := identity.VerifySVIDWithBundle(svid, bundle, di.ca.TrustDomain(), clk); err != nil {
+				t.Fatalf("at %s: %s's SVID file is not verified by its bundle file: %v", clk, w.Key(), err)
+			}
+		}
+	}
+	// First switch at 50 s, then every 30 s: 20 roots in 10 minutes.
+	if n := len(roots); n < 19 {
+		t.Errorf("%d roots signed in 10 minutes, want about 20", n)
+	}
+}
+
+// TestDevIdentityRotationRealTime runs the renewal loop for real with
+// short lifetimes (CA 6 s, SVID 2 s) while readers keep checking the files
+// as a workload would see them, including between the writes of one
+// renewal.
+func TestDevIdentityRotationRealTime(t *testing.T) {
+	t.Parallel()
+	di, err := newDevIdentity(context.Background(), devIdentityConfig{StateDir: t.TempDir(), CATTL: 6 * time.Second, SVIDTTL: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := workload.NewRegistry()
+	web := &workload.Workload{Name: "web", Namespace: "shop", ServiceAccount: "web", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.10")}}
+	reg.Replace([]*workload.Workload{web})
+	if err := di.sync(reg.List()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); di.run(ctx, reg) }()
+	dir := di.svidDir("shop", "web")
+	roots := map[string]bool{}
+	checks := 0
+	for ctx.Err() == nil {
+		now := time.Now()
+		svid, bundle, err := readFiles(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := identity.VerifySVIDWithBundle(svid, bundle, di.ca.TrustDomain(), now); err != nil {
+			t.Fatalf("SVID file not verified by its bundle file: %v", err)
+		}
+		roots[string(svid.Chain[0].RawIssuer)+string(svid.Chain[0].AuthorityKeyId)] = true
+		checks++
+		time.Sleep(time.Millisecond)
+	}
+	<-done
+	if len(roots) < 3 {
+		// Switches at 5 s and 8 s.
+		t.Errorf("SVIDs from %d roots in 10 s, want at least 3", len(roots))
+	}
+	t.Logf("%d checks, SVIDs from %d roots", checks, len(roots))
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -54,7 +55,18 @@ func (w *workloadAPIFlags) serve(ctx context.Context, clients *kube.Clients, reg
 	if err != nil {
 		return err
 	}
-	client, err := identity.DialIssuance(w.issuance, bundle.X509Authorities(), ctrlID, func() (string, error) {
+	// The roots are read at each handshake: the controller's certificate
+	// comes from the current CA root, which rotates.
+	roots := func() ([]*x509.Certificate, error) {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		b, err := kube.ReadBundle(rctx, clients.Kube, w.namespace)
+		if err != nil {
+			return nil, err
+		}
+		return b.X509Authorities(), nil
+	}
+	client, err := identity.DialIssuanceRoots(w.issuance, roots, ctrlID, func() (string, error) {
 		b, err := os.ReadFile(w.tokenFile)
 		return strings.TrimSpace(string(b)), err
 	})
