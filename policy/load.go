@@ -19,6 +19,17 @@ import (
 type Set struct {
 	Authorization []*AuthorizationPolicy
 	Egress        []*EgressPolicy
+	// Skipped lists the files found in a directory argument that hold no
+	// policy document (the dev folder's workloads.yaml, a Deployment) and
+	// were left out, each with the reason; files named as arguments are
+	// never skipped.
+	Skipped []SkippedFile
+}
+
+// SkippedFile is a file LoadPaths left out of a directory walk.
+type SkippedFile struct {
+	Path   string
+	Reason string
 }
 
 // Len is the number of policies in the set.
@@ -63,6 +74,7 @@ func IsPolicyFile(path string) bool {
 // validated set. Any error rejects everything: no partial set is returned.
 func LoadPaths(opts LoadOptions, paths ...string) (*Set, error) {
 	var files []string
+	walked := map[string]bool{} // found in a directory, not named
 	for _, p := range paths {
 		st, err := os.Stat(p)
 		if err != nil {
@@ -76,8 +88,16 @@ func LoadPaths(opts LoadOptions, paths ...string) (*Set, error) {
 			if err != nil {
 				return err
 			}
+			name := d.Name()
+			if path != p && (strings.HasPrefix(name, ".") || strings.HasSuffix(name, "~")) {
+				if d.IsDir() {
+					return filepath.SkipDir // .git, editor state
+				}
+				return nil
+			}
 			if !d.IsDir() && IsPolicyFile(path) {
 				files = append(files, path)
+				walked[path] = true
 			}
 			return nil
 		})
@@ -94,6 +114,12 @@ func LoadPaths(opts LoadOptions, paths ...string) (*Set, error) {
 		if err != nil {
 			other = append(other, fmt.Errorf("policy: %w", err))
 			continue
+		}
+		if walked[f] {
+			if reason := notPolicyFile(f, data); reason != "" {
+				set.Skipped = append(set.Skipped, SkippedFile{Path: f, Reason: reason})
+				continue
+			}
 		}
 		s, err := Parse(f, data, opts)
 		if err != nil {
@@ -118,6 +144,91 @@ func LoadPaths(opts LoadOptions, paths ...string) (*Set, error) {
 	}
 	set.sort()
 	return set, nil
+}
+
+// notPolicyFile says why data, a file found in a directory, holds no
+// policy document ("" when it holds one, or may: then it is parsed
+// strictly). A file is a policy file when any document names a policy
+// kind or a policy API group, or is an object without kind that has a
+// spec (a policy that lost its kind must be reported, not skipped); a
+// file that is not valid YAML is reported too.
+func notPolicyFile(file string, data []byte) string {
+	var first string
+	policyDoc := false
+	err := eachDocument(data, func(root *yaml.Node) {
+		var why string
+		switch root.Kind {
+		case yaml.MappingNode:
+			var apiVersion, kind string
+			hasSpec := false
+			for i := 0; i+1 < len(root.Content); i += 2 {
+				switch root.Content[i].Value {
+				case "apiVersion":
+					apiVersion = root.Content[i+1].Value
+				case "kind":
+					kind = root.Content[i+1].Value
+				case "spec":
+					hasSpec = true
+				}
+			}
+			group, _, _ := strings.Cut(apiVersion, "/")
+			switch {
+			case kind == KindAuthorizationPolicy || kind == KindEgressPolicy,
+				group == "security.kordon.dev" || group == "security.istio.io",
+				kind == "" && hasSpec:
+				policyDoc = true
+			case kind == "":
+				why = "an object without apiVersion and kind"
+			default:
+				why = fmt.Sprintf("kind %s", kind)
+				if apiVersion != "" {
+					why = fmt.Sprintf("kind %s (%s)", kind, apiVersion)
+				}
+			}
+		case yaml.SequenceNode:
+			why = "a list"
+			switch strings.TrimSuffix(strings.TrimSuffix(filepath.Base(file), ".yaml"), ".yml") {
+			case "workloads", "services":
+				why = "a list (kordon dev's " + filepath.Base(file) + ")"
+			}
+		default:
+			why = kindName(root)
+		}
+		if first == "" {
+			first = why
+		}
+	})
+	switch {
+	case err != nil || policyDoc:
+		return ""
+	case first == "":
+		return "no documents"
+	}
+	return "not a policy file: " + first
+}
+
+// eachDocument calls f with the root node of every non-empty document of
+// data, and returns the first YAML syntax error.
+func eachDocument(data []byte, f func(root *yaml.Node)) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(doc.Content) == 0 {
+			continue
+		}
+		root := doc.Content[0]
+		if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+			continue // an empty document between separators
+		}
+		f(root)
+	}
 }
 
 func nilIfEmpty(l ErrorList) error {
@@ -158,27 +269,13 @@ func Parse(file string, data []byte, opts LoadOptions) (*Set, error) {
 	}
 	set := &Set{}
 	var errs ErrorList
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	for {
-		var doc yaml.Node
-		err := dec.Decode(&doc)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			errs = append(errs, yamlSyntaxError(file, err))
-			break
-		}
-		if len(doc.Content) == 0 {
-			continue
-		}
-		root := doc.Content[0]
-		if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
-			continue // an empty document between separators
-		}
+	err := eachDocument(data, func(root *yaml.Node) {
 		if err := parseDocument(file, root, opts, set); err != nil {
 			errs = append(errs, AsErrorList(err)...)
 		}
+	})
+	if err != nil {
+		errs = append(errs, yamlSyntaxError(file, err))
 	}
 	if len(errs) > 0 {
 		errs.sortErrors()

@@ -18,12 +18,16 @@ func newPolicyCmd() *cobra.Command {
 	return cmd
 }
 
-// loadPolicies loads files and prints positioned errors on failure.
+// loadPolicies loads files and prints positioned errors on failure, and a
+// note for each file of a directory argument that is not a policy file.
 func loadPolicies(cmd *cobra.Command, defaultNS string, paths []string) (*policy.Set, error) {
 	set, err := policy.LoadPaths(policy.LoadOptions{DefaultNamespace: defaultNS}, paths...)
 	if err != nil {
 		fmt.Fprintln(cmd.ErrOrStderr(), err)
 		return nil, exitError{1}
+	}
+	for _, s := range set.Skipped {
+		fmt.Fprintf(cmd.ErrOrStderr(), "note: skipped %s: %s\n", s.Path, s.Reason)
 	}
 	return set, nil
 }
