@@ -246,6 +246,7 @@ for load in hit miss; do
 		'BEGIN { printf "ratio firewall on/off %-4s: QPS %.2fx\n", n, (b>0?a/b:0) }'
 done
 echo "answer-to-kernel (kordon_dnsguard_firewall_admit_seconds, bucket upper bounds): p50 <= $(quantile kordon_dnsguard_firewall_admit_seconds 0.5) s, p99 <= $(quantile kordon_dnsguard_firewall_admit_seconds 0.99) s"
+printf '%s\n' "$metrics" | awk 'index($0, "kordon_dnsguard_firewall_admit_seconds_bucket{le=\"0.001\"}") == 1 {a = $NF} index($0, "kordon_dnsguard_firewall_admit_seconds_count") == 1 {n = $NF} END { if (n > 0) printf "Admit calls within 1 ms: %.2f%% of %d\n", 100 * a / n, n }'
 echo "kernel programming (kordon_egress_programming_seconds): p50 <= $(quantile kordon_egress_programming_seconds 0.5) s, p99 <= $(quantile kordon_egress_programming_seconds 0.99) s"
-echo "set elements at the end: $elements"
+echo "set elements at the end: $elements; failed Admit calls (answers SERVFAIL): $(metric "$metrics" kordon_dnsguard_firewall_admit_errors_total | cut -d. -f1), of them timeouts: $(metric "$metrics" kordon_egress_admit_timeouts_total | cut -d. -f1)"
 echo "answers of the firewall-on server by rcode: $(printf '%s\n' "$metrics" | awk '/^kordon_dnsguard_queries_total/ { match($0, /rcode="[A-Z]*"/); r = substr($0, RSTART + 7, RLENGTH - 8); n[r] += $NF } END { for (r in n) printf "%s %d  ", r, n[r] }')"
