@@ -200,7 +200,7 @@ func (in *DetectionInspector) run() {
 	}
 }
 
-func (in *DetectionInspector) baseAlert(ev *QueryEvent, domain string) alert.Alert {
+func baseAlert(ev *QueryEvent, domain string) alert.Alert {
 	return alert.Alert{
 		Time: ev.Time, Node: ev.Client.Node, Namespace: ev.Client.Namespace, Pod: ev.Client.Pod,
 		ServiceAccount: ev.Client.ServiceAccount, SPIFFEID: ev.Client.SPIFFEID, ClientIP: ev.Client.IP.String(), Domain: domain,
@@ -210,27 +210,18 @@ func (in *DetectionInspector) baseAlert(ev *QueryEvent, domain string) alert.Ale
 func (in *DetectionInspector) handle(ev *QueryEvent) {
 	ctx := context.Background()
 	if ev.Verdict == VerdictBlocked && in.cfg.BlockedAlerts && ev.Policy != "rate-limit" {
-		a := in.baseAlert(ev, registrable(ev.QName))
+		a := baseAlert(ev, registrable(ev.QName))
 		a.Kind, a.Severity, a.Action, a.Policy = alert.KindBlocked, "low", "blocked", ev.Policy
 		a.Message = "query for " + ev.QName + " refused by policy"
 		if _, _, err := in.cfg.Feed.Publish(ctx, a); err != nil {
 			in.log.Warn("alert publish failed", "error", err)
 		}
 	}
-	if ev.Verdict == VerdictQuarantined {
-		return // already handled; do not re-score the blocked channel
-	}
-	det := in.det.Observe(detect.Query{Time: ev.Time, Client: workloadKey(&ev.Client), QName: ev.QName, QType: ev.QTypeCode, NXDomain: ev.RCode == dns.RcodeToString[dns.RcodeNameError]},
-		detect.Sensitivity(orDefault(ev.Detection.Sensitivity, string(detect.Medium))))
+	det, a := DetectionAlert(in.det, ev)
 	if det == nil {
 		return
 	}
 	in.detections.WithLabelValues(det.Kind, det.Severity).Inc()
-	a := in.baseAlert(ev, det.Domain)
-	a.Kind, a.Severity, a.Score, a.Policy = det.Kind, det.Severity, det.Score, ev.Detection.Policy
-	a.Evidence, _ = json.Marshal(det.Evidence)
-	a.Action = "alerted"
-	a.Message = fmt.Sprintf("%s over DNS to %s: %d unique subdomains, %.0f bytes/min of encoded (%s) data", det.Kind, det.Domain, det.Evidence.UniqueSubdomains, det.Evidence.BytesPerMinute, det.Evidence.Encoding)
 	if ev.Detection.Quarantine {
 		a.Action = "quarantined"
 	}
@@ -250,6 +241,30 @@ func (in *DetectionInspector) handle(ev *QueryEvent) {
 	if q != nil {
 		in.persist(ev, det, q, stored.ID)
 	}
+}
+
+// DetectionAlert runs one completed query through det exactly as the
+// resolver's inspector does (quarantined queries are not scored again;
+// the sensitivity is ev.Detection's, Medium when unset) and returns the
+// finding and the alert to publish (before the feed's cooldown), or nil.
+// `kordon detect replay` calls it too, so what replay finds, the
+// resolver finds.
+func DetectionAlert(d *detect.Detector, ev *QueryEvent) (*detect.Detection, alert.Alert) {
+	if ev.Verdict == VerdictQuarantined {
+		return nil, alert.Alert{} // already handled; do not re-score the blocked channel
+	}
+	det := d.Observe(detect.Query{Time: ev.Time, Client: workloadKey(&ev.Client), QName: ev.QName, QType: ev.QTypeCode, NXDomain: ev.RCode == dns.RcodeToString[dns.RcodeNameError]},
+		detect.Sensitivity(orDefault(ev.Detection.Sensitivity, string(detect.Medium))))
+	if det == nil {
+		return nil, alert.Alert{}
+	}
+	a := baseAlert(ev, det.Domain)
+	a.Kind, a.Severity, a.Score, a.Policy = det.Kind, det.Severity, det.Score, ev.Detection.Policy
+	a.Evidence, _ = json.Marshal(det.Evidence)
+	a.Action = "alerted"
+	a.Message = fmt.Sprintf("%s over DNS to %s: %d unique subdomains, %.0f bytes/min of encoded (%s) data, %.0f encoded bytes in the last hour",
+		det.Kind, det.Domain, det.Evidence.UniqueSubdomains, det.Evidence.BytesPerMinute, det.Evidence.Encoding, det.Evidence.EncodedBytesLastHour)
+	return det, a
 }
 
 func orDefault(s, d string) string {
@@ -283,7 +298,7 @@ func (in *DetectionInspector) persist(ev *QueryEvent, det *detect.Detection, q *
 	if err != nil {
 		in.log.Warn("quarantine not persisted", "error", err)
 	}
-	a := in.baseAlert(ev, det.Domain)
+	a := baseAlert(ev, det.Domain)
 	a.Kind, a.Severity, a.Action, a.Policy = alert.KindQuarantine, det.Severity, "quarantined", ev.Detection.Policy
 	a.Message = "DNS for " + det.Domain + " is now blocked for this workload until an operator lifts quarantine " + q.ID
 	if _, _, err := in.cfg.Feed.Publish(context.Background(), a); err != nil {

@@ -40,6 +40,7 @@ var subcommands = []func() *cobra.Command{
 	newAlertsCmd,
 	newControllerCmd,
 	newNodeCmd,
+	newDetectCmd,
 }
 
 func main() {

@@ -2,19 +2,17 @@ package detect
 
 import (
 	"bufio"
-	"compress/gzip"
 	"encoding/base32"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kordon-dev/kordon/dnsguard/detect/internal/capture"
 	"github.com/miekg/dns"
 )
 
@@ -118,34 +116,16 @@ func syntheticTunnels() []session {
 // (one JSON object per query: t (seconds), qname, qtype).
 func loadCaptures(t *testing.T) []session {
 	t.Helper()
-	files, _ := filepath.Glob("testdata/capture-*.jsonl.gz")
+	caps, err := capture.Load("testdata/capture-*.jsonl.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out []session
-	for _, f := range files {
-		fh, err := os.Open(f)
-		if err != nil {
-			t.Fatal(err)
+	for _, c := range caps {
+		s := session{name: c.Name}
+		for _, r := range c.Records {
+			s.queries = append(s.queries, Query{Time: t0.Add(time.Duration(r.T * float64(time.Second))), Client: "capture", QName: r.QName, QType: dns.StringToType[r.QType], NXDomain: r.RCode == "NXDOMAIN"})
 		}
-		zr, err := gzip.NewReader(fh)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := session{name: filepath.Base(f)}
-		sc := bufio.NewScanner(zr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			var rec struct {
-				T     float64 `json:"t"`
-				QName string  `json:"qname"`
-				QType string  `json:"qtype"`
-				RCode string  `json:"rcode"`
-			}
-			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			s.queries = append(s.queries, Query{Time: t0.Add(time.Duration(rec.T * float64(time.Second))), Client: "capture", QName: rec.QName, QType: dns.StringToType[rec.QType], NXDomain: rec.RCode == "NXDOMAIN"})
-		}
-		zr.Close()
-		fh.Close()
 		out = append(out, s)
 	}
 	return out
