@@ -7,6 +7,8 @@ command -v dig >/dev/null || need+=(bind9-dnsutils)
 command -v kdig >/dev/null || need+=(knot-dnsutils)
 command -v dns2tcpd >/dev/null || need+=(dns2tcp)
 command -v iodined >/dev/null || need+=(iodine)
+# unbound writes the dnstap file that kordon detect replay's test reads.
+command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need+=(unbound)
 command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
