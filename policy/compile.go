@@ -284,6 +284,8 @@ func (c *ruleCompiler) source(s *Source) *rbacconfig.Principal {
 	add(s.NotIPBlocks, true, directRemoteIP)
 	add(s.RemoteIPBlocks, false, remoteIP)
 	add(s.NotRemoteIPBlocks, true, remoteIP)
+	add(s.TrustDomains, false, c.trustDomain)
+	add(s.NotTrustDomains, true, c.trustDomain)
 	return andIDs(ands)
 }
 
@@ -332,6 +334,8 @@ func (c *ruleCompiler) conditionPrincipal(cond Condition, arg string) *rbacconfi
 		f = c.principal
 	case cond.Key == "source.serviceAccount":
 		f = c.serviceAccount
+	case cond.Key == "source.trustDomain":
+		f = c.trustDomain
 	default: // request.auth.principal / audiences / presenter
 		f = func(v string) *rbacconfig.Principal { return authnMetadata(cond.Key, "", v) }
 	}
@@ -370,7 +374,12 @@ func (c *ruleCompiler) conditionPermission(cond Condition, arg string) *rbacconf
 		f = func(v string) *rbacconfig.Permission {
 			return &rbacconfig.Permission{Rule: &rbacconfig.Permission_RequestedServerName{RequestedServerName: stringMatch(v, false)}}
 		}
-	default: // request.headers[NAME]
+	default:
+		if filter, key, ok := envoyFilterKey(cond.Key); ok {
+			f = func(v string) *rbacconfig.Permission { return envoyFilterMetadata(filter, key, v) }
+			break
+		}
+		// request.headers[NAME]
 		name := strings.ToLower(arg)
 		f = func(v string) *rbacconfig.Permission {
 			return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: headerMatch(name, v, false)}}
@@ -424,6 +433,42 @@ func (c *ruleCompiler) spiffeID(v string) string {
 		return "spiffe://" + c.opts.TrustDomain + "/" + rest
 	}
 	return "spiffe://" + v
+}
+
+// trustDomain matches the trust domain of the peer's SPIFFE ID, as
+// istiod's srcTrustDomainGenerator (pilot/pkg/security/authz/model/
+// generator.go): exact "td" is the prefix "spiffe://td/", "*" any SPIFFE
+// ID, a prefix or suffix wildcard a regex within the trust domain. As for
+// principals, "cluster.local" stands for the local trust domain.
+func (c *ruleCompiler) trustDomain(v string) *rbacconfig.Principal {
+	if v == DefaultTrustDomain {
+		v = c.opts.TrustDomain
+	}
+	switch {
+	case v == "*":
+		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://"}})
+	case !strings.Contains(v, "*"):
+		return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + v + "/"}})
+	}
+	before, after, _ := strings.Cut(v, "*")
+	re := "spiffe://" + regexp.QuoteMeta(before) + "[^/]*" + regexp.QuoteMeta(after) + "/.*"
+	return authenticated(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}})
+}
+
+// envoyFilterMetadata matches key of filter's dynamic metadata, as
+// istiod's envoyFilterGenerator.permission: "[v]" matches any element of
+// a list, anything else the string. Only the filter named writes it; grpc-go
+// accepts the matcher and never matches it.
+func envoyFilterMetadata(filter, key, v string) *rbacconfig.Permission {
+	value := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(v, false)}}
+	if strings.HasPrefix(v, "[") && strings.HasSuffix(v, "]") {
+		inner := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(strings.Trim(v, "[]"), false)}}
+		value = &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{
+			MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: inner}}}}
+	}
+	m := &matcherv3.MetadataMatcher{Filter: filter, Path: []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: key}}}, Value: value}
+	//lint:ignore SA1019 sourced_metadata replaces it, but grpc-go NACKs sourced_metadata (notes/real-xds-data-plane.md)
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Metadata{Metadata: m}}
 }
 
 // namespace matches every principal of a namespace by regex on the SAN, as
@@ -520,7 +565,39 @@ func methodPermission(v string) *rbacconfig.Permission {
 }
 
 func pathPermission(v string) *rbacconfig.Permission {
-	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_UrlPath{UrlPath: &matcherv3.PathMatcher{Rule: &matcherv3.PathMatcher_Path{Path: stringMatch(v, false)}}}}
+	m := stringMatch(v, false)
+	if strings.Contains(v, matchOneTemplate) || strings.Contains(v, matchAnyTemplate) {
+		m = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: pathTemplateRegex(v)}}}
+	}
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_UrlPath{UrlPath: &matcherv3.PathMatcher{Rule: &matcherv3.PathMatcher_Path{Path: m}}}}
+}
+
+// Path template segments as RE2: {*} is one or more pchars (one segment),
+// {**} any pchars and slashes (zero or more segments), as Envoy's
+// uri_template matcher defines them. istiod emits that matcher
+// (pilot/pkg/security/authz/model/generator.go pathGenerator,
+// matcher.PathTemplateMatcher); grpc-go refuses it (NACK), and both
+// Envoy and grpc-go load a safe_regex path, which matches the same paths.
+const (
+	pathSegmentRegex  = `[a-zA-Z0-9\-._~%!$&'()+,;:@=]+`
+	pathSegmentsRegex = `[a-zA-Z0-9\-._~%!$&'()+,;:@=/]*`
+)
+
+// pathTemplateRegex compiles a validated path template to RE2: literal
+// segments quoted, {*} and {**} replaced.
+func pathTemplateRegex(v string) string {
+	segs := strings.Split(v, "/")
+	for i, s := range segs {
+		switch s {
+		case matchOneTemplate:
+			segs[i] = pathSegmentRegex
+		case matchAnyTemplate:
+			segs[i] = pathSegmentsRegex
+		default:
+			segs[i] = regexp.QuoteMeta(s)
+		}
+	}
+	return strings.Join(segs, "/")
 }
 
 func portPermission(v string) *rbacconfig.Permission {

@@ -242,6 +242,10 @@ func (e *evaluator) permission(p *rbacconfig.Permission) (bool, error) {
 		return !ok, err
 	case *rbacconfig.Permission_Header:
 		return e.header(r.Header)
+	case *rbacconfig.Permission_Metadata:
+		// Dynamic metadata of other filters is not modelled: it never
+		// matches, as in grpc-go.
+		return r.Metadata.GetInvert(), nil //lint:ignore SA1019 what Compile emits
 	case *rbacconfig.Permission_UrlPath:
 		path, _, _ := strings.Cut(e.req.Path, "?")
 		return e.str(r.UrlPath.GetPath(), path, true)

@@ -19,6 +19,9 @@ import (
 type Set struct {
 	Authorization []*AuthorizationPolicy
 	Egress        []*EgressPolicy
+	// Warnings are positioned findings that do not reject a policy (a
+	// path that does not start with '/').
+	Warnings ErrorList
 	// Skipped lists the files found in a directory argument that hold no
 	// policy document (the dev folder's workloads.yaml, a Deployment) and
 	// were left out, each with the reason; files named as arguments are
@@ -132,6 +135,7 @@ func LoadPaths(opts LoadOptions, paths ...string) (*Set, error) {
 		}
 		set.Authorization = append(set.Authorization, s.Authorization...)
 		set.Egress = append(set.Egress, s.Egress...)
+		set.Warnings = append(set.Warnings, s.Warnings...)
 	}
 	if len(other) > 0 {
 		return nil, errors.Join(append(other, nilIfEmpty(errs))...)
@@ -323,6 +327,7 @@ func parseDocument(file string, root *yaml.Node, opts LoadOptions, set *Set) err
 			return errs
 		}
 		set.Authorization = append(set.Authorization, p)
+		set.Warnings = append(set.Warnings, PathWarnings(p)...)
 	case KindEgressPolicy:
 		if tm.APIVersion != GroupVersion {
 			return ErrorList{{Pos: pos(apiNode), Field: "apiVersion", Msg: fmt.Sprintf("unsupported apiVersion %q for EgressPolicy (want %s)", tm.APIVersion, GroupVersion)}}

@@ -73,3 +73,40 @@ func TestLoadDirectorySkipsNonPolicyFiles(t *testing.T) {
 		t.Error("named workloads.yaml: no error")
 	}
 }
+
+// TestPathWarnings: a path that does not start with '/' is accepted, as
+// Istio accepts it, and reported with its position and effect.
+func TestPathWarnings(t *testing.T) {
+	t.Parallel()
+	set, err := LoadPaths(LoadOptions{}, "testdata/allow-path-without-slash-in.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`testdata/allow-path-without-slash-in.yaml:15:17: spec.rules[0].to[0].operation.paths[0]: path "shop.Catalog/List" does not start with '/': this value matches no request (as in Istio)`,
+		`testdata/allow-path-without-slash-in.yaml:18:20: spec.rules[1].to[0].operation.notPaths[0]: path "admin" does not start with '/': this value matches every request (as in Istio)`,
+	}
+	var got []string
+	for _, w := range set.Warnings {
+		got = append(got, w.Error())
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, tc := range []struct {
+		path    string
+		allowed bool
+	}{
+		{"/shop.Catalog/List", false}, // "shop.Catalog/List" is not it
+		{"/admin", false},             // notPaths [admin] matches, but the method is not GET
+		{"/grpc.health.v1.Health/Check", true},
+	} {
+		d, err := Explain(set, goldenTarget, Request{Method: "POST", Path: tc.path}, CompileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed != tc.allowed {
+			t.Errorf("%s: allowed=%v, want %v (%s)", tc.path, d.Allowed, tc.allowed, d.Reason)
+		}
+	}
+}

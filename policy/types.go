@@ -142,6 +142,11 @@ type Source struct {
 	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
 	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
 	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
+	// TrustDomains and NotTrustDomains match the trust domain of the
+	// peer's SPIFFE ID (exact, prefix, suffix or presence), as Istio 1.30's
+	// Source.trust_domains (istio/api security/v1beta1/authorization_policy.proto).
+	TrustDomains    []string `json:"trustDomains,omitempty"`
+	NotTrustDomains []string `json:"notTrustDomains,omitempty"`
 }
 
 // Operation specifies the operations of a request.

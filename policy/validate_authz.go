@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -130,6 +131,8 @@ func validateSource(pos *Positions, path string, s *Source) ErrorList {
 		{"notIpBlocks", s.NotIPBlocks, checkCIDR},
 		{"remoteIpBlocks", s.RemoteIPBlocks, checkCIDR},
 		{"notRemoteIpBlocks", s.NotRemoteIPBlocks, checkCIDR},
+		{"trustDomains", s.TrustDomains, checkTrustDomain},
+		{"notTrustDomains", s.NotTrustDomains, checkTrustDomain},
 	})
 	if (len(s.ServiceAccounts) > 0 || len(s.NotServiceAccounts) > 0) && (len(s.Principals) > 0 || len(s.NotPrincipals) > 0 || len(s.Namespaces) > 0 || len(s.NotNamespaces) > 0) {
 		errs = append(errs, pos.Errorf(path+".serviceAccounts", "serviceAccounts cannot be combined with principals or namespaces"))
@@ -249,14 +252,93 @@ func checkMethod(v string) string {
 	return ""
 }
 
+// checkPath accepts Istio's path values: exact, prefix, suffix, presence,
+// and path templates ({*} one segment, {**} any number, last). A path that
+// does not start with '/' is accepted as Istio accepts it (it matches no
+// request); PathWarnings reports it.
 func checkPath(v string) string {
+	if strings.ContainsAny(v, "{}") {
+		return checkPathTemplate(v)
+	}
+	return checkWildcard(v)
+}
+
+// Path template operators, Istio's (pkg/config/security/security.go
+// MatchOneTemplate, MatchAnyTemplate).
+const (
+	matchOneTemplate = "{*}"
+	matchAnyTemplate = "{**}"
+)
+
+// pathLiteral is a valid path segment literal: RFC 3986 pchar, as Istio's
+// validLiteral (pkg/config/security/security.go) and Envoy's uri_template.
+var pathLiteral = regexp.MustCompile(`^[a-zA-Z0-9\-._~%!$&'()+,;:@=]+$`)
+
+// checkPathTemplate is Istio's CheckValidPathTemplate
+// (pkg/config/security/security.go): segments are {*}, {**} (no operator
+// after it) or pchar literals; '{' or '}' anywhere else is an error.
+func checkPathTemplate(v string) string {
+	foundAny := false
+	for _, glob := range strings.Split(strings.Trim(v, "/"), "/") {
+		switch {
+		case glob == matchOneTemplate && !foundAny:
+			continue
+		case glob == matchAnyTemplate && !foundAny:
+			foundAny = true
+			continue
+		case glob == matchOneTemplate || glob == matchAnyTemplate:
+			return fmt.Sprintf("invalid path template %q: {**} must be the last operator", v)
+		case strings.ContainsAny(glob, "{}"):
+			return fmt.Sprintf("invalid path template %q: '{' or '}' outside {*} or {**}", v)
+		case !pathLiteral.MatchString(glob):
+			return fmt.Sprintf("invalid path template %q: segment %q is not a valid path literal", v, glob)
+		}
+	}
+	return ""
+}
+
+// checkTrustDomain is Istio's CheckTrustDomainValues: a wildcard value
+// without '/'.
+func checkTrustDomain(v string) string {
 	if msg := checkWildcard(v); msg != "" {
 		return msg
 	}
-	if v != "*" && !strings.HasPrefix(v, "/") && !strings.HasPrefix(v, "*") {
-		return fmt.Sprintf("invalid path %q: must start with '/' (or be a '*' suffix match)", v)
+	if strings.Contains(v, "/") {
+		return fmt.Sprintf("invalid trust domain %q: must not contain '/'", v)
 	}
 	return ""
+}
+
+// PathWarnings returns a warning for each path of p that does not start
+// with '/': Istio accepts such a path and it matches no request (a request
+// path always starts with '/'), so in paths it never matches and in
+// notPaths it always does. It is almost always a typo.
+func PathWarnings(p *AuthorizationPolicy) ErrorList {
+	var ws ErrorList
+	for i, r := range p.Spec.Rules {
+		for j, t := range r.To {
+			if t.Operation == nil {
+				continue
+			}
+			for _, f := range []struct {
+				name string
+				vals []string
+			}{{"paths", t.Operation.Paths}, {"notPaths", t.Operation.NotPaths}} {
+				for k, v := range f.vals {
+					if v == "*" || strings.HasPrefix(v, "/") || strings.HasPrefix(v, "*") {
+						continue
+					}
+					field := fmt.Sprintf("spec.rules[%d].to[%d].operation.%s[%d]", i, j, f.name, k)
+					effect := "this value matches no request"
+					if f.name == "notPaths" {
+						effect = "this value matches every request"
+					}
+					ws = append(ws, p.Pos.Errorf(field, "path %q does not start with '/': %s (as in Istio)", v, effect))
+				}
+			}
+		}
+	}
+	return ws
 }
 
 // conditionKind tells where a `when` key is evaluated.
@@ -290,7 +372,15 @@ func lookupWhenKey(key string) (whenKey, string, bool) {
 		}
 		return whenKey{kind: condPrincipal, httpOnly: true, check: checkWildcard}, c, true
 	}
+	if filter, mk, ok := envoyFilterKey(key); ok {
+		if filter == "" || mk == "" {
+			return whenKey{}, "", false
+		}
+		return whenKey{kind: condPermission, check: checkMetadataValue}, mk, true
+	}
 	switch key {
+	case "source.trustDomain":
+		return whenKey{kind: condPrincipal, check: checkTrustDomain}, "", true
 	case "source.ip", "remote.ip":
 		return whenKey{kind: condPrincipal, check: checkCIDR}, "", true
 	case "source.namespace", "source.principal":
@@ -309,6 +399,34 @@ func lookupWhenKey(key string) (whenKey, string, bool) {
 	return whenKey{}, "", false
 }
 
+// envoyFilterPrefix starts Istio's experimental when keys that match an
+// Envoy filter's dynamic metadata: experimental.envoy.filters.NAME[KEY]
+// (pilot/pkg/security/authz/model/generator.go envoyFilterGenerator).
+const envoyFilterPrefix = "experimental.envoy.filters."
+
+// envoyFilterKey splits experimental.envoy.filters.a.b[c] into the filter
+// name envoy.filters.a.b and the metadata key c.
+func envoyFilterKey(key string) (filter, metadataKey string, ok bool) {
+	rest, ok := strings.CutPrefix(key, envoyFilterPrefix)
+	if !ok {
+		return "", "", false
+	}
+	name, mk, found := strings.Cut(rest, "[")
+	if !found || !strings.HasSuffix(mk, "]") {
+		return "", "", true
+	}
+	return "envoy.filters." + name, strings.TrimSuffix(mk, "]"), true
+}
+
+// checkMetadataValue accepts a string match value or "[v]", a match of
+// any element of a list, as istiod.
+func checkMetadataValue(v string) string {
+	if strings.HasPrefix(v, "[") && strings.HasSuffix(v, "]") {
+		v = strings.Trim(v, "[]")
+	}
+	return checkWildcard(v)
+}
+
 // bracketArg parses "prefix[arg]".
 func bracketArg(key, prefix string) (string, bool) {
 	rest, ok := strings.CutPrefix(key, prefix+"[")
@@ -325,7 +443,7 @@ func validateCondition(pos *Positions, path string, c *Condition) ErrorList {
 	}
 	wk, _, ok := lookupWhenKey(c.Key)
 	if !ok {
-		errs = append(errs, pos.Errorf(path+".key", "unknown key %q (supported: request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, source.serviceAccount, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], destination.ip, destination.port, connection.sni)", c.Key))
+		errs = append(errs, pos.Errorf(path+".key", "unknown key %q (supported: request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, source.serviceAccount, source.trustDomain, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], destination.ip, destination.port, connection.sni, experimental.envoy.filters.NAME[KEY])", c.Key))
 		return errs
 	}
 	if msg := checkWhenArg(c.Key); msg != "" {

@@ -391,6 +391,18 @@ func compileOutput(t testing.TB, set *policy.Set, target policy.Target, opts pol
 	return out
 }
 
+// serveGoldenCase serves the compile output of golden case name of
+// package policy, for goldenTarget, on a grpc-go xDS server of its own.
+func serveGoldenCase(t *testing.T, name string, opts policy.CompileOptions) (*policy.Set, *compiledServer) {
+	t.Helper()
+	set, err := policy.LoadPaths(policy.LoadOptions{}, "../policy/testdata/"+name+"-in.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := compileOutput(t, set, goldenTarget, opts)
+	return set, serveCompiled(t, startRawPlane(t), newMeshCA(t, testTD, nil), "foo/httpbin", parseCompiledHTTPFilters(t, out))
+}
+
 // goldenTarget is the proxy of Istio's builder tests (and of policy's
 // golden cases): namespace foo, app=httpbin, version=v1.
 var goldenTarget = policy.Target{Namespace: "foo", Labels: map[string]string{"app": "httpbin", "version": "v1"}}
@@ -490,13 +502,7 @@ func TestCompileGoldenConformance(t *testing.T) {
 // would have done.
 func TestCompileOutputDryRun(t *testing.T) {
 	t.Parallel()
-	set, err := policy.LoadPaths(policy.LoadOptions{}, "../policy/testdata/dry-run-allow-and-deny-in.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := compileOutput(t, set, goldenTarget, policy.CompileOptions{})
-	p := startRawPlane(t)
-	s := serveCompiled(t, p, newMeshCA(t, testTD, nil), "foo/httpbin", parseCompiledHTTPFilters(t, out))
+	set, s := serveGoldenCase(t, "dry-run-allow-and-deny", policy.CompileOptions{})
 	sleep := "spiffe://cluster.local/ns/foo/sa/sleep"
 	other := "spiffe://cluster.local/ns/bar/sa/default"
 	cases := []struct {
@@ -562,5 +568,29 @@ spec:
 	eventually(t, 20*time.Second, "intruder allowed once the ALLOW is dry-run", func() error { return check(intruder) })
 	if err := check(front); err != nil {
 		t.Fatalf("frontend under a dry-run DENY of everyone: %v", err)
+	}
+}
+
+// TestCompileOutputPathTemplates checks Istio's path templates on grpc-go:
+// {*} is exactly one segment, {**} any number of segments (Istio:
+// pkg/config/security/security.go, pilot/pkg/security/authz/model/generator.go
+// pathGenerator; kordon's RE2 form of Envoy's uri_template).
+func TestCompileOutputPathTemplates(t *testing.T) {
+	t.Parallel()
+	set, s := serveGoldenCase(t, "allow-path-templates", policy.CompileOptions{})
+	sleep := "spiffe://cluster.local/ns/foo/sa/sleep"
+	for path, want := range map[string]string{
+		"/shop.Catalog/List":        "ALLOW", // {*}: one segment
+		"/shop.Catalog/List/x":      "DENY",  // not two
+		"/v1/books/items/a":         "ALLOW", // {**}: one segment
+		"/v1/books/items/a/b/c":     "ALLOW", // or several
+		"/v1/books/shelf/items/a":   "DENY",  // {*} in the middle is one segment
+		"/shop.Catalog/Internal":    "DENY",  // notPaths /{*}/Internal
+		"/shop.Catalog/Internal%2F": "ALLOW", // pct-encoded is a literal character
+	} {
+		req := conformanceRequest{principal: sleep, host: "httpbin.foo", path: path}
+		if got := checkDecisions(t, s, set, goldenTarget, []conformanceRequest{req}, policy.CompileOptions{})[req.String()]; got != want {
+			t.Errorf("%s: %s, want %s", path, got, want)
+		}
 	}
 }

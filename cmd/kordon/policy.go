@@ -26,6 +26,9 @@ func loadPolicies(cmd *cobra.Command, defaultNS string, paths []string) (*policy
 		fmt.Fprintln(cmd.ErrOrStderr(), err)
 		return nil, exitError{1}
 	}
+	for _, w := range set.Warnings {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+	}
 	for _, s := range set.Skipped {
 		fmt.Fprintf(cmd.ErrOrStderr(), "note: skipped %s: %s\n", s.Path, s.Reason)
 	}
