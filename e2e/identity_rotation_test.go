@@ -5,6 +5,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -156,9 +159,10 @@ func TestCARotationPublishedFirstAndFollowed(t *testing.T) {
 	ns := newNamespace(t)
 	kubeconfig := writeKubeconfig(t)
 	ttls := []string{"--ca-ttl", "30s", "--svid-ttl", "5s"}
-	_, iss0, _ := startController(t, bin, kubeconfig, ns, "controller-0", ttls...)
-	_, iss1, _ := startController(t, bin, kubeconfig, ns, "controller-1", ttls...)
+	_, iss0, http0 := startController(t, bin, kubeconfig, ns, "controller-0", ttls...)
+	_, iss1, http1 := startController(t, bin, kubeconfig, ns, "controller-1", ttls...)
 	issuance := map[string]string{"controller-0": iss0, "controller-1": iss1}
+	httpAddr := map[string]string{"controller-0": http0, "controller-1": http1}
 	var leader string
 	eventually(t, 30*time.Second, "a leader", func() bool { leader = leaseHolder(t, ns); return leader != "" })
 	follower := "controller-0"
@@ -209,4 +213,39 @@ func TestCARotationPublishedFirstAndFollowed(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 		t.Fatalf("follower's certificate not verified by the published bundle: %v", err)
 	}
+	// The metrics say the same: the leader counted the switch, and the
+	// follower reports the new root's expiry as the active one's.
+	if v, ok := metricValue(metricsOf(t, httpAddr[leader]), `kordon_identity_ca_rotation_events_total{event="activated"}`); !ok || v < 1 {
+		t.Errorf("leader's kordon_identity_ca_rotation_events_total{event=\"activated\"} = %v (present %v), want >= 1", v, ok)
+	}
+	eventually(t, 10*time.Second, "follower's kordon_identity_ca_expiry_timestamp_seconds{status=\"active\"} is the new root's", func() bool {
+		a := activeRoot(t, ns) // the schedule may have moved on since
+		v, ok := metricValue(metricsOf(t, httpAddr[follower]), `kordon_identity_ca_expiry_timestamp_seconds{status="active"}`)
+		return ok && v == float64(a.NotAfter.Unix())
+	})
+}
+
+// metricValue finds one sample in Prometheus text output.
+func metricValue(text, series string) (float64, bool) {
+	for _, l := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
+func metricsOf(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

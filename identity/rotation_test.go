@@ -339,3 +339,46 @@ func TestNinetyDaysOfRotation(t *testing.T) {
 		}
 	}
 }
+
+// TestIdentityMetrics: signings by kind and result, and the expiry gauges.
+func TestIdentityMetrics(t *testing.T) {
+	t.Parallel()
+	clk := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	reg := prometheus.NewRegistry()
+	ca, err := New(context.Background(), Config{Store: &FileStore{Path: filepath.Join(t.TempDir(), "ca.json")}, Now: clk.Now, Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := ca.SignPublicKey(p256(t).Public(), shopFrontend, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.SignCSR([]byte("not a csr"), shopFrontend, 0); err == nil {
+		t.Fatal("garbage CSR signed")
+	}
+	if _, _, err := ca.SignJWTSVID(shopFrontend, []string{"payments"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		kind, result string
+		want         float64
+	}{
+		{kind: "x509", result: "ok", want: 1},
+		{kind: "x509", result: "rejected", want: 1},
+		{kind: "x509", result: "error", want: 0},
+		{kind: "jwt", result: "ok", want: 1},
+	} {
+		if got := testutil.ToFloat64(ca.metrics.signed.WithLabelValues(c.kind, c.result)); got != c.want {
+			t.Errorf("kordon_identity_svids_signed_total{kind=%q,result=%q} = %v, want %v", c.kind, c.result, got, c.want)
+		}
+	}
+	if got, want := testutil.ToFloat64(ca.metrics.svidExpiry), float64(svid.NotAfter().Unix()); got != want {
+		t.Errorf("svid expiry %v, want %v", got, want)
+	}
+	if got, want := testutil.ToFloat64(ca.metrics.caExpiry.WithLabelValues("active")), float64(ca.ActiveCertificate().NotAfter.Unix()); got != want {
+		t.Errorf("active CA expiry %v, want %v", got, want)
+	}
+	if n, err := testutil.GatherAndCount(reg, "kordon_identity_svid_signing_duration_seconds"); err != nil || n != 2 {
+		t.Errorf("signing latency series: %d %v, want 2 (x509, jwt)", n, err)
+	}
+}
