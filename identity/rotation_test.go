@@ -18,17 +18,23 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
+// newMeteredCA is newTestCA with its metrics in reg.
+func newMeteredCA(t *testing.T, clk *fakeClock, reg *prometheus.Registry) *CA {
+	t.Helper()
+	ca, err := New(context.Background(), Config{Store: &FileStore{Path: filepath.Join(t.TempDir(), "ca.json")}, Now: clk.Now, Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
 // TestRotationSchedule walks one root through SPIRE's schedule: the next
 // root is published at half-life, signs from when a sixth is left, and the
 // old one leaves the bundle once every SVID it signed has expired.
 func TestRotationSchedule(t *testing.T) {
 	t.Parallel()
-	clk := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	reg := prometheus.NewRegistry()
-	ca, err := New(context.Background(), Config{Store: &FileStore{Path: filepath.Join(t.TempDir(), "ca.json")}, Now: clk.Now, Metrics: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
+	clk, reg := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, prometheus.NewRegistry()
+	ca := newMeteredCA(t, clk, reg)
 	first := ca.ActiveCertificate()
 	steps := []struct {
 		at            time.Duration // after the first root was made
@@ -343,12 +349,8 @@ func TestNinetyDaysOfRotation(t *testing.T) {
 // TestIdentityMetrics: signings by kind and result, and the expiry gauges.
 func TestIdentityMetrics(t *testing.T) {
 	t.Parallel()
-	clk := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	reg := prometheus.NewRegistry()
-	ca, err := New(context.Background(), Config{Store: &FileStore{Path: filepath.Join(t.TempDir(), "ca.json")}, Now: clk.Now, Metrics: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
+	clk, reg := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}, prometheus.NewRegistry()
+	ca := newMeteredCA(t, clk, reg)
 	svid, err := ca.SignPublicKey(p256(t).Public(), shopFrontend, 0)
 	if err != nil {
 		t.Fatal(err)
