@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kordon-dev/kordon/internal/workload"
@@ -671,19 +672,26 @@ func (s *Server) sweepMisses(stop <-chan struct{}) {
 // ListenUDPTCP binds addr for UDP and TCP, for Serve. On Linux the UDP
 // socket has SO_REUSEPORT, so Serve adds one sibling socket per CPU on the
 // same address and the kernel spreads clients over them (as CoreDNS and
-// unbound do).
+// unbound do). With port 0 both get the same free port: the port UDP got
+// may be taken for TCP (another socket's ephemeral port), then another
+// is tried.
 func ListenUDPTCP(addr string) (net.PacketConn, net.Listener, error) {
-	pc, err := reusePortConfig.ListenPacket(context.Background(), "udp", addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("dnsguard: %w", err)
-	}
-	// Bind TCP on the port UDP got (addr may have port 0).
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	_, port, _ := net.SplitHostPort(addr)
+	for try := 0; ; try++ {
+		pc, err := reusePortConfig.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dnsguard: %w", err)
+		}
+		// Bind TCP on the port UDP got (addr may have port 0).
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
 		pc.Close()
-		return nil, nil, fmt.Errorf("dnsguard: %w", err)
+		if port != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 15 {
+			return nil, nil, fmt.Errorf("dnsguard: %w", err)
+		}
 	}
-	return pc, ln, nil
 }
 
 // Close stops serving, flushes the query log and releases upstream sockets.
