@@ -152,7 +152,7 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 		Log: out, Interval: f.flowInterval, Internal: internal,
 		// The firewall's rules already make the kernel track connections.
 		NoConntrackTable: true,
-		Metrics: d.Metrics, Logger: d.Logger,
+		Metrics:          d.Metrics, Logger: d.Logger,
 	})
 	if err != nil {
 		_ = fw.Close()
