@@ -373,7 +373,7 @@ func (ca *CA) step(ctx context.Context, force bool) (Rotation, error) {
 		if errors.Is(err, ErrConflict) && attempt < 2 {
 			// Another writer (a former leader) changed the state: plan
 			// again from what it wrote.
-			if err := ca.Reload(ctx); err != nil {
+			if err := ca.reload(ctx); err != nil {
 				return Rotation{}, err
 			}
 			continue
@@ -478,8 +478,16 @@ func (ca *CA) dueForActivation(now time.Time, active, next *x509.Certificate, fo
 }
 
 // Reload re-reads the store (another replica may have rotated). It is
-// cheap when nothing changed.
+// cheap when nothing changed. It is serialised with rotation steps: a
+// load that started before this replica's own rotation must not be
+// adopted after it.
 func (ca *CA) Reload(ctx context.Context) error {
+	ca.rotateMu.Lock()
+	defer ca.rotateMu.Unlock()
+	return ca.reload(ctx)
+}
+
+func (ca *CA) reload(ctx context.Context) error {
 	st, ver, err := ca.cfg.Store.Load(ctx)
 	if err != nil {
 		return fmt.Errorf("identity: reload CA state: %w", err)
