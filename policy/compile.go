@@ -27,6 +27,21 @@ type CompileOptions struct {
 	// TrustDomain turns Istio principals ("td/ns/x/sa/y") into SPIFFE IDs
 	// and builds service-account principals. Default DefaultTrustDomain.
 	TrustDomain string
+	// DynamicMetadata says the data plane runs the filters that write the
+	// dynamic metadata some attributes are read from: Istio's authn filter
+	// (istio_authn: requestPrincipals, notRequestPrincipals,
+	// request.auth.*) and the Envoy filters named by
+	// experimental.envoy.filters.NAME[KEY]. Then those attributes compile
+	// to metadata matchers, as istiod emits them.
+	//
+	// By default (false) they are unknowable, and treated the way Istio
+	// treats HTTP fields on TCP: an ALLOW (or AUDIT) rule that needs one
+	// matches nothing, a DENY rule drops them and so denies more, and
+	// Compiled.Notes says so. No kordon data plane writes that metadata:
+	// proxyless gRPC validates no JWT and accepts a metadata matcher only
+	// to never match it, so a DENY on a JWT attribute would otherwise
+	// silently stop firing.
+	DynamicMetadata bool
 }
 
 func (o CompileOptions) withDefaults() CompileOptions {
@@ -103,6 +118,10 @@ type Compiled struct {
 	// in TCP-only contexts: HTTP-only fields make ALLOW rules match
 	// nothing and are dropped from DENY rules (both fail closed).
 	Network []RBACConfig
+	// Notes, sorted, name each rule that attributes the data plane cannot
+	// know changed (see CompileOptions.DynamicMetadata): an ALLOW or AUDIT
+	// rule left out, a DENY rule that denies more.
+	Notes []string
 }
 
 // Compile builds the RBAC configs for target from every applicable policy
@@ -119,6 +138,7 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 		byAction[a] = append(byAction[a], p)
 	}
 	out := &Compiled{}
+	notes := map[string]bool{}
 	// istiod's order (pilot/pkg/security/authz/builder/builder.go, build):
 	// AUDIT first, so that it sees the requests a DENY then refuses.
 	for _, action := range []Action{ActionAudit, ActionDeny, ActionAllow} {
@@ -138,6 +158,11 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 				}
 				c := &ruleCompiler{opts: opts, policyNS: p.Metadata.Namespace, tcp: tcp, action: action}
 				for i := range p.Spec.Rules {
+					if !opts.DynamicMetadata {
+						if used := metadataAttributes(&p.Spec.Rules[i]); len(used) > 0 {
+							notes[metadataNote(RuleName(p.Metadata.Namespace, p.Metadata.Name, i), action, used)] = true
+						}
+					}
 					pol, ok := c.rule(&p.Spec.Rules[i])
 					if !ok {
 						continue
@@ -164,7 +189,50 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 			}
 		}
 	}
+	for n := range notes {
+		out.Notes = append(out.Notes, n)
+	}
+	sort.Strings(out.Notes)
 	return out, nil
+}
+
+// metadataAttributes lists the attributes of r read from dynamic metadata
+// (see CompileOptions.DynamicMetadata), in rule order, once each.
+func metadataAttributes(r *Rule) []string {
+	var used []string
+	seen := map[string]bool{}
+	add := func(a string) {
+		if !seen[a] {
+			seen[a] = true
+			used = append(used, a)
+		}
+	}
+	for _, f := range r.From {
+		if f.Source == nil {
+			continue
+		}
+		if len(f.Source.RequestPrincipals) > 0 {
+			add("requestPrincipals")
+		}
+		if len(f.Source.NotRequestPrincipals) > 0 {
+			add("notRequestPrincipals")
+		}
+	}
+	for _, w := range r.When {
+		if wk, _, ok := lookupWhenKey(w.Key); ok && wk.metadata {
+			add(w.Key)
+		}
+	}
+	return used
+}
+
+func metadataNote(rule string, action Action, used []string) string {
+	effect := "it matches nothing (fail closed)"
+	if action == ActionDeny {
+		effect = "they are left out of the rule, which denies more (fail closed)"
+	}
+	return fmt.Sprintf("%s: %s rule needs %s, which this data plane cannot know (no filter validates JWTs or writes that metadata): %s",
+		rule, action, strings.Join(used, ", "), effect)
 }
 
 // envoyAction is the Envoy RBAC action of a kordon action: AUDIT is LOG,
@@ -198,8 +266,15 @@ type ruleCompiler struct {
 // rule compiles r. ok is false when the rule must be left out: in a TCP
 // context an ALLOW (or AUDIT) rule that uses HTTP-only fields can never
 // match, so it is omitted (fail closed).
+//
+// Without CompileOptions.DynamicMetadata the same holds for attributes
+// read from dynamic metadata, in every context: an ALLOW or AUDIT rule
+// that needs one is left out, a DENY rule drops them.
 func (c *ruleCompiler) rule(r *Rule) (*rbacconfig.Policy, bool) {
 	if c.tcp && c.action != ActionDeny && ruleUsesHTTP(r) {
+		return nil, false
+	}
+	if !c.opts.DynamicMetadata && c.action != ActionDeny && len(metadataAttributes(r)) > 0 {
 		return nil, false
 	}
 	var principals []*rbacconfig.Principal
@@ -223,6 +298,9 @@ func (c *ruleCompiler) rule(r *Rule) (*rbacconfig.Policy, bool) {
 		wk, arg, _ := lookupWhenKey(cond.Key)
 		if c.tcp && wk.httpOnly {
 			continue // DENY in TCP: drop HTTP-only parts (deny more)
+		}
+		if !c.opts.DynamicMetadata && wk.metadata {
+			continue // DENY: drop unknowable parts (deny more)
 		}
 		if wk.kind == condPrincipal {
 			principals = append(principals, c.conditionPrincipal(cond, arg))
@@ -272,7 +350,7 @@ func (c *ruleCompiler) source(s *Source) *rbacconfig.Principal {
 	}
 	add(s.Principals, false, c.principal)
 	add(s.NotPrincipals, true, c.principal)
-	if !c.tcp {
+	if !c.tcp && c.opts.DynamicMetadata {
 		add(s.RequestPrincipals, false, requestPrincipal)
 		add(s.NotRequestPrincipals, true, requestPrincipal)
 	}

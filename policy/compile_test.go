@@ -31,7 +31,9 @@ func TestCompileGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("load: %v", err)
 			}
-			c, err := Compile(set, goldenTarget, CompileOptions{})
+			// Cases named *-dynamic-metadata compile for a data plane that
+			// writes istio_authn and other filters' metadata (istiod's form).
+			c, err := Compile(set, goldenTarget, CompileOptions{DynamicMetadata: strings.HasSuffix(name, "-dynamic-metadata")})
 			if err != nil {
 				t.Fatalf("compile: %v", err)
 			}

@@ -49,6 +49,9 @@ type Decision struct {
 	Reason string `json:"reason"`
 	// Audited lists AUDIT rules that matched (they never change Allowed).
 	Audited []string `json:"audited,omitempty"`
+	// Notes are the compiler's notes on rules that need attributes the
+	// data plane cannot know (Compiled.Notes).
+	Notes []string `json:"notes,omitempty"`
 	// DryRun is what the dry-run policies (istio.io/dry-run: "true") of
 	// each action would have decided, as the RBAC filter's shadow rules
 	// report it; it never changes Allowed.
@@ -83,7 +86,7 @@ func Explain(set *Set, target Target, req Request, opts CompileOptions) (*Decisi
 	if req.TCP {
 		configs = c.Network
 	}
-	d := &Decision{Allowed: true}
+	d := &Decision{Allowed: true, Notes: c.Notes}
 	var allowCfg *RBACConfig
 	for i := range configs {
 		cfg := &configs[i]

@@ -77,7 +77,14 @@ func TestExplainSemantics(t *testing.T) {
 		{name: "tcp allow with http fields matches nothing", policies: ap("foo", "p", `rules: [{to: [{operation: {methods: ["GET"]}}]}]`), req: Request{TCP: true, Method: "GET"}, allowed: false},
 		{name: "tcp deny drops http fields and denies more", policies: ap("foo", "p", `action: DENY
   rules: [{to: [{operation: {methods: ["DELETE"], ports: ["8080"]}}]}]`), req: Request{TCP: true, Port: 8080}, allowed: false, rule: "ns[foo]-policy[p]-rule[0]"},
-		{name: "request principal", policies: ap("foo", "p", `rules: [{from: [{source: {requestPrincipals: ["issuer/*"]}}]}]`), req: Request{RequestPrincipal: "issuer/alice"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
+		{name: "request principal with dynamic metadata", policies: ap("foo", "p", `rules: [{from: [{source: {requestPrincipals: ["issuer/*"]}}]}]`), opts: CompileOptions{DynamicMetadata: true}, req: Request{RequestPrincipal: "issuer/alice"}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
+		// Without a filter that validates JWTs the attribute is unknowable:
+		// the ALLOW matches nothing, the DENY drops it and denies more.
+		{name: "request principal unknowable: ALLOW matches nothing", policies: ap("foo", "p", `rules: [{from: [{source: {requestPrincipals: ["issuer/*"]}}]}]`), req: Request{RequestPrincipal: "issuer/alice"}, allowed: false},
+		{name: "request principal unknowable: DENY denies more", policies: ap("foo", "p", `action: DENY
+  rules: [{from: [{source: {requestPrincipals: ["issuer/*"]}}], to: [{operation: {paths: ["/admin/*"]}}]}]`), req: Request{Path: "/admin/x"}, allowed: false, rule: "ns[foo]-policy[p]-rule[0]"},
+		{name: "request principal unknowable: DENY keeps its other fields", policies: ap("foo", "p", `action: DENY
+  rules: [{from: [{source: {requestPrincipals: ["issuer/*"]}}], to: [{operation: {paths: ["/admin/*"]}}]}]`), req: Request{Path: "/public"}, allowed: true},
 		{name: "service account", policies: ap("foo", "p", `rules: [{from: [{source: {serviceAccounts: ["shop/frontend"]}}]}]`), req: Request{Principal: frontend}, allowed: true, rule: "ns[foo]-policy[p]-rule[0]"},
 		{name: "cluster.local in a DENY stands for the local trust domain", policies: ap("foo", "p", `action: DENY
   rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/worker"]}}]}]`), opts: CompileOptions{TrustDomain: "example.org"}, req: Request{Principal: "spiffe://example.org/ns/shop/sa/worker"}, allowed: false, rule: "ns[foo]-policy[p]-rule[0]"},

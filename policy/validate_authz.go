@@ -354,6 +354,9 @@ type whenKey struct {
 	kind conditionKind
 	// httpOnly keys need an HTTP request; TCP contexts cannot evaluate them.
 	httpOnly bool
+	// metadata keys are read from another filter's dynamic metadata (see
+	// CompileOptions.DynamicMetadata).
+	metadata bool
 	// check validates one value.
 	check func(string) string
 }
@@ -370,13 +373,13 @@ func lookupWhenKey(key string) (whenKey, string, bool) {
 		if c == "" {
 			return whenKey{}, "", false
 		}
-		return whenKey{kind: condPrincipal, httpOnly: true, check: checkWildcard}, c, true
+		return whenKey{kind: condPrincipal, httpOnly: true, metadata: true, check: checkWildcard}, c, true
 	}
 	if filter, mk, ok := envoyFilterKey(key); ok {
 		if filter == "" || mk == "" {
 			return whenKey{}, "", false
 		}
-		return whenKey{kind: condPermission, check: checkMetadataValue}, mk, true
+		return whenKey{kind: condPermission, metadata: true, check: checkMetadataValue}, mk, true
 	}
 	switch key {
 	case "source.trustDomain":
@@ -388,7 +391,7 @@ func lookupWhenKey(key string) (whenKey, string, bool) {
 	case "source.serviceAccount":
 		return whenKey{kind: condPrincipal, check: checkServiceAccount}, "", true
 	case "request.auth.principal", "request.auth.audiences", "request.auth.presenter":
-		return whenKey{kind: condPrincipal, httpOnly: true, check: checkWildcard}, "", true
+		return whenKey{kind: condPrincipal, httpOnly: true, metadata: true, check: checkWildcard}, "", true
 	case "destination.ip":
 		return whenKey{kind: condPermission, check: checkCIDR}, "", true
 	case "destination.port":

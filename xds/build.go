@@ -105,6 +105,9 @@ type built struct {
 	// namespaces whose policies, services or workloads the snapshot read.
 	namespaces map[string]bool
 	counts     map[string]int
+	// policyNotes are the compiler's notes on the workload's rules
+	// (policy.Compiled.Notes), shown in the node's status.
+	policyNotes []string
 }
 
 type resources map[resourcev3.Type][]types.Resource
@@ -128,7 +131,11 @@ func build(in *buildInput, version func(hash string) string) (*built, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &built{snapshot: snap, hash: hash, version: version(hash), namespaces: deps, counts: counts}, nil
+	b := &built{snapshot: snap, hash: hash, version: version(hash), namespaces: deps, counts: counts}
+	if in.compileErr == nil && in.compiled != nil {
+		b.policyNotes = in.compiled.Notes
+	}
+	return b, nil
 }
 
 // consistent runs Snapshot.Consistent over rs. go-control-plane follows

@@ -486,9 +486,11 @@ func TestCompileGoldenConformance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out := compileOutput(t, set, goldenTarget, policy.CompileOptions{})
+			// As policy's TestCompileGolden.
+			opts := policy.CompileOptions{DynamicMetadata: strings.HasSuffix(name, "-dynamic-metadata")}
+			out := compileOutput(t, set, goldenTarget, opts)
 			s := serveCompiled(t, p, ca, "golden/"+name, parseCompiledHTTPFilters(t, out))
-			checkDecisions(t, s, set, goldenTarget, candidates(set), policy.CompileOptions{})
+			checkDecisions(t, s, set, goldenTarget, candidates(set), opts)
 		})
 	}
 }
@@ -592,5 +594,119 @@ func TestCompileOutputPathTemplates(t *testing.T) {
 		if got := checkDecisions(t, s, set, goldenTarget, []conformanceRequest{req}, policy.CompileOptions{})[req.String()]; got != want {
 			t.Errorf("%s: %s, want %s", path, got, want)
 		}
+	}
+}
+
+// TestCompileOutputJWTFailsClosed: proxyless gRPC validates no JWT, so
+// requestPrincipals are unknowable there. istiod's form (a metadata
+// matcher, which grpc-go accepts and never matches) lets a DENY on a JWT
+// attribute silently stop firing; kordon's default drops the attribute
+// from the DENY (it denies more) and leaves an ALLOW that needs it out
+// (it matches nothing), as Istio treats HTTP fields on TCP.
+func TestCompileOutputJWTFailsClosed(t *testing.T) {
+	t.Parallel()
+	set := mustPolicies(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-banned-issuer, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {requestPrincipals: ["banned.example/*"]}}]
+    to: [{operation: {paths: ["/shop.Orders/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-jwt, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["issuer.example/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/foo/sa/sleep"]}}]
+    to: [{operation: {paths: ["/shop.Orders/*", "/grpc.health.v1.Health/Check"]}}]
+`)
+	sleep := "spiffe://cluster.local/ns/foo/sa/sleep"
+	other := "spiffe://cluster.local/ns/bar/sa/default"
+	p := startRawPlane(t)
+	ca := newMeshCA(t, testTD, nil)
+	for _, tc := range []struct {
+		name string
+		opts policy.CompileOptions
+		want []decisionCase
+	}{
+		{name: "kordon (JWT unknowable)", want: []decisionCase{
+			{conformanceRequest{principal: sleep, host: "h", path: "/shop.Orders/Get"}, "DENY"}, // the DENY fires without its JWT part
+			{conformanceRequest{principal: sleep, host: "h", path: "/grpc.health.v1.Health/Check"}, "ALLOW"},
+			{conformanceRequest{principal: other, host: "h", path: "/shop.Catalog/List"}, "DENY"}, // allow-jwt matches nothing
+		}},
+		{name: "istiod's form (what kordon no longer emits by default)", opts: policy.CompileOptions{DynamicMetadata: true}, want: []decisionCase{
+			{conformanceRequest{principal: sleep, host: "h", path: "/shop.Orders/Get"}, "ALLOW"}, // the DENY silently never fires
+		}},
+	} {
+		out := compileOutput(t, set, goldenTarget, tc.opts)
+		s := serveCompiled(t, p, ca, "jwt/"+tc.name, parseCompiledHTTPFilters(t, out))
+		for _, d := range tc.want {
+			if got := checkDecisions(t, s, set, goldenTarget, []conformanceRequest{d.req}, tc.opts)[d.req.String()]; got != d.want {
+				t.Errorf("%s: %v: %s, want %s", tc.name, d.req, got, d.want)
+			}
+		}
+	}
+	c, err := policy.Compile(set, goldenTarget, policy.CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"ns[foo]-policy[allow-jwt]-rule[0]: ALLOW rule needs requestPrincipals, which this data plane cannot know (no filter validates JWTs or writes that metadata): it matches nothing (fail closed)",
+		"ns[foo]-policy[deny-banned-issuer]-rule[0]: DENY rule needs requestPrincipals, which this data plane cannot know (no filter validates JWTs or writes that metadata): they are left out of the rule, which denies more (fail closed)",
+	}
+	if strings.Join(c.Notes, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("notes:\n%s\nwant:\n%s", strings.Join(c.Notes, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// decisionCase is a request and the decision it must get.
+type decisionCase struct {
+	req  conformanceRequest
+	want string
+}
+
+// TestProxylessJWTStatus: a DENY on a JWT attribute reaches a proxyless
+// gRPC server without it (so it denies more, never less), and the node's
+// status names the rule.
+func TestProxylessJWTStatus(t *testing.T) {
+	t.Parallel()
+	m := startMesh(t, shopWorkloads(), nil)
+	lis, port := m.echoService(t)
+	m.srv.SetPolicies(mustPolicies(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-banned-issuer, namespace: shop}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - from: [{source: {requestPrincipals: ["banned.example/*"]}}]
+    to: [{operation: {paths: ["/grpc.health.v1.Health/Check"]}}]
+`))
+	echoBS, _ := m.bootstrap(t, "shop/echo-0")
+	startEcho(t, echoBS, lis)
+	frontBS, _ := m.bootstrap(t, "shop/frontend-0")
+	front := dialXDS(t, frontBS, fmt.Sprintf("echo.shop:%d", port))
+	eventually(t, 20*time.Second, "denied without a JWT to check", func() error {
+		if err := check(front); status.Code(err) != codes.PermissionDenied {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+	st, ok := m.srv.NodeStatus("shop/echo-0")
+	if !ok {
+		t.Fatal("no status for shop/echo-0")
+	}
+	want := "ns[shop]-policy[deny-banned-issuer]-rule[0]: DENY rule needs requestPrincipals, which this data plane cannot know (no filter validates JWTs or writes that metadata): they are left out of the rule, which denies more (fail closed)"
+	if strings.Join(st.PolicyNotes, "\n") != want {
+		t.Fatalf("policy notes %q, want %q", st.PolicyNotes, want)
 	}
 }

@@ -435,6 +435,7 @@ func (s *Server) rebuild(ctx context.Context, id string) {
 	if b.hash == n.hash {
 		s.metrics.builds.WithLabelValues("unchanged").Inc()
 		s.setNamespaces(n, b.namespaces)
+		s.updateStatus(id, func(st *NodeStatus) { st.PolicyNotes = b.policyNotes })
 		return
 	}
 	if err := s.cache.SetSnapshot(ctx, id, b.snapshot); err != nil {
@@ -458,6 +459,7 @@ func (s *Server) rebuild(ctx context.Context, id string) {
 		st.SnapshotAt = now
 		st.Resources = b.counts
 		st.LastBuildError = ""
+		st.PolicyNotes = b.policyNotes
 	})
 	s.log.Debug("xds snapshot set", "node_id", id, "version", version)
 }

@@ -45,6 +45,10 @@ type NodeStatus struct {
 	// LastBuildError is the last snapshot that could not be built or
 	// validated; the previous snapshot stays in force.
 	LastBuildError string `json:"lastBuildError,omitempty"`
+	// PolicyNotes name the rules of the served policy that need attributes
+	// this data plane cannot know (JWT claims, other filters' metadata):
+	// an ALLOW rule that matches nothing, a DENY rule that denies more.
+	PolicyNotes []string `json:"policyNotes,omitempty"`
 	// DisconnectedAt is when the last stream closed.
 	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
 	// Types is keyed by short type name (Listener, RouteConfiguration...).

@@ -60,6 +60,7 @@ valid, 1 with one "file:line:col: field.path: message" line per error.`,
 // targetFlags are the flags naming the workload to compile or explain for.
 type targetFlags struct {
 	namespace, labels, rootNamespace, trustDomain string
+	dynamicMetadata                               bool
 }
 
 func (f *targetFlags) register(cmd *cobra.Command) {
@@ -67,6 +68,7 @@ func (f *targetFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&f.labels, "labels", "l", "", "labels of the workload, k=v[,k=v]")
 	cmd.Flags().StringVar(&f.rootNamespace, "root-namespace", policy.DefaultRootNamespace, "namespace whose policies apply mesh-wide")
 	cmd.Flags().StringVar(&f.trustDomain, "trust-domain", policy.DefaultTrustDomain, "SPIFFE trust domain")
+	cmd.Flags().BoolVar(&f.dynamicMetadata, "dynamic-metadata", false, "the data plane runs Istio's authn filter (istio_authn metadata) and the Envoy filters experimental.envoy.filters.* keys name: emit istiod's metadata matchers; by default JWT and metadata attributes are unknowable and fail closed")
 }
 
 func (f *targetFlags) target() (policy.Target, policy.CompileOptions, error) {
@@ -75,7 +77,7 @@ func (f *targetFlags) target() (policy.Target, policy.CompileOptions, error) {
 		return policy.Target{}, policy.CompileOptions{}, err
 	}
 	return policy.Target{Namespace: f.namespace, Labels: labels},
-		policy.CompileOptions{RootNamespace: f.rootNamespace, TrustDomain: f.trustDomain}, nil
+		policy.CompileOptions{RootNamespace: f.rootNamespace, TrustDomain: f.trustDomain, DynamicMetadata: f.dynamicMetadata}, nil
 }
 
 // parseKV parses k=v[,k=v].
@@ -127,6 +129,9 @@ istio.io/dry-run: "true" are shadow rules only, never enforced.`,
 			b, err := c.FiltersJSON()
 			if err != nil {
 				return err
+			}
+			for _, n := range c.Notes {
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %s\n", n)
 			}
 			_, err = cmd.OutOrStdout().Write(b)
 			return err
@@ -195,6 +200,9 @@ answer is exactly what a proxy enforces). Exit 0 for ALLOW, 2 for DENY, 1 on err
 				out += ": " + d.Reason
 				if len(d.Audited) > 0 {
 					out += "\naudited by: " + strings.Join(d.Audited, ", ")
+				}
+				for _, n := range d.Notes {
+					out += "\nnote: " + n
 				}
 				for _, r := range d.DryRun {
 					out += "\ndry-run " + string(r.Action) + " policies would " + map[string]string{"ALLOW": "allow", "DENY": "deny"}[r.Decision]
