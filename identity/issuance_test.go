@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -131,4 +132,60 @@ func FuzzParseServiceAccountUsername(f *testing.F) {
 			t.Fatalf("id %s", id)
 		}
 	})
+}
+
+// TestIssuanceClientFollowsRotatedRoots: after a root rotation the server
+// presents a certificate from the new root; a client that reads the
+// bundle at each handshake (DialIssuanceRoots, what the node agent does)
+// keeps connecting, one holding the roots from before the rotation does
+// not.
+func TestIssuanceClientFollowsRotatedRoots(t *testing.T) {
+	t.Parallel()
+	ca, err := New(context.Background(), Config{Store: &FileStore{Path: t.TempDir() + "/ca.json"}, SVIDTTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := workload.NewRegistry()
+	reg.Replace([]*workload.Workload{{Name: "frontend-abc", Namespace: "shop", ServiceAccount: "frontend", Node: "node-a", UID: "uid-1"}})
+	iss, err := NewIssuance(IssuanceConfig{CA: ca, Pods: reg, Reviewer: StaticTokenReviewer{
+		"frontend-token": {Namespace: "shop", ServiceAccount: "frontend", PodName: "frontend-abc", PodUID: "uid-1", NodeName: "node-a"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	controllerID := spiffeid.RequireFromString("spiffe://cluster.local/ns/kordon-system/sa/kordon-controller")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ServeIssuance(ctx, ln, iss, ServerTLS(ca, controllerID)) }()
+	t.Cleanup(func() { cancel(); <-done })
+	token := func() (string, error) { return "frontend-token", nil }
+	sign := func(c *IssuanceClient) error {
+		defer c.Close()
+		_, err := c.Sign(context.Background(), SignRequest{CSR: csrFor(t, p256(t), &x509.CertificateRequest{})})
+		return err
+	}
+	before := ca.Roots()
+	if err := ca.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the server certificate's half-life
+	following, err := DialIssuanceRoots(ln.Addr().String(), func() ([]*x509.Certificate, error) { return ca.Roots(), nil }, controllerID, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sign(following); err != nil {
+		t.Fatalf("client following the bundle: %v", err)
+	}
+	// The old root is still in the bundle, but a client that never learnt
+	// the new one cannot verify the server's new certificate.
+	stale, err := DialIssuance(ln.Addr().String(), before, controllerID, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sign(stale); err == nil {
+		t.Fatal("a client with only the old roots verified a certificate from the new root")
+	}
 }
