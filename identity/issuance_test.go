@@ -15,6 +15,21 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// serveIssuance serves iss on loopback with ca's certificate for id until
+// the test ends.
+func serveIssuance(t *testing.T, iss *Issuance, ca *CA, id spiffeid.ID) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ServeIssuance(ctx, ln, iss, ServerTLS(ca, id)) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return ln
+}
+
 func TestIssuanceAttestationAndNodeScoping(t *testing.T) {
 	t.Parallel()
 	ca := newTestCA(t, nil)
@@ -35,14 +50,7 @@ func TestIssuanceAttestationAndNodeScoping(t *testing.T) {
 		t.Fatal(err)
 	}
 	controllerID := spiffeid.RequireFromString("spiffe://cluster.local/ns/kordon-system/sa/kordon-controller")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = ServeIssuance(ctx, ln, iss, ServerTLS(ca, controllerID)) }()
-	t.Cleanup(func() { cancel(); <-done })
+	ln := serveIssuance(t, iss, ca, controllerID)
 
 	dial := func(token string, serverID spiffeid.ID) *IssuanceClient {
 		c, err := DialIssuance(ln.Addr().String(), ca.Roots(), serverID, func() (string, error) { return token, nil })
@@ -153,14 +161,7 @@ func TestIssuanceClientFollowsRotatedRoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	controllerID := spiffeid.RequireFromString("spiffe://cluster.local/ns/kordon-system/sa/kordon-controller")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = ServeIssuance(ctx, ln, iss, ServerTLS(ca, controllerID)) }()
-	t.Cleanup(func() { cancel(); <-done })
+	ln := serveIssuance(t, iss, ca, controllerID)
 	token := func() (string, error) { return "frontend-token", nil }
 	sign := func(c *IssuanceClient) error {
 		defer c.Close()
