@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -43,8 +44,13 @@ rest of the file is read. The exit status is 1 when a file cannot be read at all
 			if output != "table" && output != "json" {
 				return fmt.Errorf("unsupported output format %q (json or table)", output)
 			}
-			sens := detect.Sensitivity(sensitivity)
-			if sens != detect.Low && sens != detect.Medium && sens != detect.High {
+			var sens detect.Sensitivity
+			for _, s := range []detect.Sensitivity{detect.Low, detect.Medium, detect.High} {
+				if strings.EqualFold(sensitivity, string(s)) {
+					sens = s
+				}
+			}
+			if sens == "" {
 				return fmt.Errorf("--sensitivity %q: one of Low, Medium, High", sensitivity)
 			}
 			if cooldown == 0 {

@@ -101,8 +101,8 @@ func TestDetectReplay(t *testing.T) {
 		t.Fatalf("cooldown: %d alerts, without: %d", n, len(lines))
 	}
 
-	// Low sensitivity does not catch 2 KB/h within these 105 minutes' first hour as early.
-	low, _, _ := runDetect(t, "-o", "json", "--sensitivity", "Low", fa, fb)
+	// Low (any case) catches the same leak later, if at all.
+	low, _, _ := runDetect(t, "-o", "json", "--sensitivity", "low", fa, fb)
 	if low != "" {
 		var a alert.Alert
 		_ = json.Unmarshal([]byte(strings.SplitN(low, "\n", 2)[0]), &a)

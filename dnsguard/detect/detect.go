@@ -227,7 +227,7 @@ func (d *Detector) Observe(q Query, sens Sensitivity) *Detection {
 	if domain == "" {
 		return nil
 	}
-	owner := maphash.String(d.seed, q.Client+"\x00"+domain)
+	owner := maphash.String(d.seed, q.Client)*0x9e3779b97f4a7c15 ^ maphash.String(d.seed, domain)
 	// Benign-listed names are remembered too: the same address looked up
 	// under a listed DNSBL and then an unlisted one is a reuse.
 	reused := d.reused(sub, owner, q.Time)
@@ -271,7 +271,7 @@ func (d *Detector) Observe(q Query, sens Sensitivity) *Detection {
 			}
 		}
 		if st.hour.newName(h) {
-			bits := st.hour.nameBits(d.seed, origSub)
+			bits := st.hour.nameBits(d.seed, origSub, sub)
 			if reused {
 				bits = 0
 			}
@@ -303,7 +303,7 @@ func (d *Detector) get(client, domain string, now time.Time) *state {
 		d.lru.Remove(old)
 		delete(d.keys, old.Value.(*state).key)
 	}
-	st := &state{key: key, client: client, domain: domain, start: now, hour: newHourly(),
+	st := &state{key: key, client: client, domain: domain, start: now,
 		unique: map[uint64]struct{}{}, qtypes: map[uint16]int{}}
 	d.keys[key] = d.lru.PushFront(st)
 	return st

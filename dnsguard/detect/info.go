@@ -37,8 +37,15 @@ type hourly struct {
 	labels [2]map[uint64]struct{}
 }
 
-func newHourly() hourly {
-	return hourly{names: [2]map[uint64]struct{}{{}, {}}, labels: [2]map[uint64]struct{}{{}, {}}}
+// remember adds k to the current generation of sets (allocated on first
+// use: most pairs never ask for a subdomain), unless it is full.
+func remember(sets *[2]map[uint64]struct{}, k uint64, max int) {
+	if sets[0] == nil {
+		sets[0] = map[uint64]struct{}{}
+	}
+	if len(sets[0]) < max {
+		sets[0][k] = struct{}{}
+	}
 }
 
 // advance moves the ring to now; records out of order stay in the newest slot.
@@ -60,12 +67,12 @@ func (h *hourly) advance(now time.Time) {
 	case h.genAt == 0:
 		h.genAt = gen
 	case gen == h.genAt+1:
-		h.names = [2]map[uint64]struct{}{{}, h.names[0]}
-		h.labels = [2]map[uint64]struct{}{{}, h.labels[0]}
+		h.names = [2]map[uint64]struct{}{nil, h.names[0]}
+		h.labels = [2]map[uint64]struct{}{nil, h.labels[0]}
 		h.genAt = gen
 	case gen > h.genAt:
-		h.names = [2]map[uint64]struct{}{{}, {}}
-		h.labels = [2]map[uint64]struct{}{{}, {}}
+		h.names = [2]map[uint64]struct{}{}
+		h.labels = [2]map[uint64]struct{}{}
 		h.genAt = gen
 	}
 }
@@ -85,9 +92,7 @@ func (h *hourly) newName(k uint64) bool {
 	if seen(&h.names, k) {
 		return false
 	}
-	if len(h.names[0]) < maxHourNames {
-		h.names[0][k] = struct{}{}
-	}
+	remember(&h.names, k, maxHourNames)
 	return true
 }
 
@@ -114,23 +119,29 @@ func (h *hourly) totals() (bits float64, rawBytes, names int) {
 // already seen this hour costs only a reference to it (log2 of the labels
 // known), so fixed labels and repeated octets are not counted twice, but
 // new combinations of known labels still are.
-func (h *hourly) nameBits(seed maphash.Seed, origSub string) float64 {
+func (h *hourly) nameBits(seed maphash.Seed, origSub, sub string) float64 {
 	known := float64(len(h.labels[0]) + len(h.labels[1]))
 	var total float64
-	for _, l := range strings.Split(origSub, ".") {
-		raw := unescape(l)
-		if raw == "" {
+	for rest := 0; rest < len(origSub); {
+		end := strings.IndexByte(origSub[rest:], '.')
+		if end < 0 {
+			end = len(origSub)
+		} else {
+			end += rest
+		}
+		// sub is origSub lower-cased, byte for byte.
+		orig, lower := origSub[rest:end], sub[rest:end]
+		rest = end + 1
+		if orig == "" {
 			continue
 		}
-		full := labelBits(raw)
-		k := maphash.String(seed, asciiLower(raw))
+		full := labelBits(unescape(orig))
+		k := maphash.String(seed, lower)
 		if seen(&h.labels, k) {
 			total += math.Min(full, math.Log2(known+1))
 			continue
 		}
-		if len(h.labels[0]) < maxHourLabels {
-			h.labels[0][k] = struct{}{}
-		}
+		remember(&h.labels, k, maxHourLabels)
 		total += full
 	}
 	return total
@@ -172,8 +183,12 @@ func labelBits(s string) float64 {
 		return n * bitsBase64
 	case hyphen > 0 || under > 0:
 		var sum float64
-		for _, p := range strings.FieldsFunc(s, func(r rune) bool { return r == '-' || r == '_' }) {
-			sum += labelBits(p)
+		start := 0
+		for i := 0; i <= len(s); i++ {
+			if i == len(s) || s[i] == '-' || s[i] == '_' {
+				sum += labelBits(s[start:i])
+				start = i + 1
+			}
 		}
 		return sum + float64(hyphen+under)
 	case digit == len(s):
@@ -182,11 +197,32 @@ func labelBits(s string) float64 {
 		return n * bitsHex
 	case digit > 0:
 		return n * bitsBase32
-	case letters >= 12 && entropy(asciiLower(s)) >= 3.4:
-		// Long letter strings as random as an encoder's output.
+	case letters >= 12 && entropy(asciiLower(s)) >= 3.4, letters >= 6 && !wordLike(s):
+		// Letter strings as random as an encoder's output.
 		return n * bitsLetters
 	}
 	return n * bitsWord
+}
+
+// wordLike reports whether letters read like a word or an abbreviation
+// made of words: at least one vowel in four letters and no run of more
+// than three consonants. Random letters fail it two times in three at
+// eight letters, and more often the longer they are.
+func wordLike(s string) bool {
+	vowels, run := 0, 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] | 0x20 {
+		case 'a', 'e', 'i', 'o', 'u', 'y':
+			vowels++
+			run = 0
+		default:
+			run++
+			if run > 3 {
+				return false
+			}
+		}
+	}
+	return 4*vowels >= len(s)
 }
 
 // sharedName is one slot of the detector's table of recent names, which
@@ -214,22 +250,32 @@ func (d *Detector) reused(sub string, owner uint64, now time.Time) bool {
 	}
 	ts := now.Unix()
 	const hour = int64(time.Hour / time.Second)
+	// The whole subdomain, then without its last label or two.
 	var keys [3]uint64
-	n := 0
-	keys[n] = maphash.String(d.seed, sub)
-	n++
+	keys[0] = maphash.String(d.seed, sub)
+	n := 1
 	total := 0.0
-	labels := strings.Split(sub, ".")
-	for _, l := range labels {
+	for rest := sub; rest != ""; {
+		l := rest
+		if i := strings.IndexByte(rest, '.'); i >= 0 {
+			l, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
 		total += labelBits(l)
 	}
-	stripped := 0.0
-	for k := 1; k <= 2 && k < len(labels); k++ {
-		stripped += labelBits(labels[len(labels)-k])
+	stripped, left := 0.0, sub
+	for k := 1; k <= 2; k++ {
+		i := strings.LastIndexByte(left, '.')
+		if i < 0 {
+			break
+		}
+		stripped += labelBits(left[i+1:])
 		if stripped*3 > total {
 			break
 		}
-		keys[n] = maphash.String(d.seed, strings.Join(labels[:len(labels)-k], "."))
+		left = left[:i]
+		keys[n] = maphash.String(d.seed, left)
 		n++
 	}
 	found := false
