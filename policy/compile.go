@@ -58,19 +58,26 @@ func (o CompileOptions) withDefaults() CompileOptions {
 // those of its namespace and of the root namespace whose selector matches
 // its labels, in the set's order.
 func (s *Set) ForWorkload(namespace string, labels map[string]string, rootNamespace string) []*AuthorizationPolicy {
-	if rootNamespace == "" {
-		rootNamespace = DefaultRootNamespace
-	}
 	var out []*AuthorizationPolicy
 	for _, p := range s.Authorization {
-		if p.Metadata.Namespace != namespace && p.Metadata.Namespace != rootNamespace {
-			continue
-		}
-		if p.Spec.Selector.Matches(labels) {
+		if appliesTo(p.Metadata, p.Spec.Selector, namespace, labels, rootNamespace) {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// appliesTo reports whether an object of namespace meta.Namespace with
+// selector sel applies to a workload: same namespace or the root
+// namespace, and the selector matches its labels.
+func appliesTo(meta ObjectMeta, sel *WorkloadSelector, namespace string, labels map[string]string, rootNamespace string) bool {
+	if rootNamespace == "" {
+		rootNamespace = DefaultRootNamespace
+	}
+	if meta.Namespace != namespace && meta.Namespace != rootNamespace {
+		return false
+	}
+	return sel.Matches(labels)
 }
 
 // RBACConfig is one compiled RBAC filter configuration: the Envoy
@@ -187,6 +194,11 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 			} else {
 				out.HTTP = append(out.HTTP, cfg)
 			}
+		}
+	}
+	if !opts.DynamicMetadata {
+		for _, ra := range set.RequestAuthenticationsFor(target.Namespace, target.Labels, opts.RootNamespace) {
+			notes[requestAuthnNote(ra)] = true
 		}
 	}
 	for n := range notes {

@@ -82,3 +82,32 @@ func TestCompileDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// TestCompileNotesRequestAuthentication: a RequestAuthentication on a data
+// plane that validates no JWT is noted, and so is the ALLOW rule on its
+// principals that now matches nothing; with DynamicMetadata neither.
+func TestCompileNotesRequestAuthentication(t *testing.T) {
+	t.Parallel()
+	set, err := LoadPaths(LoadOptions{}, "testdata/request-authentication-in.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Compile(set, goldenTarget, CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"RequestAuthentication foo/jwt-example selects this workload, but this data plane validates no JWT: tokens are not checked (Istio would reject an invalid one), and AuthorizationPolicy rules on JWT attributes fail closed",
+		"ns[foo]-policy[require-issuer]-rule[0]: ALLOW rule needs requestPrincipals, which this data plane cannot know (no filter validates JWTs or writes that metadata): it matches nothing (fail closed)",
+	}
+	if strings.Join(c.Notes, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("notes:\n%s\nwant:\n%s", strings.Join(c.Notes, "\n"), strings.Join(want, "\n"))
+	}
+	c, err = Compile(set, goldenTarget, CompileOptions{DynamicMetadata: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Notes) != 0 {
+		t.Fatalf("notes with dynamic metadata: %q", c.Notes)
+	}
+}

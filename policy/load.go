@@ -19,6 +19,10 @@ import (
 type Set struct {
 	Authorization []*AuthorizationPolicy
 	Egress        []*EgressPolicy
+	// RequestAuthentication are Istio's JWT validation policies. No
+	// kordon data plane validates JWTs yet: they are accepted, and the
+	// compiler notes them (see CompileOptions.DynamicMetadata).
+	RequestAuthentication []*RequestAuthentication
 	// Warnings are positioned findings that do not reject a policy (a
 	// path that does not start with '/').
 	Warnings ErrorList
@@ -36,11 +40,18 @@ type SkippedFile struct {
 }
 
 // Len is the number of policies in the set.
-func (s *Set) Len() int { return len(s.Authorization) + len(s.Egress) }
+func (s *Set) Len() int { return len(s.Authorization) + len(s.Egress) + len(s.RequestAuthentication) }
 
 func (s *Set) sort() {
 	sort.SliceStable(s.Authorization, func(i, j int) bool {
 		a, b := s.Authorization[i].Metadata, s.Authorization[j].Metadata
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+	sort.SliceStable(s.RequestAuthentication, func(i, j int) bool {
+		a, b := s.RequestAuthentication[i].Metadata, s.RequestAuthentication[j].Metadata
 		if a.Namespace != b.Namespace {
 			return a.Namespace < b.Namespace
 		}
@@ -135,6 +146,7 @@ func LoadPaths(opts LoadOptions, paths ...string) (*Set, error) {
 		}
 		set.Authorization = append(set.Authorization, s.Authorization...)
 		set.Egress = append(set.Egress, s.Egress...)
+		set.RequestAuthentication = append(set.RequestAuthentication, s.RequestAuthentication...)
 		set.Warnings = append(set.Warnings, s.Warnings...)
 	}
 	if len(other) > 0 {
@@ -177,7 +189,7 @@ func notPolicyFile(file string, data []byte) string {
 			}
 			group, _, _ := strings.Cut(apiVersion, "/")
 			switch {
-			case kind == KindAuthorizationPolicy || kind == KindEgressPolicy,
+			case kind == KindAuthorizationPolicy || kind == KindEgressPolicy || kind == KindRequestAuthentication,
 				group == "security.kordon.dev" || group == "security.istio.io",
 				kind == "" && hasSpec:
 				policyDoc = true
@@ -258,6 +270,9 @@ func (s *Set) duplicates() ErrorList {
 	for _, p := range s.Authorization {
 		check(KindAuthorizationPolicy, p.Metadata, p.Pos)
 	}
+	for _, p := range s.RequestAuthentication {
+		check(KindRequestAuthentication, p.Metadata, p.Pos)
+	}
 	for _, p := range s.Egress {
 		check(KindEgressPolicy, p.Metadata, p.Pos)
 	}
@@ -306,44 +321,57 @@ func parseDocument(file string, root *yaml.Node, opts LoadOptions, set *Set) err
 		}
 	}
 	pos := func(n *yaml.Node) Position { return Position{File: file, Line: n.Line, Column: n.Column} }
-	switch tm.Kind {
-	case KindAuthorizationPolicy:
-		switch tm.APIVersion {
-		case GroupVersion, IstioV1, IstioV1beta1:
-		default:
-			return ErrorList{{Pos: pos(apiNode), Field: "apiVersion", Msg: fmt.Sprintf("unsupported apiVersion %q for AuthorizationPolicy (want %s, %s or %s)", tm.APIVersion, GroupVersion, IstioV1, IstioV1beta1)}}
-		}
+	// decode decodes the document into obj, fills the default namespace
+	// and validates it.
+	decode := func(obj any, pos **Positions, meta *ObjectMeta, validate func() ErrorList) error {
 		d := newDecoder(file, root)
-		p := &AuthorizationPolicy{}
-		d.decode(root, reflectValue(p), "")
-		p.Pos = d.pos
+		d.decode(root, reflectValue(obj), "")
+		*pos = d.pos
 		if len(d.errs) > 0 {
 			return d.errs
 		}
-		if p.Metadata.Namespace == "" {
-			p.Metadata.Namespace = opts.DefaultNamespace
+		if meta.Namespace == "" {
+			meta.Namespace = opts.DefaultNamespace
 		}
-		if errs := validateAuthorizationPolicy(p); len(errs) > 0 {
+		if errs := validate(); len(errs) > 0 {
 			return errs
+		}
+		return nil
+	}
+	istioVersions := func(kind string) error {
+		switch tm.APIVersion {
+		case GroupVersion, IstioV1, IstioV1beta1:
+			return nil
+		}
+		return ErrorList{{Pos: pos(apiNode), Field: "apiVersion", Msg: fmt.Sprintf("unsupported apiVersion %q for %s (want %s, %s or %s)", tm.APIVersion, kind, GroupVersion, IstioV1, IstioV1beta1)}}
+	}
+	switch tm.Kind {
+	case KindAuthorizationPolicy:
+		if err := istioVersions(tm.Kind); err != nil {
+			return err
+		}
+		p := &AuthorizationPolicy{}
+		if err := decode(p, &p.Pos, &p.Metadata, func() ErrorList { return validateAuthorizationPolicy(p) }); err != nil {
+			return err
 		}
 		set.Authorization = append(set.Authorization, p)
 		set.Warnings = append(set.Warnings, PathWarnings(p)...)
+	case KindRequestAuthentication:
+		if err := istioVersions(tm.Kind); err != nil {
+			return err
+		}
+		p := &RequestAuthentication{}
+		if err := decode(p, &p.Pos, &p.Metadata, func() ErrorList { return validateRequestAuthentication(p) }); err != nil {
+			return err
+		}
+		set.RequestAuthentication = append(set.RequestAuthentication, p)
 	case KindEgressPolicy:
 		if tm.APIVersion != GroupVersion {
 			return ErrorList{{Pos: pos(apiNode), Field: "apiVersion", Msg: fmt.Sprintf("unsupported apiVersion %q for EgressPolicy (want %s)", tm.APIVersion, GroupVersion)}}
 		}
-		d := newDecoder(file, root)
 		p := &EgressPolicy{}
-		d.decode(root, reflectValue(p), "")
-		p.Pos = d.pos
-		if len(d.errs) > 0 {
-			return d.errs
-		}
-		if p.Metadata.Namespace == "" {
-			p.Metadata.Namespace = opts.DefaultNamespace
-		}
-		if errs := validateEgressPolicy(p); len(errs) > 0 {
-			return errs
+		if err := decode(p, &p.Pos, &p.Metadata, func() ErrorList { return validateEgressPolicy(p) }); err != nil {
+			return err
 		}
 		set.Egress = append(set.Egress, p)
 	case "":
@@ -352,7 +380,7 @@ func parseDocument(file string, root *yaml.Node, opts LoadOptions, set *Set) err
 		if opts.SkipUnknownKinds {
 			return nil
 		}
-		return ErrorList{{Pos: pos(kindNode), Field: "kind", Msg: fmt.Sprintf("unsupported kind %q (want %s or %s)", tm.Kind, KindAuthorizationPolicy, KindEgressPolicy)}}
+		return ErrorList{{Pos: pos(kindNode), Field: "kind", Msg: fmt.Sprintf("unsupported kind %q (want %s, %s or %s)", tm.Kind, KindAuthorizationPolicy, KindRequestAuthentication, KindEgressPolicy)}}
 	}
 	return nil
 }

@@ -49,7 +49,7 @@ valid, 1 with one "file:line:col: field.path: message" line per error.`,
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "ok: %d AuthorizationPolicies, %d EgressPolicies\n", len(set.Authorization), len(set.Egress))
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "ok: %d AuthorizationPolicies, %d RequestAuthentications, %d EgressPolicies\n", len(set.Authorization), len(set.RequestAuthentication), len(set.Egress))
 			return err
 		},
 	}
