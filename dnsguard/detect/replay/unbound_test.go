@@ -2,26 +2,19 @@ package replay
 
 import (
 	"bytes"
-	"context"
-	"encoding/base32"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	dnstap "github.com/dnstap/golang-dnstap"
-	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
-	"github.com/kordon-dev/kordon/internal/authdns"
-	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/miekg/dns"
 )
 
@@ -232,78 +225,22 @@ func TestUnboundDnstapMatchesQueryLog(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 
-	zones, err := authdns.ParseConfig("zones.yaml", []byte("zones:\n- origin: exfil.example\n  records:\n  - \"* A 203.0.113.7\"\n  - \"* TXT \\\"ok\\\"\"\n  - \"www A 203.0.113.8\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, err := authdns.New(authdns.Config{Zones: zones})
-	if err != nil {
-		t.Fatal(err)
-	}
-	authAddr, err := auth.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = auth.Shutdown(ctx)
-	})
-
-	// kordon's resolver, query log to a file.
-	qlogPath := filepath.Join(dir, "queries.jsonl")
-	qlog, err := os.Create(qlogPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := dnsguard.New(dnsguard.Config{Registry: workload.NewRegistry(), Upstreams: []string{authAddr.String()}, QueryLog: qlog, Node: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, ln, err := dnsguard.ListenUDPTCP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(context.Background(), pc, ln) }()
-	kordonAddr := pc.LocalAddr().String()
+	authAddr := startAuth(t)
+	res := startResolver(t, dir, authAddr)
+	kordonAddr := res.addr
 
 	sock, tapPath := filepath.Join(dir, "dnstap.sock"), filepath.Join(dir, "unbound.dnstap")
 	frames, finishTap := collectDnstap(t, sock, tapPath)
-	unboundAddr, stopUnbound := startUnbound(t, bin, dir, authAddr.String(), sock)
+	unboundAddr, stopUnbound := startUnbound(t, bin, dir, authAddr, sock)
 
 	// The same probe the readiness check sent, so both logs hold it.
-	c := &dns.Client{Timeout: 2 * time.Second}
-	ask := func(addr, name string, qt uint16) {
-		m := new(dns.Msg)
-		m.SetQuestion(name, qt)
-		if _, _, err := c.Exchange(m, addr); err != nil {
-			t.Fatalf("%s %s: %v", addr, name, err)
-		}
-	}
-	ask(kordonAddr, "ready.exfil.example.", dns.TypeA)
-	rng := rand.New(rand.NewPCG(15, 15))
+	ask(t, kordonAddr, "ready.exfil.example.", dns.TypeA)
 	sent := 1
-	for i := 0; i < 60; i++ {
-		var name string
-		qt := uint16(dns.TypeTXT)
-		switch {
-		case i%10 == 3:
-			name, qt = "www.exfil.example.", dns.TypeA
-		default:
-			b := make([]byte, 35)
-			for j := range b {
-				b[j] = byte(rng.IntN(256))
-			}
-			name = fmt.Sprintf("%s.%d.t.exfil.example.", strings.ToLower(strings.TrimRight(base32.StdEncoding.EncodeToString(b), "=")), i)
-			if i%3 == 0 {
-				qt = dns.TypeA
-			}
-		}
-		ask(kordonAddr, name, qt)
-		ask(unboundAddr, name, qt)
+	for _, q := range tunnelQueries() {
+		ask(t, kordonAddr, q.name, q.qtype)
+		ask(t, unboundAddr, q.name, q.qtype)
 		sent++
-		time.Sleep(time.Duration(10+rng.IntN(50)) * time.Millisecond) // irregular: never "periodic"
+		time.Sleep(q.gap)
 	}
 	// unbound sends dnstap from its own thread and drops what is queued
 	// when it exits: wait for a query and a response per query sent.
@@ -312,11 +249,8 @@ func TestUnboundDnstapMatchesQueryLog(t *testing.T) {
 	}
 	stopUnbound()
 	finishTap()
-	srv.Close()
-	<-served
-	if err := qlog.Close(); err != nil {
-		t.Fatal(err)
-	}
+	res.stop()
+	qlogPath := res.qlogPath
 
 	// Every finding, not only those past the cooldown: a stronger match.
 	read := func(path string) ([]alert.Alert, Stats) {
