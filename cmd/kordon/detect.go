@@ -32,11 +32,12 @@ func newDetectReplayCmd() *cobra.Command {
 		Short: "Replay query logs or dnstap files through the detector and print the alerts the resolver would have raised",
 		Long: `Replays recorded DNS traffic through the live resolver's detector, using the
 records' own timestamps: kordon query logs (JSON lines) and dnstap files (Frame
-Streams), told apart by their first bytes; "-" reads standard input. Files are
-read in the order given and the detector's state carries across them. Alerts are
-deduplicated as the feed does (--cooldown). A record that cannot be read is
-reported as FILE:LINE (dnstap: FILE: frame N) on standard error and skipped; the
-rest of the file is read. The exit status is 1 when a file cannot be read at all.`,
+Streams), told apart by their first bytes, either gzip-compressed; "-" reads
+standard input. Files are read in the order given and the detector's state
+carries across them. Alerts are deduplicated as the feed does (--cooldown). A
+record that cannot be read is reported as FILE:LINE (dnstap: FILE: frame N) on
+standard error and skipped; the rest of the file is read. The exit status is 1
+when a file cannot be read at all.`,
 		Example: `  kordon detect replay /var/log/kordon/queries-*.jsonl
   kordon detect replay --sensitivity High -o json unbound.dnstap | jq .`,
 		Args: cobra.MinimumNArgs(1),

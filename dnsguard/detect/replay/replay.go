@@ -1,7 +1,7 @@
 // Package replay runs recorded DNS traffic through kordon's exfiltration
 // detector with the records' own timestamps: kordon query logs (JSON
 // lines) and dnstap files (Frame Streams, as unbound, BIND, Knot or
-// CoreDNS write them). Files are read in order through one Replayer, so
+// CoreDNS write them), either of them gzip-compressed. Files are read in order through one Replayer, so
 // the detector's state carries across them. Each query goes through
 // dnsguard.DetectionAlert, the function the live resolver's inspector
 // calls, and alerts are deduplicated with the feed's cooldown: replay
@@ -14,6 +14,7 @@ package replay
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -129,6 +130,18 @@ func (r *Replayer) Read(name string, rd io.Reader, emit Emit) (Stats, error) {
 	head, err := br.Peek(4)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return Stats{}, fmt.Errorf("replay: %s: %w", name, err)
+	}
+	// Rotated logs are often compressed: gzip is read through.
+	if len(head) >= 2 && head[0] == 0x1f && head[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return Stats{}, fmt.Errorf("replay: %s: %w", name, err)
+		}
+		defer zr.Close()
+		br = bufio.NewReaderSize(zr, 64<<10)
+		if head, err = br.Peek(4); err != nil && !errors.Is(err, io.EOF) {
+			return Stats{}, fmt.Errorf("replay: %s: %w", name, err)
+		}
 	}
 	// A Frame Streams file starts with the escape of a control frame: a
 	// zero length. A query log starts with '{' (or is empty).

@@ -2,6 +2,7 @@ package replay
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/base32"
 	"encoding/json"
 	"fmt"
@@ -191,6 +192,27 @@ func TestReplayCarriesStateAcrossFiles(t *testing.T) {
 		t.Fatalf("carried state alerted at %s, the second file alone at %s", both[0].Time, alone[0].Time)
 	}
 	t.Logf("alert at +%s with state carried, +%s from the second file alone", both[0].Time.Sub(t0), alone[0].Time.Sub(t0))
+}
+
+// TestReplayGzip: compressed query logs and dnstap files replay as they
+// are.
+func TestReplayGzip(t *testing.T) {
+	t.Parallel()
+	evs := asUnknownClient(slowSession("metrics-sync.example.net", 2048, 2), "127.0.0.1")
+	gz := func(b []byte) []byte {
+		var out bytes.Buffer
+		zw := gzip.NewWriter(&out)
+		zw.Write(b)
+		zw.Close()
+		return out.Bytes()
+	}
+	want, _ := replayAll(t, Config{}, file{"q.jsonl", queryLog(t, evs)})
+	for _, f := range []file{{"q.jsonl.gz", gz(queryLog(t, evs))}, {"q.dnstap.gz", gz(dnstapFile(t, evs))}} {
+		got, stats := replayAll(t, Config{}, f)
+		if stats[0].Records != len(evs) || len(want) == 0 || mustJSON(t, got) != mustJSON(t, want) {
+			t.Errorf("%s: %+v, %d alerts, want %d", f.name, stats[0], len(got), len(want))
+		}
+	}
 }
 
 // TestReplayBadRecords: each bad line is reported with file and line and
