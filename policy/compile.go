@@ -42,6 +42,11 @@ type CompileOptions struct {
 	// to never match it, so a DENY on a JWT attribute would otherwise
 	// silently stop firing.
 	DynamicMetadata bool
+	// JWTAuthn says the data plane runs the jwt_authn filter that
+	// CompileJWTAuthn builds for the same target and set (Envoy): JWT
+	// attributes (requestPrincipals, request.auth.*) then match the payload
+	// it verified, and are knowable.
+	JWTAuthn bool
 }
 
 func (o CompileOptions) withDefaults() CompileOptions {
@@ -125,6 +130,9 @@ type Compiled struct {
 	// in TCP-only contexts: HTTP-only fields make ALLOW rules match
 	// nothing and are dropped from DENY rules (both fail closed).
 	Network []RBACConfig
+	// JWTAuthn is the workload's jwt_authn filter (CompileOptions.JWTAuthn
+	// only; nil otherwise). HTTPFilters puts it before the RBAC filters.
+	JWTAuthn *JWTAuthn
 	// Notes, sorted, name each rule that attributes the data plane cannot
 	// know changed (see CompileOptions.DynamicMetadata): an ALLOW or AUDIT
 	// rule left out, a DENY rule that denies more.
@@ -146,6 +154,15 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 	}
 	out := &Compiled{}
 	notes := map[string]bool{}
+	var issuers []string
+	if opts.JWTAuthn {
+		j, err := CompileJWTAuthn(set, target, opts)
+		if err != nil {
+			return nil, err
+		}
+		issuers = j.Issuers
+		out.JWTAuthn = j
+	}
 	// istiod's order (pilot/pkg/security/authz/builder/builder.go, build):
 	// AUDIT first, so that it sees the requests a DENY then refuses.
 	for _, action := range []Action{ActionAudit, ActionDeny, ActionAllow} {
@@ -163,10 +180,10 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 				} else {
 					hasEnforced = true
 				}
-				c := &ruleCompiler{opts: opts, policyNS: p.Metadata.Namespace, tcp: tcp, action: action}
+				c := &ruleCompiler{opts: opts, policyNS: p.Metadata.Namespace, tcp: tcp, action: action, issuers: issuers}
 				for i := range p.Spec.Rules {
 					if !opts.DynamicMetadata {
-						if used := metadataAttributes(&p.Spec.Rules[i]); len(used) > 0 {
+						if used := c.unknowable(&p.Spec.Rules[i]); len(used) > 0 {
 							notes[metadataNote(RuleName(p.Metadata.Namespace, p.Metadata.Name, i), action, used)] = true
 						}
 					}
@@ -196,7 +213,7 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 			}
 		}
 	}
-	if !opts.DynamicMetadata {
+	if !opts.DynamicMetadata && !opts.JWTAuthn {
 		for _, ra := range set.RequestAuthenticationsFor(target.Namespace, target.Labels, opts.RootNamespace) {
 			notes[requestAuthnNote(ra)] = true
 		}
@@ -208,9 +225,12 @@ func Compile(set *Set, target Target, opts CompileOptions) (*Compiled, error) {
 	return out, nil
 }
 
-// metadataAttributes lists the attributes of r read from dynamic metadata
-// (see CompileOptions.DynamicMetadata), in rule order, once each.
-func metadataAttributes(r *Rule) []string {
+// unknowable lists the attributes of r this data plane cannot know (see
+// CompileOptions.DynamicMetadata and JWTAuthn), in rule order, once each.
+func (c *ruleCompiler) unknowable(r *Rule) []string {
+	if c.opts.DynamicMetadata {
+		return nil
+	}
 	var used []string
 	seen := map[string]bool{}
 	add := func(a string) {
@@ -223,15 +243,15 @@ func metadataAttributes(r *Rule) []string {
 		if f.Source == nil {
 			continue
 		}
-		if len(f.Source.RequestPrincipals) > 0 {
+		if len(f.Source.RequestPrincipals) > 0 && !c.opts.JWTAuthn {
 			add("requestPrincipals")
 		}
-		if len(f.Source.NotRequestPrincipals) > 0 {
+		if len(f.Source.NotRequestPrincipals) > 0 && !c.opts.JWTAuthn {
 			add("notRequestPrincipals")
 		}
 	}
 	for _, w := range r.When {
-		if wk, _, ok := lookupWhenKey(w.Key); ok && wk.metadata {
+		if wk, _, ok := lookupWhenKey(w.Key); ok && wk.metadata && !(wk.jwt && c.opts.JWTAuthn) {
 			add(w.Key)
 		}
 	}
@@ -273,6 +293,13 @@ type ruleCompiler struct {
 	policyNS string
 	tcp      bool
 	action   Action
+	// issuers are those the workload's jwt_authn providers accept
+	// (CompileOptions.JWTAuthn).
+	issuers []string
+}
+
+func (c *ruleCompiler) jwtRequestPrincipal(v string) *rbacconfig.Principal {
+	return jwtPrincipal(c.issuers, v)
 }
 
 // rule compiles r. ok is false when the rule must be left out: in a TCP
@@ -286,7 +313,7 @@ func (c *ruleCompiler) rule(r *Rule) (*rbacconfig.Policy, bool) {
 	if c.tcp && c.action != ActionDeny && ruleUsesHTTP(r) {
 		return nil, false
 	}
-	if !c.opts.DynamicMetadata && c.action != ActionDeny && len(metadataAttributes(r)) > 0 {
+	if c.action != ActionDeny && len(c.unknowable(r)) > 0 {
 		return nil, false
 	}
 	var principals []*rbacconfig.Principal
@@ -311,7 +338,7 @@ func (c *ruleCompiler) rule(r *Rule) (*rbacconfig.Policy, bool) {
 		if c.tcp && wk.httpOnly {
 			continue // DENY in TCP: drop HTTP-only parts (deny more)
 		}
-		if !c.opts.DynamicMetadata && wk.metadata {
+		if !c.opts.DynamicMetadata && wk.metadata && !(wk.jwt && c.opts.JWTAuthn) {
 			continue // DENY: drop unknowable parts (deny more)
 		}
 		if wk.kind == condPrincipal {
@@ -362,7 +389,12 @@ func (c *ruleCompiler) source(s *Source) *rbacconfig.Principal {
 	}
 	add(s.Principals, false, c.principal)
 	add(s.NotPrincipals, true, c.principal)
-	if !c.tcp && c.opts.DynamicMetadata {
+	switch {
+	case c.tcp:
+	case c.opts.JWTAuthn:
+		add(s.RequestPrincipals, false, c.jwtRequestPrincipal)
+		add(s.NotRequestPrincipals, true, c.jwtRequestPrincipal)
+	case c.opts.DynamicMetadata:
 		add(s.RequestPrincipals, false, requestPrincipal)
 		add(s.NotRequestPrincipals, true, requestPrincipal)
 	}
@@ -412,6 +444,8 @@ func (c *ruleCompiler) operation(o *Operation) *rbacconfig.Permission {
 func (c *ruleCompiler) conditionPrincipal(cond Condition, arg string) *rbacconfig.Principal {
 	var f func(string) *rbacconfig.Principal
 	switch {
+	case c.opts.JWTAuthn && strings.HasPrefix(cond.Key, "request.auth."):
+		f = c.jwtCondition(cond.Key, arg)
 	case strings.HasPrefix(cond.Key, "request.auth.claims["):
 		f = func(v string) *rbacconfig.Principal { return authnMetadata("request.auth.claims", arg, v) }
 	case cond.Key == "source.ip":
@@ -430,6 +464,22 @@ func (c *ruleCompiler) conditionPrincipal(cond Condition, arg string) *rbacconfi
 		f = func(v string) *rbacconfig.Principal { return authnMetadata(cond.Key, "", v) }
 	}
 	return valuesPrincipal(cond, f)
+}
+
+// jwtCondition matches a request.auth.* key against the payload jwt_authn
+// verified: claims by path (string or list), audiences as the aud claim,
+// presenter as azp, principal as iss/sub.
+func (c *ruleCompiler) jwtCondition(key, claim string) func(string) *rbacconfig.Principal {
+	switch key {
+	case "request.auth.principal":
+		return c.jwtRequestPrincipal
+	case "request.auth.audiences":
+		return func(v string) *rbacconfig.Principal { return jwtPayload(claimValue(v), "aud") }
+	case "request.auth.presenter":
+		return func(v string) *rbacconfig.Principal { return jwtPayload(stringValue(stringMatch(v, false)), "azp") }
+	}
+	path := strings.Split(claim, "][")
+	return func(v string) *rbacconfig.Principal { return jwtPayload(claimValue(v), path...) }
 }
 
 func valuesPrincipal(cond Condition, f func(string) *rbacconfig.Principal) *rbacconfig.Principal {

@@ -14,6 +14,16 @@ var update = flag.Bool("update", false, "rewrite golden files in testdata")
 // goldenTarget is the proxy of Istio's own builder tests.
 var goldenTarget = Target{Namespace: "foo", Labels: map[string]string{"app": "httpbin", "version": "v1"}}
 
+// goldenOptions are the options of golden case name: *-dynamic-metadata
+// for a data plane that writes istio_authn and other filters' metadata
+// (istiod's form), *-jwt-authn for Envoy with kordon's jwt_authn filter.
+func goldenOptions(name string) CompileOptions {
+	return CompileOptions{
+		DynamicMetadata: strings.HasSuffix(name, "-dynamic-metadata"),
+		JWTAuthn:        strings.HasSuffix(name, "-jwt-authn"),
+	}
+}
+
 func TestCompileGolden(t *testing.T) {
 	t.Parallel()
 	ins, err := filepath.Glob("testdata/*-in.yaml")
@@ -31,9 +41,7 @@ func TestCompileGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("load: %v", err)
 			}
-			// Cases named *-dynamic-metadata compile for a data plane that
-			// writes istio_authn and other filters' metadata (istiod's form).
-			c, err := Compile(set, goldenTarget, CompileOptions{DynamicMetadata: strings.HasSuffix(name, "-dynamic-metadata")})
+			c, err := Compile(set, goldenTarget, goldenOptions(name))
 			if err != nil {
 				t.Fatalf("compile: %v", err)
 			}

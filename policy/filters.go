@@ -80,9 +80,17 @@ func (c RBACConfig) NetworkConfig() *rbacnet.RBAC {
 }
 
 // HTTPFilters wraps the HTTP configs as HttpConnectionManager filters, in
-// the order a proxy must apply them (AUDIT, DENY, ALLOW).
+// the order a proxy must apply them (jwt_authn when compiled with
+// CompileOptions.JWTAuthn, then AUDIT, DENY, ALLOW).
 func (c *Compiled) HTTPFilters() ([]*hcmv3.HttpFilter, error) {
 	var out []*hcmv3.HttpFilter
+	jf, err := c.JWTAuthn.HTTPFilter()
+	if err != nil {
+		return nil, err
+	}
+	if jf != nil {
+		out = append(out, jf) // verifies tokens before any RBAC reads them
+	}
 	for _, cfg := range c.HTTP {
 		msg := cfg.HTTPConfig()
 		if err := msg.ValidateAll(); err != nil {

@@ -45,6 +45,15 @@ func FuzzParse(f *testing.F) {
 		if _, err := c.FiltersJSON(); err != nil {
 			t.Fatalf("valid input failed to render: %v", err)
 		}
+		for _, opts := range []CompileOptions{{JWTAuthn: true}, {DynamicMetadata: true}} {
+			c, err := Compile(set, goldenTarget, opts)
+			if err != nil {
+				t.Fatalf("valid input failed to compile with %+v: %v", opts, err)
+			}
+			if _, err := c.FiltersJSON(); err != nil {
+				t.Fatalf("valid input failed to render with %+v: %v", opts, err)
+			}
+		}
 		if _, err := Explain(set, goldenTarget, Request{Method: "GET", Path: "/"}, CompileOptions{}); err != nil {
 			t.Fatalf("explain: %v", err)
 		}

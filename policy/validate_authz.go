@@ -355,8 +355,9 @@ type whenKey struct {
 	// httpOnly keys need an HTTP request; TCP contexts cannot evaluate them.
 	httpOnly bool
 	// metadata keys are read from another filter's dynamic metadata (see
-	// CompileOptions.DynamicMetadata).
-	metadata bool
+	// CompileOptions.DynamicMetadata); jwt ones from a verified JWT (see
+	// CompileOptions.JWTAuthn).
+	metadata, jwt bool
 	// check validates one value.
 	check func(string) string
 }
@@ -373,7 +374,7 @@ func lookupWhenKey(key string) (whenKey, string, bool) {
 		if c == "" {
 			return whenKey{}, "", false
 		}
-		return whenKey{kind: condPrincipal, httpOnly: true, metadata: true, check: checkWildcard}, c, true
+		return whenKey{kind: condPrincipal, httpOnly: true, metadata: true, jwt: true, check: checkWildcard}, c, true
 	}
 	if filter, mk, ok := envoyFilterKey(key); ok {
 		if filter == "" || mk == "" {
@@ -391,7 +392,7 @@ func lookupWhenKey(key string) (whenKey, string, bool) {
 	case "source.serviceAccount":
 		return whenKey{kind: condPrincipal, check: checkServiceAccount}, "", true
 	case "request.auth.principal", "request.auth.audiences", "request.auth.presenter":
-		return whenKey{kind: condPrincipal, httpOnly: true, metadata: true, check: checkWildcard}, "", true
+		return whenKey{kind: condPrincipal, httpOnly: true, metadata: true, jwt: true, check: checkWildcard}, "", true
 	case "destination.ip":
 		return whenKey{kind: condPermission, check: checkCIDR}, "", true
 	case "destination.port":

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -28,6 +29,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kordon-dev/kordon/internal/workload"
@@ -618,6 +620,11 @@ func buildEnvoy(in *buildInput, rs resources) error {
 			LoadAssignment:       cla,
 		})
 	}
+	if in.compileErr == nil && in.compiled.JWTAuthn != nil {
+		for _, r := range in.compiled.JWTAuthn.Remotes {
+			rs.add(resourcev3.ClusterType, jwksCluster(r))
+		}
+	}
 	if in.svid != nil {
 		rs.add(resourcev3.SecretType, &tlsv3.Secret{Name: IdentityCertName, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: inlineBytes(in.svid.CertChainPEM),
@@ -628,6 +635,33 @@ func buildEnvoy(in *buildInput, rs resources) error {
 		rs.add(resourcev3.SecretType, rootSecret(in.bundles))
 	}
 	return nil
+}
+
+// SystemCAFile is the trust bundle Envoy verifies JWKS servers with.
+const SystemCAFile = "/etc/ssl/certs/ca-certificates.crt"
+
+// jwksCluster is the cluster a jwt_authn provider fetches its jwksUri
+// through: the host resolved by DNS, TLS (with SNI, verified against the
+// system trust bundle) for https.
+func jwksCluster(r policy.JWKSRemote) *clusterv3.Cluster {
+	c := &clusterv3.Cluster{
+		Name:                 r.Cluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_LOGICAL_DNS},
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: r.Cluster, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(r.Host, r.Port)}}}},
+		}}},
+	}
+	if r.TLS {
+		c.TransportSocket = &corev3.TransportSocket{Name: tlsTransportSocket, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{
+			Sni: r.Host,
+			CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa:                 &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: SystemCAFile}},
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{SanType: tlsv3.SubjectAltNameMatcher_DNS, Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: r.Host}}}},
+			}}},
+		})}}
+	}
+	return c
 }
 
 func inlineBytes(b []byte) *corev3.DataSource {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -37,6 +38,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/kordon-dev/kordon/policy"
+	"github.com/kordon-dev/kordon/xds/adsclient"
 )
 
 // The tests in this file load the exact output of `kordon policy compile`
@@ -487,7 +489,10 @@ func TestCompileGoldenConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			// As policy's TestCompileGolden.
-			opts := policy.CompileOptions{DynamicMetadata: strings.HasSuffix(name, "-dynamic-metadata")}
+			opts := policy.CompileOptions{DynamicMetadata: strings.HasSuffix(name, "-dynamic-metadata"), JWTAuthn: strings.HasSuffix(name, "-jwt-authn")}
+			if opts.JWTAuthn {
+				t.Skip("Envoy only: grpc-go has no jwt_authn filter")
+			}
 			out := compileOutput(t, set, goldenTarget, opts)
 			s := serveCompiled(t, p, ca, "golden/"+name, parseCompiledHTTPFilters(t, out))
 			checkDecisions(t, s, set, goldenTarget, candidates(set), opts)
@@ -708,5 +713,89 @@ spec:
 	want := "ns[shop]-policy[deny-banned-issuer]-rule[0]: DENY rule needs requestPrincipals, which this data plane cannot know (no filter validates JWTs or writes that metadata): they are left out of the rule, which denies more (fail closed)"
 	if strings.Join(st.PolicyNotes, "\n") != want {
 		t.Fatalf("policy notes %q, want %q", st.PolicyNotes, want)
+	}
+}
+
+// TestEnvoyJWTAuthn checks at the protocol level that an Envoy node whose
+// workload a RequestAuthentication selects gets the jwt_authn filter
+// before the RBAC filters, the RBAC reading its verified payload (not
+// istio_authn), and a cluster for the jwksUri.
+func TestEnvoyJWTAuthn(t *testing.T) {
+	t.Parallel()
+	ws := append(shopWorkloads(), loopbackWorkload("shop", "gateway-0", "gateway", map[string]string{"app": "gateway"}))
+	m := startMesh(t, ws, func(c *Config) {
+		c.Services = []Service{{Name: "gateway", Namespace: "shop", Port: 8443, Protocol: ProtocolHTTP, Selector: map[string]string{"app": "gateway"}}}
+	})
+	m.srv.SetPolicies(mustPolicies(t, `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  selector: {matchLabels: {app: gateway}}
+  jwtRules:
+  - issuer: https://issuer.example
+    jwksUri: https://issuer.example/jwks.json
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: shop}
+spec:
+  selector: {matchLabels: {app: gateway}}
+  rules: [{from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]}]
+`))
+	cc := m.dialControl(t, m.svidCert(t, "shop", "gateway-0"))
+	c, err := adsclient.Open(context.Background(), cc, envoyNode("shop/gateway-0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Subscribe(resourcev3.ListenerType); err != nil {
+		t.Fatal(err)
+	}
+	lds := recvType(t, c, resourcev3.ListenerType)
+	if len(lds.Resources) != 1 {
+		t.Fatalf("%d listeners", len(lds.Resources))
+	}
+	l := &listenerv3.Listener{}
+	if err := lds.Resources[0].UnmarshalTo(l); err != nil {
+		t.Fatal(err)
+	}
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range hcm.HttpFilters {
+		names = append(names, f.Name)
+	}
+	if got, want := strings.Join(names, ","), "envoy.filters.http.jwt_authn,envoy.filters.http.rbac.allow,envoy.filters.http.router"; got != want {
+		t.Fatalf("http filters %s, want %s", got, want)
+	}
+	rbacJSON, err := protojson.Marshal(hcm.HttpFilters[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(rbacJSON), `"filter":"envoy.filters.http.jwt_authn"`) || strings.Contains(string(rbacJSON), "istio_authn") {
+		t.Fatalf("RBAC does not read the jwt_authn payload: %s", rbacJSON)
+	}
+	if err := c.Subscribe(resourcev3.ClusterType); err != nil {
+		t.Fatal(err)
+	}
+	cds := recvType(t, c, resourcev3.ClusterType)
+	var clusters []string
+	for _, a := range cds.Resources {
+		cl := &clusterv3.Cluster{}
+		if err := a.UnmarshalTo(cl); err != nil {
+			t.Fatal(err)
+		}
+		clusters = append(clusters, cl.Name)
+	}
+	sort.Strings(clusters)
+	if got, want := strings.Join(clusters, ","), "inbound|8443,kordon-jwks|issuer.example|443"; got != want {
+		t.Fatalf("clusters %s, want %s", got, want)
+	}
+	// An Envoy node validates the JWTs itself: nothing to note.
+	st, _ := m.srv.NodeStatus("shop/gateway-0")
+	if len(st.PolicyNotes) != 0 {
+		t.Fatalf("Envoy node notes %q", st.PolicyNotes)
 	}
 }

@@ -203,9 +203,25 @@ func checkServices(in []Service) ([]*Service, error) {
 func newState(set *policy.Set, services []*Service) *state {
 	st := &state{policies: set, services: services, compiled: map[string]compileResult{}}
 	st.policyFP = map[string]string{}
-	byNS := map[string][]*policy.AuthorizationPolicy{}
+	// A namespace's policies are its AuthorizationPolicies and its
+	// RequestAuthentications (they change the jwt_authn filter and what
+	// the RBAC can know).
+	type nsPolicies struct {
+		Authorization []*policy.AuthorizationPolicy
+		Authn         []*policy.RequestAuthentication
+	}
+	byNS := map[string]*nsPolicies{}
+	of := func(ns string) *nsPolicies {
+		if byNS[ns] == nil {
+			byNS[ns] = &nsPolicies{}
+		}
+		return byNS[ns]
+	}
 	for _, p := range set.Authorization {
-		byNS[p.Metadata.Namespace] = append(byNS[p.Metadata.Namespace], p)
+		of(p.Metadata.Namespace).Authorization = append(of(p.Metadata.Namespace).Authorization, p)
+	}
+	for _, p := range set.RequestAuthentication {
+		of(p.Metadata.Namespace).Authn = append(of(p.Metadata.Namespace).Authn, p)
 	}
 	for ns, ps := range byNS {
 		st.policyFP[ns] = fingerprint(ps)
@@ -391,6 +407,9 @@ func labelsKey(ns string, labels map[string]string) string {
 // workload of the same namespace and labels.
 func (st *state) compile(w *workload.Workload, opts policy.CompileOptions) compileResult {
 	key := labelsKey(w.Namespace, w.Labels)
+	if opts.JWTAuthn {
+		key += "jwt" // Envoy: the RBAC reads jwt_authn's payload (no label entry lacks '=')
+	}
 	st.compileMu.Lock()
 	r, ok := st.compiled[key]
 	st.compileMu.Unlock()
@@ -490,7 +509,10 @@ func (s *Server) buildNode(ctx context.Context, n *node, requested []string) (*b
 		return &built{snapshot: snap, hash: hash, version: fmt.Sprintf("%d-%s", gen+1, hash[:8]), namespaces: map[string]bool{ns: true}, counts: counts}, nil
 	}
 	st := s.st.Load()
-	cr := st.compile(w, policy.CompileOptions{RootNamespace: s.cfg.RootNamespace, TrustDomain: s.cfg.TrustDomain})
+	// Envoy nodes run the jwt_authn filter of the workload's
+	// RequestAuthentications; proxyless gRPC validates no JWT, so JWT
+	// attributes fail closed there.
+	cr := st.compile(w, policy.CompileOptions{RootNamespace: s.cfg.RootNamespace, TrustDomain: s.cfg.TrustDomain, JWTAuthn: n.kind == KindEnvoy})
 	if cr.err != nil {
 		s.log.Error("xds policy compile failed, denying all", "node_id", n.id, "error", cr.err)
 	}

@@ -60,7 +60,7 @@ valid, 1 with one "file:line:col: field.path: message" line per error.`,
 // targetFlags are the flags naming the workload to compile or explain for.
 type targetFlags struct {
 	namespace, labels, rootNamespace, trustDomain string
-	dynamicMetadata                               bool
+	dynamicMetadata, jwtAuthn                     bool
 }
 
 func (f *targetFlags) register(cmd *cobra.Command) {
@@ -68,6 +68,7 @@ func (f *targetFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&f.labels, "labels", "l", "", "labels of the workload, k=v[,k=v]")
 	cmd.Flags().StringVar(&f.rootNamespace, "root-namespace", policy.DefaultRootNamespace, "namespace whose policies apply mesh-wide")
 	cmd.Flags().StringVar(&f.trustDomain, "trust-domain", policy.DefaultTrustDomain, "SPIFFE trust domain")
+	cmd.Flags().BoolVar(&f.jwtAuthn, "jwt-authn", false, "the data plane is Envoy: put the jwt_authn filter of the workload's RequestAuthentications first and match JWT attributes against the payload it verifies")
 	cmd.Flags().BoolVar(&f.dynamicMetadata, "dynamic-metadata", false, "the data plane runs Istio's authn filter (istio_authn metadata) and the Envoy filters experimental.envoy.filters.* keys name: emit istiod's metadata matchers; by default JWT and metadata attributes are unknowable and fail closed")
 }
 
@@ -77,7 +78,7 @@ func (f *targetFlags) target() (policy.Target, policy.CompileOptions, error) {
 		return policy.Target{}, policy.CompileOptions{}, err
 	}
 	return policy.Target{Namespace: f.namespace, Labels: labels},
-		policy.CompileOptions{RootNamespace: f.rootNamespace, TrustDomain: f.trustDomain, DynamicMetadata: f.dynamicMetadata}, nil
+		policy.CompileOptions{RootNamespace: f.rootNamespace, TrustDomain: f.trustDomain, DynamicMetadata: f.dynamicMetadata, JWTAuthn: f.jwtAuthn}, nil
 }
 
 // parseKV parses k=v[,k=v].
