@@ -60,13 +60,16 @@ func clean(s string) string {
 	return strings.TrimSpace(strings.Join(strings.Fields(s), " "))
 }
 
-// enums lists the allowed values of string fields, by "Type.Field".
-var enums = map[string][]any{
-	"AuthorizationPolicySpec.Action": {"ALLOW", "DENY", "AUDIT", "CUSTOM"},
-	"EgressPolicySpec.Mode":          {"Enforce", "Audit"},
-	"DetectionSpec.Sensitivity":      {"Low", "Medium", "High"},
-	"DetectionSpec.Action":           {"Alert", "Quarantine"},
-	"EgressPort.Protocol":            {"TCP", "UDP", "SCTP"},
+// enumOf returns the allowed values of the string field key
+// ("Type.Field"), from package policy (policy.Enums), which tests them
+// against its validation.
+func enumOf(key string) ([]any, bool) {
+	vs, ok := policy.Enums()[key]
+	out := make([]any, 0, len(vs))
+	for _, v := range vs {
+		out = append(out, v)
+	}
+	return out, ok
 }
 
 // ranges lists the inclusive bounds of integer fields, by "Type.Field".
@@ -95,7 +98,7 @@ func schemaFor(t reflect.Type, d docs, owner, field string) map[string]any {
 	switch t.Kind() {
 	case reflect.String:
 		s["type"] = "string"
-		if e, ok := enums[key]; ok {
+		if e, ok := enumOf(key); ok {
 			s["enum"] = e
 		}
 	case reflect.Bool:
