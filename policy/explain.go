@@ -82,6 +82,13 @@ func Explain(set *Set, target Target, req Request, opts CompileOptions) (*Decisi
 		req.RemoteIP = req.SourceIP
 	}
 	ev := &evaluator{req: req, regexps: map[string]*regexp.Regexp{}}
+	if c.JWTAuthn != nil {
+		for _, iss := range c.JWTAuthn.Issuers {
+			if sub, ok := strings.CutPrefix(req.RequestPrincipal, iss+"/"); ok && sub != "" && len(iss) > len(ev.jwtIss) {
+				ev.jwtIss, ev.jwtSub = iss, sub
+			}
+		}
+	}
 	configs := c.HTTP
 	if req.TCP {
 		configs = c.Network
@@ -173,6 +180,10 @@ func policyOfRule(rule string) string {
 type evaluator struct {
 	req     Request
 	regexps map[string]*regexp.Regexp
+	// jwtIss and jwtSub are RequestPrincipal split against the issuers
+	// the workload's jwt_authn providers accept (CompileOptions.JWTAuthn):
+	// what jwt_authn's verified payload would hold.
+	jwtIss, jwtSub string
 }
 
 // firstMatch returns the first matching policy name of r in sorted order.
@@ -309,8 +320,15 @@ func (e *evaluator) principal(p *rbacconfig.Principal) (bool, error) {
 			ok, err := e.str(sm, e.req.RequestPrincipal, e.req.RequestPrincipal != "")
 			return ok != m.GetInvert(), err
 		}
-		// Other authn metadata (claims, audiences) is not modelled: it
-		// never matches, as in grpc-go.
+		if path := m.GetPath(); m.GetFilter() == JWTAuthnFilterName && len(path) == 2 && path[0].GetKey() == JWTPayloadMetadataKey {
+			v := map[string]string{"iss": e.jwtIss, "sub": e.jwtSub}[path[1].GetKey()]
+			if sm := m.GetValue().GetStringMatch(); sm != nil && (path[1].GetKey() == "iss" || path[1].GetKey() == "sub") {
+				ok, err := e.str(sm, v, v != "")
+				return ok != m.GetInvert(), err
+			}
+		}
+		// Other metadata (claims, audiences) is not modelled: it never
+		// matches, as in grpc-go.
 		return m.GetInvert(), nil
 	}
 	return false, fmt.Errorf("policy: explain cannot evaluate principal %T", p.GetIdentifier())

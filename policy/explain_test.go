@@ -120,3 +120,33 @@ func TestExplainSemantics(t *testing.T) {
 func ap(ns, name, spec string) string {
 	return "---\napiVersion: security.kordon.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: " + name + "\n  namespace: " + ns + "\nspec:\n  " + spec + "\n"
 }
+
+// TestExplainJWTAuthn: with CompileOptions.JWTAuthn, explain splits the
+// request principal against the accepted issuers (which contain '/') as
+// the RBAC does on jwt_authn's payload.
+func TestExplainJWTAuthn(t *testing.T) {
+	t.Parallel()
+	set, err := LoadPaths(LoadOptions{}, "testdata/request-authentication-jwt-authn-in.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		principal string
+		allowed   bool
+		rule      string
+	}{
+		{"https://issuer.example/mallory/banned", false, "ns[foo]-policy[deny-banned]-rule[0]"},
+		{"other-issuer/banned", false, "ns[foo]-policy[deny-banned]-rule[0]"},
+		{"unknown.example/banned", false, ""}, // no accepted issuer: no ALLOW matches either
+		// The ALLOW also needs claims, which explain does not model.
+		{"https://issuer.example/alice", false, ""},
+	} {
+		d, err := Explain(set, goldenTarget, Request{Method: "GET", Path: "/", RequestPrincipal: tc.principal}, CompileOptions{JWTAuthn: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed != tc.allowed || d.Rule != tc.rule {
+			t.Errorf("%s: allowed=%v rule=%q, want %v %q (%s)", tc.principal, d.Allowed, d.Rule, tc.allowed, tc.rule, d.Reason)
+		}
+	}
+}
