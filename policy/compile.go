@@ -47,6 +47,11 @@ type CompileOptions struct {
 	// attributes (requestPrincipals, request.auth.*) then match the payload
 	// it verified, and are knowable.
 	JWTAuthn bool
+	// JWKS, when set, resolves a jwksUri to the key set the control plane
+	// fetched: that provider gets the keys inline and needs no cluster.
+	// Otherwise (or when it reports false) the data plane fetches the
+	// jwksUri itself.
+	JWKS func(uri string) (jwks string, ok bool)
 }
 
 func (o CompileOptions) withDefaults() CompileOptions {

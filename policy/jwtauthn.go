@@ -121,6 +121,8 @@ func CompileJWTAuthn(set *Set, target Target, opts CompileOptions) (*JWTAuthn, e
 			switch {
 			case r.JWKS != "":
 				p.JwksSourceSpecifier = &jwtauthnv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: r.JWKS}}}
+			case r.JWKSURI != "" && resolved(opts.JWKS, r.JWKSURI) != "":
+				p.JwksSourceSpecifier = &jwtauthnv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: resolved(opts.JWKS, r.JWKSURI)}}}
 			case r.JWKSURI != "":
 				remote, err := parseJWKSURI(r.JWKSURI)
 				if err != nil {
@@ -182,6 +184,19 @@ func CompileJWTAuthn(set *Set, target Target, opts CompileOptions) (*JWTAuthn, e
 	}
 	sort.Strings(out.Issuers)
 	return out, nil
+}
+
+// resolved is the key set f resolves uri to ("" when f is nil or has
+// none).
+func resolved(f func(string) (string, bool), uri string) string {
+	if f == nil {
+		return ""
+	}
+	s, ok := f(uri)
+	if !ok {
+		return ""
+	}
+	return s
 }
 
 // HTTPFilter wraps the configuration as an HttpConnectionManager filter

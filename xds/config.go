@@ -57,6 +57,13 @@ type Config struct {
 	// renewal (renewed at half of their lifetime). Default 30s.
 	SVIDRefresh time.Duration
 
+	// JWKS, when set, resolves RequestAuthentication jwksUris for Envoy
+	// nodes to key sets the control plane fetched (JWKSFetcher; call
+	// Server.JWKSChanged when they change): the keys go inline into the
+	// jwt_authn filter. Without it, or before a set is fetched, Envoy
+	// fetches the jwksUri itself.
+	JWKS JWKSResolver
+
 	// Authenticator proves who opened an xDS stream.
 	Authenticator Authenticator
 	// AllowUnauthenticated serves any node to any client. For tests and

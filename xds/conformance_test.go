@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	jwtauthnv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -742,27 +745,12 @@ spec:
   selector: {matchLabels: {app: gateway}}
   rules: [{from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]}]
 `))
-	cc := m.dialControl(t, m.svidCert(t, "shop", "gateway-0"))
-	c, err := adsclient.Open(context.Background(), cc, envoyNode("shop/gateway-0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Subscribe(resourcev3.ListenerType); err != nil {
-		t.Fatal(err)
-	}
+	c := m.envoyListeners(t, "shop/gateway-0")
 	lds := recvType(t, c, resourcev3.ListenerType)
 	if len(lds.Resources) != 1 {
 		t.Fatalf("%d listeners", len(lds.Resources))
 	}
-	l := &listenerv3.Listener{}
-	if err := lds.Resources[0].UnmarshalTo(l); err != nil {
-		t.Fatal(err)
-	}
-	hcm := &hcmv3.HttpConnectionManager{}
-	if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
-		t.Fatal(err)
-	}
+	hcm := firstHCM(t, lds)
 	var names []string
 	for _, f := range hcm.HttpFilters {
 		names = append(names, f.Name)
@@ -798,4 +786,100 @@ spec:
 	if len(st.PolicyNotes) != 0 {
 		t.Fatalf("Envoy node notes %q", st.PolicyNotes)
 	}
+}
+
+// TestEnvoyJWKSFetchedByControlPlane: with a JWKSFetcher the control plane
+// fetches the jwksUri and pushes the keys inline in the jwt_authn filter
+// (no JWKS cluster); a rotated key set is pushed again.
+func TestEnvoyJWKSFetchedByControlPlane(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	keys := `{"keys":[{"kty":"EC","kid":"one"}]}`
+	jwksSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		_, _ = w.Write([]byte(keys))
+	}))
+	t.Cleanup(jwksSrv.Close)
+	var srv *Server
+	fetcher := NewJWKSFetcher(JWKSFetcherConfig{Refresh: 50 * time.Millisecond, Logger: testLogger(t), OnChange: func() { srv.JWKSChanged() }})
+	ws := append(shopWorkloads(), loopbackWorkload("shop", "gateway-0", "gateway", map[string]string{"app": "gateway"}))
+	m := startMesh(t, ws, func(c *Config) {
+		c.Services = []Service{{Name: "gateway", Namespace: "shop", Port: 8443, Protocol: ProtocolHTTP, Selector: map[string]string{"app": "gateway"}}}
+		c.JWKS = fetcher
+	})
+	srv = m.srv
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go fetcher.Run(ctx)
+	m.srv.SetPolicies(mustPolicies(t, `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  selector: {matchLabels: {app: gateway}}
+  jwtRules: [{issuer: https://issuer.example, jwksUri: "`+jwksSrv.URL+`/jwks.json"}]
+`))
+	c := m.envoyListeners(t, "shop/gateway-0")
+	// jwtKeys returns the inline JWKS of the pushed listener ("" while
+	// Envoy would fetch it itself).
+	jwtKeys := func() string {
+		lds := recvType(t, c, resourcev3.ListenerType)
+		if err := c.Ack(lds); err != nil {
+			t.Fatal(err)
+		}
+		hcm := firstHCM(t, lds)
+		ja := &jwtauthnv3.JwtAuthentication{}
+		if err := hcm.HttpFilters[0].GetTypedConfig().UnmarshalTo(ja); err != nil {
+			t.Fatal(err)
+		}
+		return ja.Providers["shop/jwt[0]"].GetLocalJwks().GetInlineString()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	got := jwtKeys()
+	for got != keys && time.Now().Before(deadline) {
+		got = jwtKeys()
+	}
+	if got != keys {
+		t.Fatalf("inline keys %q, want %q", got, keys)
+	}
+	mu.Lock()
+	keys = `{"keys":[{"kty":"EC","kid":"two"}]}`
+	mu.Unlock()
+	for got != keys && time.Now().Before(deadline) {
+		got = jwtKeys()
+	}
+	if got != keys {
+		t.Fatalf("after rotation: inline keys %q, want %q", got, keys)
+	}
+}
+
+// envoyListeners opens an ADS stream as the Envoy node id and subscribes
+// to its Listeners.
+func (m *mesh) envoyListeners(t *testing.T, id string) *adsclient.Client {
+	t.Helper()
+	ns, pod, _ := strings.Cut(id, "/")
+	cc := m.dialControl(t, m.svidCert(t, ns, pod))
+	c, err := adsclient.Open(context.Background(), cc, envoyNode(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.Subscribe(resourcev3.ListenerType); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// firstHCM is the HttpConnectionManager of the first listener of lds.
+func firstHCM(t *testing.T, lds *discoveryv3.DiscoveryResponse) *hcmv3.HttpConnectionManager {
+	t.Helper()
+	l := &listenerv3.Listener{}
+	if err := lds.Resources[0].UnmarshalTo(l); err != nil {
+		t.Fatal(err)
+	}
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	return hcm
 }

@@ -291,6 +291,17 @@ func (s *Server) SetPolicies(set *policy.Set) {
 	s.markNamespaces(changed, changed[s.cfg.RootNamespace])
 }
 
+// JWKSChanged drops every compiled policy and rebuilds every node: a key
+// set the Config.JWKS resolver serves changed.
+func (s *Server) JWKSChanged() {
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+	old := s.st.Load()
+	next := newState(old.policies, old.services)
+	s.st.Store(next)
+	s.markNamespaces(nil, true)
+}
+
 // SetServices swaps the service model.
 func (s *Server) SetServices(services []Service) error {
 	checked, err := checkServices(services)
@@ -512,7 +523,11 @@ func (s *Server) buildNode(ctx context.Context, n *node, requested []string) (*b
 	// Envoy nodes run the jwt_authn filter of the workload's
 	// RequestAuthentications; proxyless gRPC validates no JWT, so JWT
 	// attributes fail closed there.
-	cr := st.compile(w, policy.CompileOptions{RootNamespace: s.cfg.RootNamespace, TrustDomain: s.cfg.TrustDomain, JWTAuthn: n.kind == KindEnvoy})
+	opts := policy.CompileOptions{RootNamespace: s.cfg.RootNamespace, TrustDomain: s.cfg.TrustDomain, JWTAuthn: n.kind == KindEnvoy}
+	if s.cfg.JWKS != nil {
+		opts.JWKS = s.cfg.JWKS.JWKS
+	}
+	cr := st.compile(w, opts)
 	if cr.err != nil {
 		s.log.Error("xds policy compile failed, denying all", "node_id", n.id, "error", cr.err)
 	}

@@ -1,0 +1,155 @@
+package xds
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// JWKSResolver resolves a RequestAuthentication jwksUri to the key set
+// the control plane fetched. An Envoy provider whose jwksUri it resolves
+// gets the keys inline; otherwise Envoy fetches them itself (remote_jwks
+// through a kordon-jwks cluster).
+type JWKSResolver interface {
+	JWKS(uri string) (jwks string, ok bool)
+}
+
+// JWKSFetcherConfig configures a JWKSFetcher.
+type JWKSFetcherConfig struct {
+	// Client fetches the key sets; default a client with a 10s timeout.
+	Client *http.Client
+	// Refresh is how often every known jwksUri is fetched again (key
+	// rotation). Default 5 minutes.
+	Refresh time.Duration
+	// OnChange is called, off the fetch loop's lock, when a key set is
+	// fetched for the first time or changes (wire it to
+	// Server.JWKSChanged).
+	OnChange func()
+	// Logger receives fetch failures; default slog.Default().
+	Logger *slog.Logger
+}
+
+// JWKSFetcher fetches the key sets of the jwksUris asked for, as istiod
+// does, and keeps them fresh. A failed fetch keeps the last good set (or
+// none, and Envoy fetches it itself).
+type JWKSFetcher struct {
+	cfg    JWKSFetcherConfig
+	wake   chan struct{}
+	mu     sync.Mutex
+	sets   map[string]string // uri -> JWKS JSON
+	wanted map[string]bool
+}
+
+var _ JWKSResolver = (*JWKSFetcher)(nil)
+
+// NewJWKSFetcher returns a fetcher; Run fetches.
+func NewJWKSFetcher(cfg JWKSFetcherConfig) *JWKSFetcher {
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = 5 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &JWKSFetcher{cfg: cfg, wake: make(chan struct{}, 1), sets: map[string]string{}, wanted: map[string]bool{}}
+}
+
+// JWKS returns the fetched key set of uri; on a miss it asks the fetch
+// loop for it and reports false.
+func (f *JWKSFetcher) JWKS(uri string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s, ok := f.sets[uri]; ok {
+		return s, true
+	}
+	if !f.wanted[uri] {
+		f.wanted[uri] = true
+		select {
+		case f.wake <- struct{}{}:
+		default:
+		}
+	}
+	return "", false
+}
+
+// Run fetches the wanted key sets when asked and every Refresh, until ctx
+// ends.
+func (f *JWKSFetcher) Run(ctx context.Context) {
+	t := time.NewTicker(f.cfg.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.wake:
+		case <-t.C:
+		}
+		f.fetchAll(ctx)
+	}
+}
+
+func (f *JWKSFetcher) fetchAll(ctx context.Context) {
+	f.mu.Lock()
+	uris := make([]string, 0, len(f.wanted))
+	for u := range f.wanted {
+		uris = append(uris, u)
+	}
+	f.mu.Unlock()
+	changed := false
+	for _, u := range uris {
+		s, err := f.fetch(ctx, u)
+		if err != nil {
+			f.cfg.Logger.Warn("jwks fetch failed", "uri", u, "error", err)
+			continue
+		}
+		f.mu.Lock()
+		if f.sets[u] != s {
+			f.sets[u] = s
+			changed = true
+		}
+		f.mu.Unlock()
+	}
+	if changed && f.cfg.OnChange != nil {
+		f.cfg.OnChange()
+	}
+}
+
+// maxJWKSBytes bounds a key set read from the network.
+const maxJWKSBytes = 1 << 20
+
+func (f *JWKSFetcher) fetch(ctx context.Context, uri string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, uri, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := f.cfg.Client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxJWKSBytes {
+		return "", errors.New("key set larger than 1 MiB")
+	}
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &set); err != nil || set.Keys == nil {
+		return "", errors.New("not a JSON Web Key Set")
+	}
+	return string(b), nil
+}
