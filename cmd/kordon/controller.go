@@ -122,17 +122,25 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		return err
 	}
 	reviewer := &kube.TokenReviewer{Client: clients.Kube}
-	xsrv, err := xds.New(xds.Config{
+	// RequestAuthentication jwksUris are fetched here, as istiod does, and
+	// put inline into Envoy nodes' jwt_authn filters; a key rotation
+	// re-pushes them.
+	var xsrv *xds.Server
+	jwks := xds.NewJWKSFetcher(xds.JWKSFetcherConfig{Logger: log, OnChange: func() { xsrv.JWKSChanged() }})
+	xsrv, err = xds.New(xds.Config{
 		Registry: workloads, TrustDomain: f.trustDomain, RootNamespace: f.rootNamespace,
 		Identities:    &xds.CAIdentities{CA: ca},
 		SVIDRefresh:   svidRefresh(f.svidTTL),
 		Authenticator: xds.AnyAuthenticator{xds.SVIDAuthenticator{TrustDomain: f.trustDomain}, xds.TokenAuthenticator{Reviewer: xdsReviewer{reviewer}}},
 		TLS:           identity.ServerTLS(ca, ctrlID),
 		Logger:        log, Metrics: reg,
+		JWKS:          jwks,
 	})
 	if err != nil {
 		return err
 	}
+	// OnChange runs only from Run, which starts after xsrv is set.
+	go jwks.Run(ctx)
 	feed, err := alert.NewFeed(alert.Config{Dir: f.alertsDir, Logger: log, Metrics: reg})
 	if err != nil {
 		return err
