@@ -134,7 +134,7 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		Authenticator: xds.AnyAuthenticator{xds.SVIDAuthenticator{TrustDomain: f.trustDomain}, xds.TokenAuthenticator{Reviewer: xdsReviewer{reviewer}}},
 		TLS:           identity.ServerTLS(ca, ctrlID),
 		Logger:        log, Metrics: reg,
-		JWKS:          jwks,
+		JWKS: jwks,
 	})
 	if err != nil {
 		return err
