@@ -209,8 +209,11 @@ func appendOPT(b []byte, do bool) []byte {
 // serveUDP reads the socket with one goroutine per CPU. When pc has
 // SO_REUSEPORT (ListenUDPTCP), each goroutine gets a socket of its own on
 // the same address: readers of one socket take turns in Go's netpoller,
-// while sibling sockets are read in parallel.
-func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
+// while sibling sockets are read in parallel. started is called once
+// every socket is bound and read.
+//
+// When ctx ends it drains (see drainUDP) before it closes the sockets.
+func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn, started func()) error {
 	n := runtime.GOMAXPROCS(0)
 	conns := append([]net.PacketConn{pc}, reusePortSiblings(pc, n-1)...)
 	var wg sync.WaitGroup
@@ -223,18 +226,72 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn) error {
 			errc <- s.udpLoop(c, pc)
 		}()
 	}
-	go func() {
-		<-ctx.Done()
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+	started()
+	readersDone := make(chan struct{})
+	go func() { wg.Wait(); close(readersDone) }()
+	select {
+	case <-ctx.Done():
+		s.drainUDP(conns, readersDone)
+	case <-readersDone:
+	}
 	wg.Wait()
+	// Replies to what was read (fast misses waiting on an upstream, full
+	// path goroutines) go out through these sockets: close them last.
+	s.inflight.Wait()
+	for _, c := range conns {
+		c.Close()
+	}
 	err := <-errc
 	if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return err
+}
+
+// drainUDP stops the kernel queueing new datagrams on conns (the other
+// sockets of their SO_REUSEPORT group, a newer resolver's, get them; see
+// stopIntake), lets the readers answer what is already queued, then stops
+// them. Closing a socket drops its queue, so a restart that closed at
+// once would lose every query queued or arriving meanwhile.
+func (s *Server) drainUDP(conns []net.PacketConn, readersDone <-chan struct{}) {
+	for _, c := range conns {
+		if err := stopIntake(c); err != nil {
+			s.log.Debug("udp stop intake failed", "error", err)
+		}
+	}
+	// A datagram the kernel steered to conns just before stopIntake may
+	// still be on its way to the queue: the queues must stay empty for a
+	// quiet period before the readers stop.
+	const (
+		poll  = 5 * time.Millisecond
+		quiet = 4 // polls
+	)
+	deadline := time.Now().Add(s.cfg.DrainTimeout)
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for idle := 0; idle < quiet && time.Now().Before(deadline); {
+		select {
+		case <-readersDone:
+			return
+		case <-t.C:
+		}
+		busy := false
+		for _, c := range conns {
+			if queuedDatagrams(c) {
+				busy = true
+				break
+			}
+		}
+		if busy {
+			idle = 0
+		} else {
+			idle++
+		}
+	}
+	now := time.Now()
+	for _, c := range conns {
+		_ = c.SetReadDeadline(now)
+	}
 }
 
 func (s *Server) udpLoop(pc, group net.PacketConn) error {

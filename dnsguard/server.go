@@ -93,6 +93,10 @@ type Config struct {
 	RateBurst int
 	// HealthCheckInterval probes failed upstreams (default 2s).
 	HealthCheckInterval time.Duration
+	// DrainTimeout bounds how long Serve, once its context ends, keeps
+	// answering datagrams already queued on its UDP sockets after the
+	// kernel stopped giving it new ones (default 5s; see Serve).
+	DrainTimeout time.Duration
 	// Metrics registers the Prometheus collectors; nil skips registration.
 	Metrics prometheus.Registerer
 	// Logger receives operational logs (default slog.Default()).
@@ -116,6 +120,9 @@ type Server struct {
 
 	egress    atomic.Pointer[egressState]
 	blocklist atomic.Pointer[Blocklist]
+
+	ready     chan struct{} // closed once Serve reads its sockets
+	readyOnce sync.Once
 
 	mu       sync.Mutex
 	servers  []*dns.Server
@@ -191,6 +198,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HealthCheckInterval <= 0 {
 		cfg.HealthCheckInterval = 2 * time.Second
 	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 5 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -201,7 +211,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dnsguard: metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m, ready: make(chan struct{})}
 	if s.fwd, err = newForwarder(cfg.Upstreams, cfg.Timeout, m, s); err != nil {
 		return nil, err
 	}
@@ -595,8 +605,21 @@ func isUDP(w dns.ResponseWriter) bool {
 	return ok
 }
 
+// Ready is closed once Serve answers on every socket it was given (a
+// readiness probe: the resolver serves DNS).
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
 // Serve answers on an already-bound UDP socket and TCP listener (either
 // may be nil) until ctx ends or Close is called.
+//
+// Then it hands over without losing queries to another resolver bound
+// to the same address with SO_REUSEPORT (ListenUDPTCP; the next version
+// during a rolling update): on Linux its UDP sockets stop taking new
+// datagrams, which the kernel gives to the other process's sockets, the
+// datagrams already queued are answered (for up to DrainTimeout), and
+// the sockets are closed only once every query read has been answered.
+// Start the new process and wait for it to be ready before ending the
+// old one's ctx: a resolver alone has nobody to hand over to.
 func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
@@ -628,10 +651,12 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 		go func(srv *dns.Server) { errc <- srv.ActivateAndServe() }(srv)
 	}
 	udpDone := make(chan struct{})
+	markReady := func() { s.readyOnce.Do(func() { close(s.ready) }) }
 	if udp != nil {
-		go func() { defer close(udpDone); errc <- s.serveUDP(ctx, udp) }()
+		go func() { defer close(udpDone); errc <- s.serveUDP(ctx, udp, markReady) }()
 	} else {
 		close(udpDone)
+		markReady()
 	}
 	var err error
 	select {
@@ -639,10 +664,10 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	case err = <-errc:
 		cancel()
 	}
+	<-udpDone
 	for _, srv := range started {
 		_ = srv.Shutdown()
 	}
-	<-udpDone
 	s.inflight.Wait()
 	if ctx.Err() != nil && err == nil {
 		return nil
@@ -672,7 +697,9 @@ func (s *Server) sweepMisses(stop <-chan struct{}) {
 // ListenUDPTCP binds addr for UDP and TCP, for Serve. On Linux the UDP
 // socket has SO_REUSEPORT, so Serve adds one sibling socket per CPU on the
 // same address and the kernel spreads clients over them (as CoreDNS and
-// unbound do). With port 0 both get the same free port: the port UDP got
+// unbound do); the TCP listener has it too (unless the port is 0), so a
+// second resolver process can bind the same address and take over (see
+// Serve). With port 0 both get the same free port: the port UDP got
 // may be taken for TCP (another socket's ephemeral port), then another
 // is tried.
 func ListenUDPTCP(addr string) (net.PacketConn, net.Listener, error) {
@@ -682,8 +709,15 @@ func ListenUDPTCP(addr string) (net.PacketConn, net.Listener, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("dnsguard: %w", err)
 		}
-		// Bind TCP on the port UDP got (addr may have port 0).
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		// Bind TCP on the port UDP got (addr may have port 0), also with
+		// SO_REUSEPORT so a second process can bind beside this one; not
+		// with port 0, where that could join another program's listener
+		// on the port UDP happened to get.
+		lc := reusePortConfig
+		if port == "0" {
+			lc = net.ListenConfig{}
+		}
+		ln, err := lc.Listen(context.Background(), "tcp", pc.LocalAddr().String())
 		if err == nil {
 			return pc, ln, nil
 		}

@@ -148,8 +148,12 @@ func installObjects() []map[string]any {
 			"minAvailable": 1, "selector": map[string]any{"matchLabels": ctrl},
 		}},
 		{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta("kordon-node", true, node), "spec": map[string]any{
-			"selector":       map[string]any{"matchLabels": node},
-			"updateStrategy": map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxUnavailable": 1}},
+			"selector": map[string]any{"matchLabels": node},
+			// Surge: the new agent starts beside the old one on the node
+			// (hostNetwork; DNS sockets shared with SO_REUSEPORT), and the
+			// old one is stopped only once the new one is ready, so the
+			// node never lacks a resolver (dnsguard drains on SIGTERM).
+			"updateStrategy": map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxSurge": 1, "maxUnavailable": 0}},
 			"template": map[string]any{
 				"metadata": map[string]any{"labels": merge(labels, node)},
 				"spec": map[string]any{
@@ -192,10 +196,11 @@ func installObjects() []map[string]any {
 							map[string]any{"name": "POD_CIDR", "value": "10.244.0.0/16"},
 							map[string]any{"name": "SERVICE_CIDR", "value": "10.96.0.0/12"},
 						},
-						"ports": []any{
-							map[string]any{"name": "dns", "containerPort": 53, "protocol": "UDP"},
-							map[string]any{"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
-						},
+						// No ports: with hostNetwork they default to hostPorts, and
+						// the scheduler would keep the surge pod off a node whose old
+						// pod holds them, so the rollout would never start
+						// (kubernetes/kubernetes#106417). DNS is on NodeLocalDNS:53
+						// (udp and tcp), shared by the two pods with SO_REUSEPORT.
 						"volumeMounts": []any{
 							map[string]any{"name": "state", "mountPath": "/var/lib/kordon"},
 							map[string]any{"name": "sockets", "mountPath": "/run/kordon/sockets"},

@@ -163,6 +163,19 @@ func newDNSGuardCmd() *cobra.Command {
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
 				mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+				// Ready once DNS is served; not while handing over after
+				// SIGTERM (the next process, bound beside, takes the queries).
+				mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+					if ctx.Err() == nil {
+						select {
+						case <-srv.Ready():
+							fmt.Fprintln(w, "ok")
+							return
+						default:
+						}
+					}
+					http.Error(w, "not serving", http.StatusServiceUnavailable)
+				})
 				if pprofOn {
 					mux.HandleFunc("/debug/pprof/", pprof.Index)
 					mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -193,7 +206,7 @@ func newDNSGuardCmd() *cobra.Command {
 	fl.StringVar(&workloadsFile, "workloads", "", "workloads.yaml: the registry mapping source IPs to workloads")
 	fl.StringArrayVar(&policyPaths, "policies", nil, "EgressPolicy files or directories (repeatable)")
 	fl.StringVar(&logPath, "log", "", "query log: a file, - for stdout, empty for none")
-	fl.StringVar(&metricsListen, "metrics-listen", "", "address for /metrics and /healthz (empty: off)")
+	fl.StringVar(&metricsListen, "metrics-listen", "", "address for /metrics, /healthz and /readyz (empty: off)")
 	fl.BoolVar(&pprofOn, "pprof", false, "also serve Go profiles under /debug/pprof/ on --metrics-listen (as CoreDNS's pprof plugin)")
 	return cmd
 }
