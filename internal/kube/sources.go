@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -47,9 +49,20 @@ func RunWorkloads(ctx context.Context, c *Clients, reg *workload.Registry, node 
 			reg.Delete(p.Namespace, p.Name)
 		}
 	}
-	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    upsert,
-		UpdateFunc: func(_, n any) { upsert(n) },
+	h, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: upsert,
+		UpdateFunc: func(o, n any) {
+			// Most pod updates are status churn (conditions, container
+			// states) that change nothing a workload holds: skipping them
+			// keeps the registry's version, and so the caches readers keep
+			// per version (dnsguard, egress, xds).
+			op, ok1 := o.(*corev1.Pod)
+			np, ok2 := n.(*corev1.Pod)
+			if ok1 && ok2 && sameWorkload(WorkloadFromPod(op), WorkloadFromPod(np)) {
+				return
+			}
+			upsert(n)
+		},
 		DeleteFunc: func(obj any) {
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = t.Obj
@@ -63,10 +76,22 @@ func RunWorkloads(ctx context.Context, c *Clients, reg *workload.Registry, node 
 		return fmt.Errorf("kube: %w", err)
 	}
 	f.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+	// The handler's HasSynced, not the informer's: the informer's store
+	// fills before the handler has seen every initial add.
+	if !cache.WaitForCacheSync(ctx.Done(), h.HasSynced) {
 		return fmt.Errorf("kube: pod informer did not sync")
 	}
 	return nil
+}
+
+// sameWorkload reports whether a and b (nil: no workload) hold the same
+// fields.
+func sameWorkload(a, b *workload.Workload) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Name == b.Name && a.Namespace == b.Namespace && a.ServiceAccount == b.ServiceAccount &&
+		a.Node == b.Node && a.UID == b.UID && maps.Equal(a.Labels, b.Labels) && slices.Equal(a.IPs, b.IPs)
 }
 
 // GVRs of kordon's CRDs.

@@ -4,14 +4,22 @@
 // account, labels, node and IPs.
 //
 // Sources fill the registry: a YAML file (this package) or the Kubernetes
-// API (internal/kube). Readers never block writers for long: lookups read an
-// immutable index swapped atomically on every change.
+// API (internal/kube). Lookups take no lock: they read an immutable index
+// swapped atomically on every change. A change builds the next index from
+// the last with persistent hash tries (O(log n) a pod event) rather than
+// rebuilding it.
 package workload
 
 import (
+	"encoding/binary"
 	"fmt"
+	"hash/maphash"
+	"math/bits"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -37,130 +45,276 @@ func (w *Workload) SPIFFEID(trustDomain string) string {
 	return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", trustDomain, w.Namespace, w.ServiceAccount)
 }
 
-// index is an immutable view of the registry.
+// index is an immutable view of the registry. Each change makes a new one
+// from the last by persistent updates (see trie), so a pod event costs
+// O(log n) and readers of an older index are not disturbed.
 type index struct {
-	byKey map[string]*Workload
-	byIP  map[netip.Addr]*Workload
-	byUID map[string]*Workload
+	byKey trie[string, *Workload]
+	// byIP and byUID keep every claimant of an address or UID: the owner
+	// is the claimant whose key sorts first, so the attribution depends
+	// only on the set of workloads, not on the order events arrived in.
+	byIP  trie[netip.Addr, claims]
+	byUID trie[string, claims]
 	// version increases on every change.
 	version uint64
+
+	sortOnce sync.Once
+	sorted   []*Workload // by key, built on the first List of this index
+}
+
+// claims are the workloads that claim one address (or UID): owner, the
+// one whose key sorts first, and the others in key order (almost always
+// none: a stale pod and its replacement overlap briefly; a pointer, so
+// that an entry of the address index fits a cache line).
+type claims struct {
+	owner *Workload
+	rest  *[]*Workload
+}
+
+func (c claims) all() []*Workload {
+	if c.owner == nil {
+		return nil
+	}
+	out := []*Workload{c.owner}
+	if c.rest != nil {
+		out = append(out, *c.rest...)
+	}
+	return out
+}
+
+func claimsOf(ws []*Workload) claims {
+	switch len(ws) {
+	case 0:
+		return claims{}
+	case 1:
+		return claims{owner: ws[0]}
+	}
+	rest := ws[1:]
+	return claims{owner: ws[0], rest: &rest}
+}
+
+// update returns c without old and with w (key k), either nil.
+func (c claims) update(old, w *Workload, k string) claims {
+	if c.rest == nil && (c.owner == nil || c.owner == old) {
+		return claims{owner: w} // the common case: one claimant
+	}
+	ws := slices.DeleteFunc(c.all(), func(x *Workload) bool { return x == old })
+	if w != nil {
+		i := sort.Search(len(ws), func(i int) bool { return ws[i].Key() > k })
+		ws = slices.Insert(ws, i, w)
+	}
+	return claimsOf(ws)
+}
+
+// hasher hashes the registry's keys with seeds drawn once per registry, so
+// which names or addresses share a trie path cannot be chosen from
+// outside.
+type hasher struct {
+	str      maphash.Seed
+	ip0, ip1 uint64
+	ip2      uint64
+}
+
+func newHasher() hasher {
+	return hasher{str: maphash.MakeSeed(), ip0: rand.Uint64(), ip1: rand.Uint64(), ip2: rand.Uint64() | 1}
+}
+
+func (h *hasher) string(s string) uint64 { return maphash.String(h.str, s) }
+
+// addr hashes an address by its 16 bytes (a zone only changes equality):
+// two rounds of the multiply-fold mixer of wyhash, a few ns where
+// maphash.Bytes takes about three times as long.
+func (h *hasher) addr(ip netip.Addr) uint64 {
+	b := ip.As16()
+	hi, lo := bits.Mul64(binary.LittleEndian.Uint64(b[:8])^h.ip0, binary.LittleEndian.Uint64(b[8:])^h.ip1)
+	hi, lo = bits.Mul64(hi^lo, h.ip2)
+	return hi ^ lo
 }
 
 // Registry holds the current workloads. The zero value is not usable; call
-// NewRegistry. All methods are safe for concurrent use.
+// NewRegistry. All methods are safe for concurrent use; lookups take no
+// lock.
 type Registry struct {
 	mu   sync.Mutex // serialises writers
 	idx  atomic.Pointer[index]
 	subs map[chan struct{}]struct{}
+	hash hasher
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	r := &Registry{subs: map[chan struct{}]struct{}{}}
-	r.idx.Store(buildIndex(nil, 0))
+	r := &Registry{subs: map[chan struct{}]struct{}{}, hash: newHasher()}
+	r.idx.Store(&index{})
 	return r
 }
 
-func buildIndex(ws map[string]*Workload, version uint64) *index {
-	ix := &index{byKey: map[string]*Workload{}, byIP: map[netip.Addr]*Workload{}, byUID: map[string]*Workload{}, version: version}
-	// Deterministic: when two workloads claim one IP (a stale pod and its
-	// replacement), the one whose key sorts first wins, so every replica
-	// attributes the same way.
-	keys := make([]string, 0, len(ws))
-	for k := range ws {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		w := ws[k]
-		ix.byKey[k] = w
-		for _, ip := range w.IPs {
-			if _, taken := ix.byIP[ip]; !taken {
-				ix.byIP[ip.Unmap()] = w
-			}
-		}
-		if w.UID != "" {
-			ix.byUID[w.UID] = w
-		}
-	}
-	return ix
+// next returns a copy of ix's indexes for the next version.
+func (ix *index) next() *index {
+	return &index{byKey: ix.byKey, byIP: ix.byIP, byUID: ix.byUID, version: ix.version + 1}
 }
 
-// ByIP returns the workload that owns ip.
+// change replaces old by w under key k in ix (either may be nil): one
+// persistent update per index entry they touch, an entry both touch
+// updated once.
+func (r *Registry) change(ix *index, k string, old, w *Workload) {
+	if w != nil {
+		ix.byKey = ix.byKey.put(r.hash.string(k), k, w)
+	} else {
+		ix.byKey = ix.byKey.del(r.hash.string(k), k)
+	}
+	var oldIPs, newIPs []netip.Addr
+	if old != nil {
+		oldIPs = old.IPs
+	}
+	if w != nil {
+		newIPs = w.IPs
+	}
+	claim := func(ip netip.Addr, inOld, inNew bool) {
+		ix.byIP = reclaim(ix.byIP, r.hash.addr(ip), ip, pick(inOld, old), pick(inNew, w), k)
+	}
+	// Addresses are indexed unmapped, as ByIP looks them up; a workload
+	// listing one address in both forms claims it once.
+	for i, ip := range oldIPs {
+		if ip = ip.Unmap(); !claimedBefore(oldIPs[:i], ip) {
+			claim(ip, true, claimedBefore(newIPs, ip))
+		}
+	}
+	for i, ip := range newIPs {
+		if ip = ip.Unmap(); !claimedBefore(newIPs[:i], ip) && !claimedBefore(oldIPs, ip) {
+			claim(ip, false, true)
+		}
+	}
+	oldUID, newUID := "", ""
+	if old != nil {
+		oldUID = old.UID
+	}
+	if w != nil {
+		newUID = w.UID
+	}
+	uid := func(u string, inOld, inNew bool) {
+		ix.byUID = reclaim(ix.byUID, r.hash.string(u), u, pick(inOld, old), pick(inNew, w), k)
+	}
+	if oldUID != "" {
+		uid(oldUID, true, oldUID == newUID)
+	}
+	if newUID != "" && newUID != oldUID {
+		uid(newUID, false, true)
+	}
+}
+
+// reclaim returns t with the claims on key (hash h) updated: old's
+// dropped, w's (key k) added, either nil.
+func reclaim[K comparable](t trie[K, claims], h uint64, key K, old, w *Workload, k string) trie[K, claims] {
+	c, _ := t.get(h, key)
+	if c = c.update(old, w, k); c.owner != nil {
+		return t.put(h, key, c)
+	}
+	return t.del(h, key)
+}
+
+func pick(ok bool, w *Workload) *Workload {
+	if ok {
+		return w
+	}
+	return nil
+}
+
+func claimedBefore(ips []netip.Addr, ip netip.Addr) bool {
+	for _, x := range ips {
+		if x.Unmap() == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// ByIP returns the workload that owns ip (IPv4-mapped IPv6 addresses are
+// their IPv4 address). When several workloads claim ip (a stale pod and
+// its replacement), the one whose key sorts first owns it, so every
+// replica attributes the same way.
 func (r *Registry) ByIP(ip netip.Addr) (*Workload, bool) {
-	w, ok := r.idx.Load().byIP[ip.Unmap()]
-	return w, ok
+	ip = ip.Unmap()
+	c, ok := r.idx.Load().byIP.get(r.hash.addr(ip), ip)
+	return c.owner, ok
 }
 
 // ByPod returns the workload namespace/name.
 func (r *Registry) ByPod(namespace, name string) (*Workload, bool) {
-	w, ok := r.idx.Load().byKey[namespace+"/"+name]
-	return w, ok
+	k := namespace + "/" + name
+	return r.idx.Load().byKey.get(r.hash.string(k), k)
 }
 
-// ByUID returns the workload with pod UID uid.
+// ByUID returns the workload with pod UID uid (the first by key when
+// several claim it).
 func (r *Registry) ByUID(uid string) (*Workload, bool) {
-	w, ok := r.idx.Load().byUID[uid]
-	return w, ok
+	c, ok := r.idx.Load().byUID.get(r.hash.string(uid), uid)
+	return c.owner, ok
 }
 
-// List returns every workload sorted by namespace/name.
+// List returns every workload sorted by namespace/name. The slice is the
+// caller's; the sort is done once per version.
 func (r *Registry) List() []*Workload {
 	ix := r.idx.Load()
-	out := make([]*Workload, 0, len(ix.byKey))
-	for _, w := range ix.byKey {
-		out = append(out, w)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
-	return out
+	ix.sortOnce.Do(func() {
+		type kw struct {
+			k string
+			w *Workload
+		}
+		all := make([]kw, 0, ix.byKey.len)
+		ix.byKey.each(func(k string, w *Workload) { all = append(all, kw{k, w}) })
+		slices.SortFunc(all, func(a, b kw) int { return strings.Compare(a.k, b.k) })
+		ix.sorted = make([]*Workload, len(all))
+		for i, e := range all {
+			ix.sorted[i] = e.w
+		}
+	})
+	return slices.Clone(ix.sorted)
 }
 
 // Version increases by one on every change; readers use it to detect
 // changes cheaply.
 func (r *Registry) Version() uint64 { return r.idx.Load().version }
 
-// Replace swaps the whole content (a file source reloading).
+// Replace swaps the whole content (a file source reloading). When ws
+// holds one key twice, the last wins.
 func (r *Registry) Replace(ws []*Workload) {
-	m := make(map[string]*Workload, len(ws))
-	for _, w := range ws {
-		m[w.Key()] = w
-	}
 	r.mu.Lock()
-	r.idx.Store(buildIndex(m, r.idx.Load().version+1))
+	ix := &index{version: r.idx.Load().version + 1}
+	for _, w := range ws {
+		k := w.Key()
+		old, _ := ix.byKey.get(r.hash.string(k), k)
+		r.change(ix, k, old, w)
+	}
+	r.idx.Store(ix)
 	r.mu.Unlock()
 	r.notify()
 }
 
 // Upsert adds or replaces one workload. Callers must not modify w afterwards.
 func (r *Registry) Upsert(w *Workload) {
+	k := w.Key()
 	r.mu.Lock()
-	old := r.idx.Load()
-	m := make(map[string]*Workload, len(old.byKey)+1)
-	for k, v := range old.byKey {
-		m[k] = v
-	}
-	m[w.Key()] = w
-	r.idx.Store(buildIndex(m, old.version+1))
+	ix := r.idx.Load().next()
+	old, _ := ix.byKey.get(r.hash.string(k), k)
+	r.change(ix, k, old, w)
+	r.idx.Store(ix)
 	r.mu.Unlock()
 	r.notify()
 }
 
 // Delete removes namespace/name; it reports whether it was present.
 func (r *Registry) Delete(namespace, name string) bool {
-	key := namespace + "/" + name
+	k := namespace + "/" + name
 	r.mu.Lock()
 	old := r.idx.Load()
-	if _, ok := old.byKey[key]; !ok {
+	w, ok := old.byKey.get(r.hash.string(k), k)
+	if !ok {
 		r.mu.Unlock()
 		return false
 	}
-	m := make(map[string]*Workload, len(old.byKey))
-	for k, v := range old.byKey {
-		if k != key {
-			m[k] = v
-		}
-	}
-	r.idx.Store(buildIndex(m, old.version+1))
+	ix := old.next()
+	r.change(ix, k, w, nil)
+	r.idx.Store(ix)
 	r.mu.Unlock()
 	r.notify()
 	return true
