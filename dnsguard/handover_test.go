@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,10 +30,13 @@ var handoverQPS = flag.Int("handover.qps", 2000, "TestHandoverLosesNoQueries: qu
 
 // TestHandoverLosesNoQueries runs real `kordon dnsguard` processes on one
 // fixed loopback address and hands over five times while a client sends
-// 2,000 queries a second (-handover.qps) (half of them new names, forwarded upstream;
-// half cached): each time a second process starts with the same flags
+// 2,000 queries a second (-handover.qps; half of them new names,
+// forwarded upstream, half cached): each time a second process starts with the same flags
 // (its own --metrics-listen), its /readyz answers 200, and the first gets
-// SIGTERM. Every query must be answered.
+// SIGTERM. Every query must be answered. Meanwhile eight TCP clients ask
+// one query per connection: none may fail where net.ipv4.tcp_migrate_req
+// is 1 (the kernel moves a closing listener's accept queue to the new
+// one); elsewhere their failures are only logged.
 func TestHandoverLosesNoQueries(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the kordon binary")
@@ -62,6 +66,8 @@ func TestHandoverLosesNoQueries(t *testing.T) {
 	qps := *handoverQPS
 	st := startStream(t, listen, qps)
 	defer st.stop()
+	tcp := startTCPClients(listen, 8)
+	defer tcp.stop()
 	const handovers = 5
 	for i := 0; i < handovers; i++ {
 		st.waitAnswered(t, st.answered.Load()+1000, 10*time.Second)
@@ -72,11 +78,20 @@ func TestHandoverLosesNoQueries(t *testing.T) {
 	}
 	st.waitAnswered(t, st.answered.Load()+1000, 10*time.Second)
 	st.stop()
+	tcp.stop()
 	sent, answered := st.settle(3 * time.Second)
 	old.terminate(t, 15*time.Second)
 	t.Logf("%d handovers at %d qps: %d queries sent, %d answered, %d lost", handovers, qps, sent, answered, sent-answered)
+	migrate, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	t.Logf("tcp (tcp_migrate_req %s): %d queries answered, %d failed", strings.TrimSpace(string(migrate)), tcp.ok.Load(), tcp.failed.Load())
 	if sent == 0 || answered != sent {
 		t.Fatalf("lost %d of %d queries across %d handovers", sent-answered, sent, handovers)
+	}
+	if tcp.ok.Load() == 0 {
+		t.Fatal("no tcp query answered")
+	}
+	if strings.TrimSpace(string(migrate)) == "1" && tcp.failed.Load() > 0 {
+		t.Fatalf("%d tcp queries failed across %d handovers", tcp.failed.Load(), handovers)
 	}
 }
 
@@ -148,6 +163,45 @@ func TestServeHandsOverInProcess(t *testing.T) {
 	if sent == 0 || answered != sent {
 		t.Fatalf("lost %d of %d queries across %d handovers", sent-answered, sent, handovers)
 	}
+}
+
+// tcpClients ask one query per TCP connection in a loop until stopped.
+type tcpClients struct {
+	ok, failed atomic.Int64
+	stopc      chan struct{}
+	wg         sync.WaitGroup
+	once       sync.Once
+}
+
+func startTCPClients(server string, n int) *tcpClients {
+	tc := &tcpClients{stopc: make(chan struct{})}
+	for i := 0; i < n; i++ {
+		tc.wg.Add(1)
+		go func() {
+			defer tc.wg.Done()
+			c := &dns.Client{Net: "tcp", Timeout: 3 * time.Second}
+			for {
+				select {
+				case <-tc.stopc:
+					return
+				default:
+				}
+				m := new(dns.Msg)
+				m.SetQuestion("tcp.example.", dns.TypeA)
+				if r, _, err := c.Exchange(m, server); err != nil || len(r.Answer) != 1 {
+					tc.failed.Add(1)
+				} else {
+					tc.ok.Add(1)
+				}
+			}
+		}()
+	}
+	return tc
+}
+
+func (tc *tcpClients) stop() {
+	tc.once.Do(func() { close(tc.stopc) })
+	tc.wg.Wait()
 }
 
 // startAuthoritative answers every A query with 192.0.2.1 (TTL 300).

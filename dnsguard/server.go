@@ -647,9 +647,22 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	go func() { defer close(sweepDone); s.sweepMisses(sweepStop) }()
 	defer func() { close(sweepStop); <-sweepDone }()
 	errc := make(chan error, len(started)+1)
-	for _, srv := range started {
-		go func(srv *dns.Server) { errc <- srv.ActivateAndServe() }(srv)
-	}
+	tcpDone := make(chan struct{})
+	go func() {
+		defer close(tcpDone)
+		var wg sync.WaitGroup
+		for _, srv := range started {
+			wg.Add(1)
+			go func(srv *dns.Server) {
+				defer wg.Done()
+				// Once ctx ends the listener is closed on purpose.
+				if err := srv.ActivateAndServe(); ctx.Err() == nil {
+					errc <- err
+				}
+			}(srv)
+		}
+		wg.Wait()
+	}()
 	udpDone := make(chan struct{})
 	markReady := func() { s.readyOnce.Do(func() { close(s.ready) }) }
 	if udp != nil {
@@ -665,9 +678,24 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 		cancel()
 	}
 	<-udpDone
+	if tcp != nil {
+		// Stop accepting (a listener beside this one, of the same
+		// SO_REUSEPORT group, gets new connections) and answer on the
+		// connections already accepted until their clients close them;
+		// after DrainTimeout the idle ones left are cut. Shutting down at
+		// once would reset connections whose query is not read yet.
+		_ = tcp.Close()
+		t := time.NewTimer(s.cfg.DrainTimeout)
+		select {
+		case <-tcpDone:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	for _, srv := range started {
 		_ = srv.Shutdown()
 	}
+	<-tcpDone
 	s.inflight.Wait()
 	if ctx.Err() != nil && err == nil {
 		return nil
