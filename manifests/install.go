@@ -149,11 +149,13 @@ func installObjects() []map[string]any {
 		}},
 		{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta("kordon-node", true, node), "spec": map[string]any{
 			"selector": map[string]any{"matchLabels": node},
-			// Surge: the new agent starts beside the old one on the node
-			// (hostNetwork; DNS sockets shared with SO_REUSEPORT), and the
-			// old one is stopped only once the new one is ready, so the
-			// node never lacks a resolver (dnsguard drains on SIGTERM).
-			"updateStrategy": map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxSurge": 1, "maxUnavailable": 0}},
+			// Not yet maxSurge 1 / maxUnavailable 0: the resolver hands over
+			// without losing a query (dnsguard drains on SIGTERM beside a
+			// successor bound with SO_REUSEPORT), but two node agents on one
+			// node would still share the HTTP port, the Workload API socket,
+			// the state directory and the nftables table, and the agent has
+			// no readiness probe yet: a surge rollout would never finish.
+			"updateStrategy": map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxUnavailable": 1}},
 			"template": map[string]any{
 				"metadata": map[string]any{"labels": merge(labels, node)},
 				"spec": map[string]any{
