@@ -175,8 +175,15 @@ controller's feed (at least once, buffered on disk while the controller is down)
 					return err
 				}
 			}
-			ready.Store(true)
-			fmt.Fprintf(cmd.ErrOrStderr(), "kordon node %s ready: dns %s, http %s, %d pods on this node\n", df.node, pc.LocalAddr(), httpLn.Addr(), len(workloads.List()))
+			// Ready (/readyz 200) once the resolver answers, not before.
+			go func() {
+				select {
+				case <-srv.Ready():
+					ready.Store(true)
+					fmt.Fprintf(cmd.ErrOrStderr(), "kordon node %s ready: dns %s, http %s, %d pods on this node\n", df.node, pc.LocalAddr(), httpLn.Addr(), len(workloads.List()))
+				case <-ctx.Done():
+				}
+			}()
 			return srv.Serve(ctx, pc, ln)
 		},
 	}
