@@ -52,7 +52,11 @@ controller's feed (at least once, buffered on disk while the controller is down)
 				return nil
 			}
 			if cleanup {
-				return egress.RemoveTable("", filepath.Join(stateDir, "egress-state.json"))
+				if err := egress.RemoveTable("", filepath.Join(stateDir, "egress-state.json")); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "removed nftables table inet kordon and the egress state (if there were any)")
+				return nil
 			}
 			if df.node == "" {
 				return errors.New("--node is required (the DaemonSet passes spec.nodeName)")
