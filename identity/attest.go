@@ -72,9 +72,14 @@ func (a *ProcAttestor) Attest(_ context.Context, pid int32) (*workload.Workload,
 	return nil, fmt.Errorf("%w: pid %d is not in a pod cgroup", ErrUnknownCaller, pid)
 }
 
+// The kubelet's cgroup layout: a kubepods cgroup, an optional QoS class,
+// then one cgroup per pod, and in it one per container (runtime-named).
 var (
-	podUIDRe = regexp.MustCompile(`pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})`)
-	cidRe    = regexp.MustCompile(`([0-9a-f]{64})`)
+	kubepodsRe = regexp.MustCompile(`^(?:[a-z0-9_]+-)*kubepods(?:\.slice)?$`)
+	qosRe      = regexp.MustCompile(`^(?:besteffort|burstable|(?:[a-z0-9_]+-)*kubepods-(?:besteffort|burstable)\.slice)$`)
+	podFSRe    = regexp.MustCompile(`^pod([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$`)
+	podSDRe    = regexp.MustCompile(`^(?:[a-z0-9_]+-)*kubepods(?:-besteffort|-burstable)?-pod([0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12})\.slice$`)
+	cidRe      = regexp.MustCompile(`^(?:[a-z]+-)*([0-9a-f]{64})(?:\.scope)?$`)
 )
 
 // ParseCgroupLine extracts the pod UID and container ID from one line of
@@ -83,25 +88,43 @@ var (
 //
 //	cgroupfs:  /kubepods/burstable/pod<uid>/<container-id>
 //	systemd:   /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope
+//
+// The kubepods cgroup may itself be nested (kind, kubelet-kubepods.slice).
+// Only whole path components count, and the first pod cgroup under a
+// kubepods cgroup wins: why: with cgroup v2 delegation a container can
+// create cgroups below its own, and one named pod<other-uid> must not make
+// it that pod. For the same reason the container ID is taken from the
+// component right below the pod, the one the runtime created.
 func ParseCgroupLine(line string) (podUID, containerID string, ok bool) {
 	parts := strings.SplitN(line, ":", 3)
 	if len(parts) != 3 {
 		return "", "", false
 	}
-	path := parts[2]
-	if !strings.Contains(path, "kubepods") {
-		return "", "", false
+	comps := strings.Split(parts[2], "/")
+	underKubepods, qos := false, false
+	for i, c := range comps {
+		if underKubepods {
+			if m := podFSRe.FindStringSubmatch(c); m != nil {
+				podUID = m[1]
+			} else if m := podSDRe.FindStringSubmatch(c); m != nil {
+				podUID = strings.ReplaceAll(m[1], "_", "-")
+			}
+			if podUID != "" {
+				if i+1 < len(comps) {
+					if m := cidRe.FindStringSubmatch(comps[i+1]); m != nil {
+						containerID = m[1]
+					}
+				}
+				return podUID, containerID, true
+			}
+			if !qos && qosRe.MatchString(c) {
+				qos = true
+				continue
+			}
+		}
+		underKubepods, qos = kubepodsRe.MatchString(c), false
 	}
-	m := podUIDRe.FindAllStringSubmatch(path, -1)
-	if len(m) == 0 {
-		return "", "", false
-	}
-	podUID = strings.ReplaceAll(m[len(m)-1][1], "_", "-")
-	last := path[strings.LastIndex(path, "/")+1:]
-	if c := cidRe.FindString(last); c != "" {
-		containerID = c
-	}
-	return podUID, containerID, true
+	return "", "", false
 }
 
 // peerCreds is the AuthInfo of a Unix-socket caller.

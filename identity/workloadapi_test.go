@@ -35,6 +35,13 @@ func TestParseCgroupLine(t *testing.T) {
 		{"host process", "0::/user.slice/user-1000.slice/session-3.scope", false, ""},
 		{"docker without kubernetes", "0::/system.slice/docker-" + cid + ".scope", false, ""},
 		{"garbage", "no colons", false, ""},
+		{"kind node nested kubepods", "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod2c48913c_b29f_11e7_9350_020968147796.slice/cri-containerd-" + cid + ".scope", true, cid},
+		{"child cgroup named for another pod", "0::/kubepods/burstable/pod" + uid + "/" + cid + "/pod11111111-2222-3333-4444-555555555555", true, cid},
+		{"child systemd slice named for another pod", "0::/kubepods.slice/kubepods-pod2c48913c_b29f_11e7_9350_020968147796.slice/cri-containerd-" + cid + ".scope/kubepods-pod11111111_2222_3333_4444_555555555555.slice", true, cid},
+		{"container id from below the pod, not a deeper child", "0::/kubepods/pod" + uid + "/x/" + cid, true, ""},
+		{"pod segment not under kubepods", "0::/user.slice/kubepods-fake/x/pod" + uid, false, ""},
+		{"pod prefix inside a component", "0::/kubepods/xpod" + uid, false, ""},
+		{"uid with a longer last group", "0::/kubepods/pod" + uid + "0", false, ""},
 	}
 	for _, tc := range cases {
 		gotUID, gotCID, ok := ParseCgroupLine(tc.line)
