@@ -2,7 +2,9 @@ package alert
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -124,8 +126,20 @@ func (f *Feed) serveIngest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "invalid alert: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	// One body, one alert: a second value after it is rejected rather
+	// than silently dropped.
+	if err := dec.Decode(&json.RawMessage{}); !errors.Is(err, io.EOF) {
+		http.Error(w, "invalid alert: data after the alert", http.StatusBadRequest)
+		return
+	}
 	if a.Kind == "" || a.Domain == "" || a.Severity == "" {
 		http.Error(w, "invalid alert: kind, domain and severity are required", http.StatusBadRequest)
+		return
+	}
+	// The feed stores times in UTC; one that cannot be written there
+	// (0000-01-01T00:00:00+01:00 is year -1) is the sender's error.
+	if _, err := a.Time.UTC().MarshalJSON(); err != nil {
+		http.Error(w, "invalid alert: time: year outside of range [0,9999]", http.StatusBadRequest)
 		return
 	}
 	switch a.Kind {
