@@ -74,7 +74,9 @@ func ParseBlocklist(r io.Reader) (*Blocklist, BlocklistStats, error) {
 func (b *Blocklist) read(r io.Reader, st *BlocklistStats) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	lineNo := 0
 	for sc.Scan() {
+		lineNo++
 		line := sc.Text()
 		if i := strings.IndexAny(line, "#!"); i >= 0 {
 			line = line[:i]
@@ -105,7 +107,10 @@ func (b *Blocklist) read(r io.Reader, st *BlocklistStats) error {
 		}
 		b.subtree = append(b.subtree, maphash.String(b.seed, n))
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("line %d: %w", lineNo+1, err)
+	}
+	return nil
 }
 
 func looksLikeIP(s string) bool {
