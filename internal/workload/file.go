@@ -43,7 +43,14 @@ func Parse(file string, data []byte) ([]*Workload, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("%s: %s", file, strings.TrimPrefix(err.Error(), "yaml: "))
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if !strings.HasPrefix(msg, "line ") {
+			// yaml.v3 gives no mark for errors at the end of the stream
+			// (an unclosed quote): point at the end.
+			last := bytes.LastIndexByte(data, '\n')
+			return nil, fmt.Errorf("%s:%d:%d: %s", file, bytes.Count(data, []byte("\n"))+1, len(data)-last, msg)
+		}
+		return nil, fmt.Errorf("%s: %s", file, msg)
 	}
 	if len(root.Content) == 0 {
 		return nil, nil
@@ -93,6 +100,12 @@ func Parse(file string, data []byte) ([]*Workload, error) {
 			}
 			if err != nil {
 				fail(n, "ips[%d]: invalid IP address %q", j, s)
+				continue
+			}
+			if ip.Zone() != "" {
+				// A zone is local to a host; pod traffic never carries one,
+				// and fe80::1%a would dodge the duplicate check for fe80::1.
+				fail(n, "ips[%d]: %q has a zone", j, s)
 				continue
 			}
 			ip = ip.Unmap()
