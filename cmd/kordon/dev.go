@@ -260,7 +260,7 @@ func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 			return fmt.Errorf("egress firewall: %w", err)
 		}
 	}
-	if err := d.xds.SetServices(xdsServices(s.Services)); err != nil {
+	if err := d.xds.SetServices(s.Services); err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
 	if err := d.ident.sync(s.Workloads); err != nil {
@@ -272,14 +272,6 @@ func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 		return err
 	}
 	return nil
-}
-
-func xdsServices(in []devconfig.Service) []xds.Service {
-	out := make([]xds.Service, len(in))
-	for i, s := range in {
-		out[i] = xds.Service{Name: s.Name, Namespace: s.Namespace, Port: s.Port, Protocol: xds.Protocol(s.Protocol), Selector: s.Selector}
-	}
-	return out
 }
 
 // newXDS builds the ADS server; startXDS serves it once the first snapshot

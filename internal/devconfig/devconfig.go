@@ -20,6 +20,7 @@ import (
 
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
+	"github.com/kordon-dev/kordon/xds"
 )
 
 // WorkloadsFile is the name of the workloads file at the top of a dev folder
@@ -34,7 +35,7 @@ type Snapshot struct {
 	// Workloads come from workloads.yaml, sorted by namespace/name.
 	Workloads []*workload.Workload
 	// Services come from the optional services.yaml.
-	Services []Service
+	Services []xds.Service
 	// Policies are every AuthorizationPolicy and EgressPolicy of the other
 	// files, validated as a whole.
 	Policies *policy.Set

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/kordon-dev/kordon/xds"
 	"gopkg.in/yaml.v3"
 )
 
@@ -15,25 +16,14 @@ import (
 // dev folder (services.yml is accepted too).
 const ServicesFile = "services.yaml"
 
-// Service is a named set of workloads reachable on a port: the dev-mode
-// stand-in for a Kubernetes Service, used to build xDS clusters and
-// listeners. It selects the workloads of Namespace whose labels match
-// Selector.
-type Service struct {
-	Name      string            `yaml:"name" json:"name"`
-	Namespace string            `yaml:"namespace" json:"namespace"`
-	Port      uint32            `yaml:"port" json:"port"`
-	Protocol  string            `yaml:"protocol" json:"protocol,omitempty"`
-	Selector  map[string]string `yaml:"selector" json:"selector,omitempty"`
-}
-
 // serviceFields are the keys of a services.yaml entry.
 var serviceFields = map[string]bool{"name": true, "namespace": true, "port": true, "protocol": true, "selector": true}
 
 // loadServices reads a services.yaml: a list of {name, namespace, port,
 // protocol, selector}. namespace defaults to "default" and protocol to
-// "grpc". Errors name file:line:col.
-func loadServices(path string) ([]Service, error) {
+// "grpc". Errors name file:line:col. It produces xds.Service, the service
+// model the xDS server serves, so dev mode needs no conversion.
+func loadServices(path string) ([]xds.Service, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("devconfig: %w", err)
@@ -41,7 +31,7 @@ func loadServices(path string) ([]Service, error) {
 	return parseServices(path, data)
 }
 
-func parseServices(file string, data []byte) ([]Service, error) {
+func parseServices(file string, data []byte) ([]xds.Service, error) {
 	var root yaml.Node
 	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&root); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -53,7 +43,7 @@ func parseServices(file string, data []byte) ([]Service, error) {
 	if list.Kind != yaml.SequenceNode {
 		return nil, fmt.Errorf("%s:%d:%d: expected a list of services", file, list.Line, list.Column)
 	}
-	var out []Service
+	var out []xds.Service
 	var errs []error
 	seen := map[string]int{}
 	for i, item := range list.Content {
@@ -74,7 +64,7 @@ func parseServices(file string, data []byte) ([]Service, error) {
 		if !ok {
 			continue
 		}
-		var s Service
+		var s xds.Service
 		if err := item.Decode(&s); err != nil {
 			fail(item, "%s", strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "))
 			continue
@@ -87,10 +77,10 @@ func parseServices(file string, data []byte) ([]Service, error) {
 			s.Namespace = "default"
 		}
 		if s.Protocol == "" {
-			s.Protocol = "grpc"
+			s.Protocol = xds.ProtocolGRPC
 		}
 		switch s.Protocol {
-		case "grpc", "http", "tcp":
+		case xds.ProtocolGRPC, xds.ProtocolHTTP, xds.ProtocolTCP:
 		default:
 			fail(fieldNode(item, "protocol"), "protocol: %q is not one of grpc, http, tcp", s.Protocol)
 			continue
