@@ -38,12 +38,8 @@ namespaces=("$NODE" "$OUT" "${PODS[@]}")
 pids=()
 cleanup() {
 	local rc=$?
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-	if [ "$rc" != 0 ]; then
-		echo "demo-egress failed (exit $rc); kordon dev's log:" >&2
-		tail -n 30 "$work/dev.err" >&2 2>/dev/null || true
-	fi
+	stop_pids
+	fail_log "$rc" "$work/dev.err"
 	for ns in "${namespaces[@]}"; do
 		# Anything still running in a namespace goes with it.
 		for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
@@ -54,21 +50,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-bold=$(printf '\033[1m'); dim=$(printf '\033[2m'); off=$(printf '\033[0m')
-if [ ! -t 1 ]; then bold=""; dim=""; off=""; fi
-step() { printf '\n%s== %s%s\n' "$bold" "$*" "$off"; }
-note() { printf '%s%s%s\n' "$dim" "$*" "$off"; }
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-# wait_for CMD...: run CMD until it succeeds, a bounded number of times.
-wait_for() {
-	for _ in $(seq "$WAIT_STEPS"); do
-		"$@" >/dev/null 2>&1 && return 0
-		sleep 0.05
-	done
-	echo "demo-egress: timed out waiting for: $*" >&2
-	return 1
-}
 
 step "Building the topology: node, outside and three pods in network namespaces"
 for ns in "${namespaces[@]}"; do

@@ -24,31 +24,15 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/kordon-demo.XXXXXX")
 pids=()
 cleanup() {
 	local rc=$?
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-	if [ "$rc" != 0 ]; then
-		echo "demo failed (exit $rc); kordon dev's log:" >&2
-		tail -n 30 "$work/dev.err" >&2 2>/dev/null || true
-	fi
+	stop_pids
+	fail_log "$rc" "$work/dev.err"
 	rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-bold=$(printf '\033[1m'); dim=$(printf '\033[2m'); off=$(printf '\033[0m')
-if [ ! -t 1 ]; then bold=""; dim=""; off=""; fi
-step() { printf '\n%s== %s%s\n' "$bold" "$*" "$off"; }
-note() { printf '%s%s%s\n' "$dim" "$*" "$off"; }
-
-# wait_file FILE: wait (bounded) until a process wrote its address file.
-wait_file() {
-	for _ in $(seq "$WAIT_STEPS"); do
-		[ -s "$1" ] && return 0
-		sleep 0.05
-	done
-	echo "demo: timed out waiting for $1" >&2
-	return 1
-}
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
 
 # http_get HOST:PORT PATH: a GET with bash alone (no curl needed); prints
 # the body, fails unless the status is 200.
@@ -79,7 +63,7 @@ ask() {
 step "Starting the loopback upstream (the project's own authoritative DNS server)"
 "$KORDON" dev upstream --zones "$ZONES" --listen 127.0.0.1:0 --addr-file "$work/upstream.addr" >"$work/upstream.out" 2>"$work/upstream.err" &
 pids+=($!)
-wait_file "$work/upstream.addr"
+wait_for test -s "$work/upstream.addr"
 UPSTREAM=$(addr_of "$work/upstream.addr" dns)
 sed 's/^/  /' "$work/upstream.out"
 
@@ -89,17 +73,13 @@ step "Starting kordon dev --config $CONFIG"
 	--state-dir "$work/state" --addr-file "$work/dev.addr" --query-log "$work/queries.log" \
 	>"$work/dev.out" 2>"$work/dev.err" &
 pids+=($!)
-wait_file "$work/dev.addr"
+wait_for test -s "$work/dev.addr"
 HTTP=$(addr_of "$work/dev.addr" http)
 DNS=$(addr_of "$work/dev.addr" dns)
 XDS=$(addr_of "$work/dev.addr" xds)
 DNS_HOST=${DNS%:*}
 DNS_PORT=${DNS##*:}
-for i in $(seq "$WAIT_STEPS"); do
-	http_get "$HTTP" /readyz >/dev/null 2>&1 && break
-	[ "$i" = "$WAIT_STEPS" ] && { echo "demo: kordon dev not ready" >&2; exit 1; }
-	sleep 0.05
-done
+wait_for http_get "$HTTP" /readyz
 sed 's/^/  /' "$work/dev.out"
 
 step "Allowed: each workload resolves what its EgressPolicy allows"
