@@ -118,11 +118,15 @@ func CompileJWTAuthn(set *Set, target Target, opts CompileOptions) (*JWTAuthn, e
 			for _, c := range r.OutputClaimToHeaders {
 				p.ClaimToHeaders = append(p.ClaimToHeaders, &jwtauthnv3.JwtClaimToHeader{HeaderName: c.Header, ClaimName: c.Claim})
 			}
+			var fetched string
+			if r.JWKS == "" && r.JWKSURI != "" {
+				fetched = resolved(opts.JWKS, r.JWKSURI)
+			}
 			switch {
 			case r.JWKS != "":
-				p.JwksSourceSpecifier = &jwtauthnv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: r.JWKS}}}
-			case r.JWKSURI != "" && resolved(opts.JWKS, r.JWKSURI) != "":
-				p.JwksSourceSpecifier = &jwtauthnv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: resolved(opts.JWKS, r.JWKSURI)}}}
+				p.JwksSourceSpecifier = localJWKS(r.JWKS)
+			case fetched != "":
+				p.JwksSourceSpecifier = localJWKS(fetched)
 			case r.JWKSURI != "":
 				remote, err := parseJWKSURI(r.JWKSURI)
 				if err != nil {
@@ -147,7 +151,7 @@ func CompileJWTAuthn(set *Set, target Target, opts CompileOptions) (*JWTAuthn, e
 				// Neither JWKS nor jwksUri: istiod resolves the issuer's
 				// OpenID discovery document. kordon does not: a token of
 				// this issuer cannot be verified and is rejected.
-				p.JwksSourceSpecifier = &jwtauthnv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: `{"keys":[]}`}}}
+				p.JwksSourceSpecifier = localJWKS(`{"keys":[]}`)
 			}
 			if r.Issuer != "" {
 				issuers[r.Issuer] = true
@@ -184,6 +188,11 @@ func CompileJWTAuthn(set *Set, target Target, opts CompileOptions) (*JWTAuthn, e
 	}
 	sort.Strings(out.Issuers)
 	return out, nil
+}
+
+// localJWKS is a provider key source holding jwks inline.
+func localJWKS(jwks string) *jwtauthnv3.JwtProvider_LocalJwks {
+	return &jwtauthnv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: jwks}}}
 }
 
 // resolved is the key set f resolves uri to ("" when f is nil or has
