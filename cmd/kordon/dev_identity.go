@@ -172,9 +172,10 @@ func (di *devIdentity) sign(namespace, serviceAccount string) (*identity.SVID, *
 }
 
 // interval is how often run steps the rotation schedule and the files:
-// the CA's check interval, or a tenth of the SVID TTL if that is shorter.
+// the CA's check interval, or the xDS server's SVID refresh (a tenth of a
+// short SVID TTL) if that is shorter.
 func (di *devIdentity) interval() time.Duration {
-	return min(di.ca.CheckInterval(), max(di.svidTTL/10, 100*time.Millisecond))
+	return min(di.ca.CheckInterval(), svidRefresh(di.svidTTL))
 }
 
 // step rotates the CA if due (dev mode is its own leader) and syncs the files.
