@@ -605,13 +605,11 @@ func (c *ruleCompiler) trustDomain(v string) *rbacconfig.Principal {
 // a list, anything else the string. Only the filter named writes it; grpc-go
 // accepts the matcher and never matches it.
 func envoyFilterMetadata(filter, key, v string) *rbacconfig.Permission {
-	value := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(v, false)}}
+	value := stringValue(stringMatch(v, false))
 	if strings.HasPrefix(v, "[") && strings.HasSuffix(v, "]") {
-		inner := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(strings.Trim(v, "[]"), false)}}
-		value = &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{
-			MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: inner}}}}
+		value = listOneOf(stringValue(stringMatch(strings.Trim(v, "[]"), false)))
 	}
-	m := &matcherv3.MetadataMatcher{Filter: filter, Path: []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: key}}}, Value: value}
+	m := metadataMatcher(filter, value, key)
 	//lint:ignore SA1019 sourced_metadata replaces it, but grpc-go NACKs sourced_metadata (notes/real-xds-data-plane.md)
 	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Metadata{Metadata: m}}
 }
@@ -657,22 +655,32 @@ func requestPrincipal(v string) *rbacconfig.Principal {
 // authnMetadata matches a value that a JWT authentication filter stored in
 // the "istio_authn" dynamic metadata, as istiod emits it.
 func authnMetadata(key, claim, v string) *rbacconfig.Principal {
-	path := []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: key}}}
+	keys := []string{key}
+	value := stringValue(stringMatch(v, false))
 	if claim != "" {
-		for _, part := range strings.Split(claim, "][") {
-			path = append(path, &matcherv3.MetadataMatcher_PathSegment{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: part}})
-		}
-	}
-	value := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(v, false)}}
-	if claim != "" {
+		keys = append(keys, strings.Split(claim, "][")...)
 		// Istio's authn filter stores every claim as a list: match any
 		// element, as istiod does.
-		value = &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{
-			MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: value}}}}
+		value = listOneOf(value)
 	}
-	m := &matcherv3.MetadataMatcher{Filter: "istio_authn", Path: path, Value: value}
+	m := metadataMatcher("istio_authn", value, keys...)
 	//lint:ignore SA1019 sourced_metadata replaces it, but grpc-go NACKs sourced_metadata (notes/real-xds-data-plane.md)
 	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Metadata{Metadata: m}}
+}
+
+// metadataMatcher matches value at the path keys of filter's dynamic
+// metadata.
+func metadataMatcher(filter string, value *matcherv3.ValueMatcher, keys ...string) *matcherv3.MetadataMatcher {
+	path := make([]*matcherv3.MetadataMatcher_PathSegment, 0, len(keys))
+	for _, k := range keys {
+		path = append(path, &matcherv3.MetadataMatcher_PathSegment{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: k}})
+	}
+	return &matcherv3.MetadataMatcher{Filter: filter, Path: path, Value: value}
+}
+
+// listOneOf matches a list with an element that v matches.
+func listOneOf(v *matcherv3.ValueMatcher) *matcherv3.ValueMatcher {
+	return &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: v}}}}
 }
 
 func directRemoteIP(v string) *rbacconfig.Principal {

@@ -226,11 +226,7 @@ func (r JWKSRemote) RemoteAddr() string { return net.JoinHostPort(r.Host, fmt.Sp
 
 // jwtPayload matches path (claim names) of the payload jwt_authn verified.
 func jwtPayload(value *matcherv3.ValueMatcher, path ...string) *rbacconfig.Principal {
-	segs := []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: JWTPayloadMetadataKey}}}
-	for _, p := range path {
-		segs = append(segs, &matcherv3.MetadataMatcher_PathSegment{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: p}})
-	}
-	m := &matcherv3.MetadataMatcher{Filter: JWTAuthnFilterName, Path: segs, Value: value}
+	m := metadataMatcher(JWTAuthnFilterName, value, append([]string{JWTPayloadMetadataKey}, path...)...)
 	//lint:ignore SA1019 sourced_metadata replaces it, but grpc-go NACKs sourced_metadata (notes/real-xds-data-plane.md)
 	return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_Metadata{Metadata: m}}
 }
@@ -244,7 +240,7 @@ func stringValue(m *matcherv3.StringMatcher) *matcherv3.ValueMatcher {
 // every claim as a list).
 func claimValue(v string) *matcherv3.ValueMatcher {
 	s := stringValue(stringMatch(v, false))
-	list := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: stringValue(stringMatch(v, false))}}}}
+	list := listOneOf(stringValue(stringMatch(v, false)))
 	return &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_OrMatch{OrMatch: &matcherv3.OrMatcher{ValueMatchers: []*matcherv3.ValueMatcher{s, list}}}}
 }
 
