@@ -27,6 +27,8 @@
 #   DURATION=5 RUNS=1 bench/dns/egress.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=bench/dns/lib.sh
+. bench/dns/lib.sh
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 CLIENTS=${CLIENTS:-8}
@@ -82,26 +84,7 @@ NSD_PORT=5301 OFF_PORT=5353
 	printf 'ready IN A 198.51.100.200\n'
 	awk -v n="$NAMES" 'BEGIN { for (i = 0; i < n; i++) printf "m%d IN A 100.%d.%d.%d\n", i, 64 + int(i / 65536), int(i / 256) % 256, i % 256 }'
 } >"$WORK/bench.test.zone"
-cat >"$WORK/nsd.conf" <<CONF
-server:
-  ip-address: 127.0.0.1@$NSD_PORT
-  port: $NSD_PORT
-  username: ""
-  chroot: ""
-  zonesdir: "$WORK"
-  database: ""
-  pidfile: "$WORK/nsd.pid"
-  xfrdfile: "$WORK/xfrd.state"
-  zonelistfile: "$WORK/zone.list"
-  server-count: 1
-  rrl-ratelimit: 0
-  verbosity: 0
-remote-control:
-  control-enable: no
-zone:
-  name: bench.test
-  zonefile: bench.test.zone
-CONF
+nsd_conf "$WORK" "$NSD_PORT"
 ip netns exec "$NS" /usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 &
 PIDS+=($!)
 
@@ -151,8 +134,6 @@ wait_ready on 10.96.0.53 53 10.244.0.2
 wait_ready off 127.0.0.1 $OFF_PORT 127.0.0.1
 HTTP_ON=$(sed -n 's/^http=//p' "$WORK/on.addr")
 
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-TCK=$(getconf CLK_TCK)
 # run_load SERVER PORT SOURCE PID DATA -> "qps us_per_query"
 run_load() {
 	local before after out qps completed
@@ -186,7 +167,6 @@ run_misses() {
 # metric NAME: the sum of a metric's samples on the firewall-on server.
 scrape() { in_ns bash -c "exec 3<>/dev/tcp/${HTTP_ON%:*}/${HTTP_ON##*:}; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3"; }
 metric() { printf '%s\n' "$1" | awk -v m="$2" '$1 == m || index($1, m"{") == 1 {s += $NF} END {printf "%.6f", s+0}'; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
 
 for i in $(seq 1 100); do echo "hit$i.bench.test A"; done >"$WORK/hit.txt"
 next=0

@@ -20,6 +20,8 @@
 # All traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=bench/dns/lib.sh
+. bench/dns/lib.sh
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 # PIN=1 gives the servers CPU 1 and dnsperf + NSD CPU 0 (taskset), so the
@@ -70,27 +72,7 @@ cat > "$WORK/bench.test.zone" <<ZONE
 ns IN A 127.0.0.1
 * IN A 192.0.2.1
 ZONE
-cat > "$WORK/nsd.conf" <<CONF
-server:
-  ip-address: 127.0.0.1@$NSD_PORT
-  port: $NSD_PORT
-  username: ""
-  chroot: ""
-  zonesdir: "$WORK"
-  database: ""
-  pidfile: "$WORK/nsd.pid"
-  xfrdfile: "$WORK/xfrd.state"
-  zonelistfile: "$WORK/zone.list"
-  server-count: 1
-  rrl-ratelimit: 0
-  hide-version: yes
-  verbosity: 0
-remote-control:
-  control-enable: no
-zone:
-  name: bench.test
-  zonefile: bench.test.zone
-CONF
+nsd_conf "$WORK" "$NSD_PORT"
 "${GEN[@]}" /usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 & PIDS+=($!)
 
 # --- dnsguard: 1,000 rules (100 policies x 10 patterns), logging on.
@@ -158,8 +140,6 @@ wait_ready() { # name port
 }
 wait_ready nsd $NSD_PORT; wait_ready dnsguard $DG_PORT; wait_ready coredns $CD_PORT; wait_ready unbound $UB_PORT
 
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-TCK=$(getconf CLK_TCK)
 
 # run NAME PORT PID DATAFILE -> "qps us_per_query"
 run_load() {
@@ -183,7 +163,6 @@ run_latency() {
 for i in $(seq 1 100); do echo "hit$i.bench.test A"; done > "$WORK/hit.txt"
 gen_miss() { awk -v p="$1" 'BEGIN { for (i = 0; i < 1500000; i++) printf "%s%d.bench.test A\n", p, i }' > "$2"; }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
 
 declare -A QPS CPU P50 P99 RQ RC
 for run in $(seq 1 "$RUNS"); do
