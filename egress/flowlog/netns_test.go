@@ -67,18 +67,25 @@ func (l *lines) all() []Record {
 // wait returns the first record matching ok, failing t after timeout.
 func (l *lines) wait(t *testing.T, timeout time.Duration, what string, ok func(*Record) bool) Record {
 	t.Helper()
+	return waitFor(t, timeout, what+" record", l.ch, l.all, ok)
+}
+
+// waitFor returns the first item of all() matching ok, looking again each
+// time changed signals, and fails t after timeout.
+func waitFor[T any](t *testing.T, timeout time.Duration, what string, changed <-chan struct{}, all func() []T, ok func(*T) bool) T {
+	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
-		for _, r := range l.all() {
-			if ok(&r) {
-				return r
+		for _, v := range all() {
+			if ok(&v) {
+				return v
 			}
 		}
 		select {
-		case <-l.ch:
+		case <-changed:
 		case <-deadline.C:
-			t.Fatalf("no %s record within %s; records: %+v", what, timeout, l.all())
+			t.Fatalf("no %s within %s; have: %+v", what, timeout, all())
 		}
 	}
 }
@@ -109,22 +116,10 @@ func (s *sink) all() []Alert {
 	return append([]Alert(nil), s.alerts...)
 }
 
+// wait returns the first alert matching ok, failing t after timeout.
 func (s *sink) wait(t *testing.T, timeout time.Duration, what string, ok func(*Alert) bool) Alert {
 	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		for _, a := range s.all() {
-			if ok(&a) {
-				return a
-			}
-		}
-		select {
-		case <-s.ch:
-		case <-deadline.C:
-			t.Fatalf("no %s alert within %s; alerts: %+v", what, timeout, s.all())
-		}
-	}
+	return waitFor(t, timeout, what+" alert", s.ch, s.all, ok)
 }
 
 // fakeNames answers for a fixed set of (client, dst).
