@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
+
+	"github.com/kordon-dev/kordon/internal/netns/setns"
 )
 
 // eventReadBuffer is the event socket's receive buffer. A burst of
@@ -121,29 +122,6 @@ func setNetfilterSysctl(nsfd int, key, value string) error {
 	if nsfd == 0 {
 		return set()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		// A locked thread enters the namespace: /proc/sys/net resolves to
-		// the opener's namespace. If it cannot return, the goroutine ends
-		// still locked and Go discards the thread.
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		serr := set()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns back: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- serr
-	}()
-	return <-errc
+	// /proc/sys/net resolves to the namespace of the thread that opens it.
+	return setns.Do(nsfd, set)
 }

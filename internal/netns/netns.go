@@ -16,12 +16,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kordon-dev/kordon/internal/netns/setns"
 )
 
 // RequiredEnv, when "1", turns a skip for missing root or ip(8) into a
@@ -108,39 +109,22 @@ func (n *NS) Fd(t testing.TB) int {
 	return fd
 }
 
-// Do runs f on a locked OS thread that has entered the namespace. Sockets
-// created in f stay in the namespace after Do returns, so a test can
-// listen or dial from a namespace and keep using the socket anywhere.
+// Do runs f on a locked OS thread that has entered the namespace (see
+// setns.Do). Sockets created in f stay in the namespace after Do returns,
+// so a test can listen or dial from a namespace and keep using the socket
+// anywhere.
 func (n *NS) Do(f func() error) error {
 	target, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("netns: %w", err)
 	}
 	defer unix.Close(target)
-	errc := make(chan error, 1)
-	go func() {
-		// A fresh, locked thread: if returning to the original namespace
-		// fails, the goroutine exits still locked and Go discards the thread.
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("netns: setns %s: %w", n.Name, err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("netns: back from %s: %w (thread discarded)", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	// f's own error is returned as is; only switching errors are wrapped.
+	var ferr error
+	if err := setns.Do(target, func() error { ferr = f(); return nil }); err != nil {
+		return fmt.Errorf("netns: %s: %w", n.Name, err)
+	}
+	return ferr
 }
 
 // Exec runs a command in the namespace (ip netns exec) and returns its
