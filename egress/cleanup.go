@@ -27,10 +27,17 @@ func RemoveTable(table, stateFile string) error {
 	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("egress: remove table %s: %w", table, err)
 	}
-	if stateFile != "" {
-		if err := os.Remove(stateFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("egress: remove state: %w", err)
-		}
+	return removeState(stateFile)
+}
+
+// removeState deletes the state file at path, if path is set; a file
+// that does not exist is not an error.
+func removeState(path string) error {
+	if path == "" {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("egress: remove state: %w", err)
 	}
 	return nil
 }

@@ -5,10 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -658,12 +656,7 @@ func (f *Firewall) Remove() error {
 		if err := f.conn.Flush(); err != nil {
 			return fmt.Errorf("egress: remove table %s: %w", f.table.Name, err)
 		}
-		if f.cfg.StateFile != "" {
-			if err := os.Remove(f.cfg.StateFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("egress: remove state: %w", err)
-			}
-		}
-		return nil
+		return removeState(f.cfg.StateFile)
 	})
 }
 
