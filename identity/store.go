@@ -2,12 +2,13 @@ package identity
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 )
 
@@ -61,7 +62,7 @@ type FileStore struct {
 
 var _ Store = (*FileStore)(nil)
 
-// Load reads the state; the version is the file's modification time and size.
+// Load reads the state; the version is the SHA-256 of the file's bytes.
 func (f *FileStore) Load(context.Context) (*State, string, error) {
 	b, err := os.ReadFile(f.Path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -74,16 +75,24 @@ func (f *FileStore) Load(context.Context) (*State, string, error) {
 	if err := json.Unmarshal(b, &st); err != nil {
 		return nil, "", fmt.Errorf("identity: %s: %w", f.Path, err)
 	}
-	v, err := f.version()
-	return &st, v, err
+	return &st, contentVersion(b), nil
 }
 
+// Why a content hash, not the modification time and size: two writes
+// within the file system's timestamp granularity that leave the same size
+// (an activation only changes RetireAfter values) would keep the version,
+// so Update would not see the conflict and Reload would skip the change.
 func (f *FileStore) version() (string, error) {
-	fi, err := os.Stat(f.Path)
+	b, err := os.ReadFile(f.Path)
 	if err != nil {
 		return "", err
 	}
-	return strconv.FormatInt(fi.ModTime().UnixNano(), 10) + "-" + strconv.FormatInt(fi.Size(), 10), nil
+	return contentVersion(b), nil
+}
+
+func contentVersion(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // Create writes the state only if none exists.
