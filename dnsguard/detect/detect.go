@@ -360,14 +360,23 @@ func unescape(s string) string {
 func isDigit(s string, i int) bool { return i < len(s) && s[i] >= '0' && s[i] <= '9' }
 
 // entropy is the Shannon entropy in bits per character of s without dots.
-func entropy(s string) float64 {
+func entropy(s string) float64 { return shannon(s, false) }
+
+// entropyFold is entropy(asciiLower(s)) without building the lower-cased copy.
+func entropyFold(s string) float64 { return shannon(s, true) }
+
+func shannon(s string, fold bool) float64 {
 	var counts [256]int
 	n := 0
 	for i := 0; i < len(s); i++ {
-		if s[i] == '.' {
+		c := s[i]
+		if c == '.' {
 			continue
 		}
-		counts[s[i]]++
+		if fold && c >= 'A' && c <= 'Z' {
+			c += 32
+		}
+		counts[c]++
 		n++
 	}
 	if n == 0 {
@@ -463,6 +472,17 @@ func isHex(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c != '.' && !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// isHexFold is isHex(asciiLower(s)) without building the lower-cased copy.
+func isHexFold(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '.' && !(c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'f') {
 			return false
 		}
 	}

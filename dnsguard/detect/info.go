@@ -193,11 +193,11 @@ func labelBits(s string) float64 {
 		return sum + float64(hyphen+under)
 	case digit == len(s):
 		return n * bitsDecimal
-	case digit > 0 && isHex(asciiLower(s)):
+	case digit > 0 && isHexFold(s):
 		return n * bitsHex
 	case digit > 0:
 		return n * bitsBase32
-	case letters >= 12 && entropy(asciiLower(s)) >= 3.4, letters >= 6 && !wordLike(s):
+	case letters >= 12 && entropyFold(s) >= 3.4, letters >= 6 && !wordLike(s):
 		// Letter strings as random as an encoder's output.
 		return n * bitsLetters
 	}
