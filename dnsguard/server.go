@@ -628,11 +628,11 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
-	var started []*dns.Server
+	var tcpSrv *dns.Server
 	if tcp != nil {
-		started = append(started, &dns.Server{Listener: tcp, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
+		tcpSrv = &dns.Server{Listener: tcp, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }}
+		s.servers = append(s.servers, tcpSrv)
 	}
-	s.servers = append(s.servers, started...)
 	s.serving.Add(1)
 	s.mu.Unlock()
 	defer s.serving.Done()
@@ -646,23 +646,19 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 	sweepDone := make(chan struct{})
 	go func() { defer close(sweepDone); s.sweepMisses(sweepStop) }()
 	defer func() { close(sweepStop); <-sweepDone }()
-	errc := make(chan error, len(started)+1)
+	errc := make(chan error, 2) // TCP's and UDP's
 	tcpDone := make(chan struct{})
-	go func() {
-		defer close(tcpDone)
-		var wg sync.WaitGroup
-		for _, srv := range started {
-			wg.Add(1)
-			go func(srv *dns.Server) {
-				defer wg.Done()
-				// Once ctx ends the listener is closed on purpose.
-				if err := srv.ActivateAndServe(); ctx.Err() == nil {
-					errc <- err
-				}
-			}(srv)
-		}
-		wg.Wait()
-	}()
+	if tcpSrv != nil {
+		go func() {
+			defer close(tcpDone)
+			// Once ctx ends the listener is closed on purpose.
+			if err := tcpSrv.ActivateAndServe(); ctx.Err() == nil {
+				errc <- err
+			}
+		}()
+	} else {
+		close(tcpDone)
+	}
 	udpDone := make(chan struct{})
 	markReady := func() { s.readyOnce.Do(func() { close(s.ready) }) }
 	if udp != nil {
@@ -678,7 +674,7 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 		cancel()
 	}
 	<-udpDone
-	if tcp != nil {
+	if tcpSrv != nil {
 		// Stop accepting (a listener beside this one, of the same
 		// SO_REUSEPORT group, gets new connections) and answer on the
 		// connections already accepted until their clients close them;
@@ -691,9 +687,7 @@ func (s *Server) Serve(ctx context.Context, udp net.PacketConn, tcp net.Listener
 		case <-t.C:
 		}
 		t.Stop()
-	}
-	for _, srv := range started {
-		_ = srv.Shutdown()
+		_ = tcpSrv.Shutdown()
 	}
 	<-tcpDone
 	s.inflight.Wait()
