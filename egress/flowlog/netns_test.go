@@ -285,6 +285,23 @@ func send(pod *netns.Pod, addr string, n int) (netip.AddrPort, error) {
 	return netip.ParseAddrPort(c.LocalAddr().String())
 }
 
+// serveSends answers send's connections on ln until ln is closed: each
+// is read to EOF and answered "ok".
+func serveSends(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			_, _ = io.Copy(io.Discard, c)
+			_, _ = c.Write([]byte("ok"))
+		}()
+	}
+}
+
 // TestFlowLogNetns drives real traffic from a pod through the node's
 // forward hook to outside servers and checks the records and alerts.
 func TestFlowLogNetns(t *testing.T) {
@@ -565,20 +582,7 @@ func TestFlowLogNetns(t *testing.T) {
 
 	t.Run("many flows", func(t *testing.T) {
 		ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(manyDst, 0))
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-					_, _ = io.Copy(io.Discard, c)
-					_, _ = c.Write([]byte("ok"))
-				}()
-			}
-		}()
+		go serveSends(ln)
 		const flows, workers = 400, 8
 		sizes := make(map[uint16]int, flows)
 		var mu sync.Mutex
@@ -732,20 +736,7 @@ func TestFlowLogOverrun(t *testing.T) {
 	t.Cleanup(release)
 
 	ln, _ := listen(t, tp.Outside, "tcp", netip.AddrPortFrom(dst, 80))
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-				_, _ = io.Copy(io.Discard, c)
-				_, _ = c.Write([]byte("ok"))
-			}()
-		}
-	}()
+	go serveSends(ln)
 	// About 7 events a connection; 8 MiB of socket buffer holds fewer than
 	// 10,000 of them, plus 1,024 queued batches.
 	const flows, workers = 3000, 8
