@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -76,7 +77,7 @@ func TestWriterDropsWhenFull(t *testing.T) {
 		}
 		ports = append(ports, r.SPort)
 	}
-	if len(ports) != 4 || ports[0] != 1 || ports[3] != 4 {
+	if !slices.Equal(ports, []uint16{1, 2, 3, 4}) {
 		t.Errorf("written sports %v, want [1 2 3 4]", ports)
 	}
 	rw.send(oneRecord(11)) // after close: dropped, no panic
