@@ -149,7 +149,10 @@ func FuzzParseServiceAccountUsername(f *testing.F) {
 // not.
 func TestIssuanceClientFollowsRotatedRoots(t *testing.T) {
 	t.Parallel()
-	ca, err := New(context.Background(), Config{Store: &FileStore{Path: t.TempDir() + "/ca.json"}, SVIDTTL: 2 * time.Second})
+	// The clock is the real one until the test steps it past the server
+	// certificate's half-life: TLS clients verify with the real clock.
+	clk := &fakeClock{now: time.Now()}
+	ca, err := New(context.Background(), Config{Store: &FileStore{Path: t.TempDir() + "/ca.json"}, SVIDTTL: 2 * time.Second, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,10 +172,19 @@ func TestIssuanceClientFollowsRotatedRoots(t *testing.T) {
 		return err
 	}
 	before := ca.Roots()
+	// A first handshake, so that the server holds a certificate from the
+	// old root when it rotates.
+	first, err := DialIssuance(ln.Addr().String(), before, controllerID, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sign(first); err != nil {
+		t.Fatalf("client with the first root: %v", err)
+	}
 	if err := ca.Rotate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1100 * time.Millisecond) // past the server certificate's half-life
+	clk.Add(1100 * time.Millisecond) // past the server certificate's half-life
 	following, err := DialIssuanceRoots(ln.Addr().String(), func() ([]*x509.Certificate, error) { return ca.Roots(), nil }, controllerID, token)
 	if err != nil {
 		t.Fatal(err)
