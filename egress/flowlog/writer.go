@@ -11,7 +11,8 @@ import (
 // recordWriter writes records as JSON lines without ever blocking the
 // event loop, in the query log's manner: the loop encodes the records of
 // one batch of kernel messages into one chunk and hands it over; one
-// goroutine writes what is queued in writes of up to 64 KiB. When more
+// goroutine writes what is queued, taking no more chunks into a write once
+// it holds 64 KiB. When more
 // than limit records wait, new ones are dropped and counted.
 type recordWriter struct {
 	w      io.Writer
