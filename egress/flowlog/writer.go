@@ -12,8 +12,8 @@ import (
 // event loop, in the query log's manner: the loop encodes the records of
 // one batch of kernel messages into one chunk and hands it over; one
 // goroutine writes what is queued, taking no more chunks into a write once
-// it holds 64 KiB. When more
-// than limit records wait, new ones are dropped and counted.
+// it holds 64 KiB. When more than limit records wait, new ones are dropped
+// and counted.
 type recordWriter struct {
 	w      io.Writer
 	ch     chan *chunk
