@@ -94,10 +94,7 @@ func validateRequestAuthentication(p *RequestAuthentication) ErrorList {
 			}
 		}
 		if r.JWKS != "" {
-			var set struct {
-				Keys []json.RawMessage `json:"keys"`
-			}
-			if err := json.Unmarshal([]byte(r.JWKS), &set); err != nil || set.Keys == nil {
+			if !IsJWKS([]byte(r.JWKS)) {
 				errs = append(errs, pos.Errorf(path+".jwks", "not a JSON Web Key Set (an object with \"keys\")"))
 			}
 		}
@@ -132,6 +129,15 @@ func validateRequestAuthentication(p *RequestAuthentication) ErrorList {
 		}
 	}
 	return errs
+}
+
+// IsJWKS reports whether b is a JSON Web Key Set: a JSON object with a
+// "keys" array (the keys themselves are Envoy's to check).
+func IsJWKS(b []byte) bool {
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	return json.Unmarshal(b, &set) == nil && set.Keys != nil
 }
 
 // RequestAuthenticationsFor returns the RequestAuthentications that apply

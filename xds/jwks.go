@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +9,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/kordon-dev/kordon/policy"
 )
 
 // JWKSResolver resolves a RequestAuthentication jwksUri to the key set
@@ -145,10 +146,7 @@ func (f *JWKSFetcher) fetch(ctx context.Context, uri string) (string, error) {
 	if len(b) > maxJWKSBytes {
 		return "", errors.New("key set larger than 1 MiB")
 	}
-	var set struct {
-		Keys []json.RawMessage `json:"keys"`
-	}
-	if err := json.Unmarshal(b, &set); err != nil || set.Keys == nil {
+	if !policy.IsJWKS(b) {
 		return "", errors.New("not a JSON Web Key Set")
 	}
 	return string(b), nil
