@@ -223,7 +223,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	for _, f := range []*forwarder{s.fwd, s.clusterFw} {
 		for _, u := range f.ups {
-			m.upstreamHealthy.WithLabelValues(u.addr).Set(1)
+			u.healthyGauge.Set(1)
 		}
 	}
 	s.cache = newCache(cfg.CacheSize, cfg.MinTTL, cfg.MaxTTL, cfg.NegativeTTL, cfg.ServeStale)
