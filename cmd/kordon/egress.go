@@ -204,10 +204,15 @@ func (s *egressStack) Stop(remove bool) error {
 // dnsAdmitter adapts the firewall to dnsguard's Firewall interface.
 type dnsAdmitter struct{ fw *egress.Firewall }
 
+// Admit copies the grants, and must: dnsguard clears and reuses its
+// grants slices once Admit returns (batch_linux.go, fast.go,
+// fastmiss.go), while the firewall's commit loop may still hold a request
+// that timed out. The conversion fails to compile the day the two Grant
+// types differ.
 func (a dnsAdmitter) Admit(grants []dnsguard.Grant) error {
 	gs := make([]egress.Grant, len(grants))
 	for i, g := range grants {
-		gs[i] = egress.Grant{Client: g.Client, Name: g.Name, Addrs: g.Addrs, TTL: g.TTL}
+		gs[i] = egress.Grant(g)
 	}
 	return a.fw.Admit(gs)
 }
