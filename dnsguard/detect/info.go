@@ -254,15 +254,19 @@ func (d *Detector) reused(sub string, owner uint64, now time.Time) bool {
 	var keys [3]uint64
 	keys[0] = maphash.String(d.seed, sub)
 	n := 1
+	// total is the information of all labels; tail[0] that of the last
+	// label, tail[1] that of the one before it (each label measured once).
 	total := 0.0
-	for rest := sub; rest != ""; {
-		l := rest
-		if i := strings.IndexByte(rest, '.'); i >= 0 {
-			l, rest = rest[:i], rest[i+1:]
-		} else {
-			rest = ""
+	var tail [2]float64
+	for rest := sub; ; {
+		l, r, more := strings.Cut(rest, ".")
+		b := labelBits(l)
+		total += b
+		tail[0], tail[1] = b, tail[0]
+		if !more {
+			break
 		}
-		total += labelBits(l)
+		rest = r
 	}
 	stripped, left := 0.0, sub
 	for k := 1; k <= 2; k++ {
@@ -270,7 +274,7 @@ func (d *Detector) reused(sub string, owner uint64, now time.Time) bool {
 		if i < 0 {
 			break
 		}
-		stripped += labelBits(left[i+1:])
+		stripped += tail[k-1]
 		if stripped*3 > total {
 			break
 		}
