@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -299,6 +300,9 @@ func (c *Config) fill() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	// A copy: the caller's slice is often shared (kordon node hands the
+	// same one to the firewall), and masking must not write into it.
+	c.Internal = slices.Clone(c.Internal)
 	for i, p := range c.Internal {
 		if !p.IsValid() {
 			return fmt.Errorf("flowlog: Config.Internal[%d] is not a valid prefix", i)
