@@ -194,9 +194,8 @@ func (t *tracker) describe(proto uint8, src, dst netip.AddrPort, mark uint32, ko
 	return rec, o, true
 }
 
-// track starts following f, or returns nil when it is not logged.
-func (t *tracker) track(f *conntrack.Flow, now time.Time) *flowState {
-	k := keyOf(f)
+// track starts following f (key k), or returns nil when it is not logged.
+func (t *tracker) track(k flowKey, f *conntrack.Flow, now time.Time) *flowState {
 	rec, o, ok := t.describe(k.proto, k.src, k.dst, f.Mark, isKordonMark(f.Mark), f.Mark == egress.MarkBypass)
 	if !ok {
 		return nil
@@ -259,6 +258,16 @@ func closedTCP(f *conntrack.Flow) bool {
 	return f.ProtoInfo.TCP != nil && (f.ProtoInfo.TCP.State == tcpTimeWait || f.ProtoInfo.TCP.State == tcpClose)
 }
 
+// follow returns the state of flow k, updating its counters from f, or
+// starts following f (nil when it is not logged).
+func (t *tracker) follow(k flowKey, f *conntrack.Flow, now time.Time) *flowState {
+	if st := t.flows[k]; st != nil {
+		t.counters(st, f, now)
+		return st
+	}
+	return t.track(k, f, now)
+}
+
 // event handles one conntrack event.
 func (t *tracker) event(ev *conntrack.Event, now time.Time) {
 	f := ev.Flow
@@ -266,13 +275,9 @@ func (t *tracker) event(ev *conntrack.Event, now time.Time) {
 		return
 	}
 	k := keyOf(f)
-	st := t.flows[k]
+	st := t.follow(k, f, now)
 	if st == nil {
-		if st = t.track(f, now); st == nil {
-			return
-		}
-	} else {
-		t.counters(st, f, now)
+		return
 	}
 	if f.Mark != 0 && f.Mark != st.obs.mark && isKordonMark(f.Mark) && f.Mark != egress.MarkInternal {
 		st.obs.mark, st.rec.Verdict, st.obs.verdict = f.Mark, verdictOf(f.Mark), verdictOf(f.Mark)
@@ -324,14 +329,9 @@ func (t *tracker) dump(flows []conntrack.Flow, gen uint64, started, now time.Tim
 	half := t.cfg.Interval / 2
 	for i := range flows {
 		f := &flows[i]
-		k := keyOf(f)
-		st := t.flows[k]
+		st := t.follow(keyOf(f), f, now)
 		if st == nil {
-			if st = t.track(f, now); st == nil {
-				continue
-			}
-		} else {
-			t.counters(st, f, now)
+			continue
 		}
 		st.dumpGen, st.missed = gen, 0
 		if !st.done && !st.closing && closedTCP(f) {
