@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"maps"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -58,7 +56,7 @@ func RunWorkloads(ctx context.Context, c *Clients, reg *workload.Registry, node 
 			// per version (dnsguard, egress, xds).
 			op, ok1 := o.(*corev1.Pod)
 			np, ok2 := n.(*corev1.Pod)
-			if ok1 && ok2 && sameWorkload(WorkloadFromPod(op), WorkloadFromPod(np)) {
+			if ok1 && ok2 && WorkloadFromPod(op).Equal(WorkloadFromPod(np)) {
 				return
 			}
 			upsert(n)
@@ -82,16 +80,6 @@ func RunWorkloads(ctx context.Context, c *Clients, reg *workload.Registry, node 
 		return fmt.Errorf("kube: pod informer did not sync")
 	}
 	return nil
-}
-
-// sameWorkload reports whether a and b (nil: no workload) hold the same
-// fields.
-func sameWorkload(a, b *workload.Workload) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Name == b.Name && a.Namespace == b.Namespace && a.ServiceAccount == b.ServiceAccount &&
-		a.Node == b.Node && a.UID == b.UID && maps.Equal(a.Labels, b.Labels) && slices.Equal(a.IPs, b.IPs)
 }
 
 // GVRs of kordon's CRDs.

@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"math/bits"
 	"math/rand/v2"
 	"net/netip"
@@ -39,6 +40,16 @@ type Workload struct {
 
 // Key is namespace/name.
 func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
+
+// Equal reports whether w and o (either may be nil: no workload) hold the
+// same fields.
+func (w *Workload) Equal(o *Workload) bool {
+	if w == nil || o == nil {
+		return w == o
+	}
+	return w.Name == o.Name && w.Namespace == o.Namespace && w.ServiceAccount == o.ServiceAccount &&
+		w.Node == o.Node && w.UID == o.UID && maps.Equal(w.Labels, o.Labels) && slices.Equal(w.IPs, o.IPs)
+}
 
 // SPIFFEID is spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
 func (w *Workload) SPIFFEID(trustDomain string) string {

@@ -433,3 +433,38 @@ func TestTrie(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkloadEqual: every field counts, and nil equals only nil.
+func TestWorkloadEqual(t *testing.T) {
+	t.Parallel()
+	base := func() *Workload {
+		return &Workload{Name: "a", Namespace: "ns", ServiceAccount: "sa", Labels: map[string]string{"app": "a"},
+			IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Node: "n", UID: "u"}
+	}
+	tests := []struct {
+		name   string
+		change func(w *Workload)
+	}{
+		{name: "name", change: func(w *Workload) { w.Name = "b" }},
+		{name: "namespace", change: func(w *Workload) { w.Namespace = "other" }},
+		{name: "service-account", change: func(w *Workload) { w.ServiceAccount = "other" }},
+		{name: "label", change: func(w *Workload) { w.Labels["app"] = "b" }},
+		{name: "ip", change: func(w *Workload) { w.IPs = []netip.Addr{netip.MustParseAddr("10.0.0.2")} }},
+		{name: "node", change: func(w *Workload) { w.Node = "m" }},
+		{name: "uid", change: func(w *Workload) { w.UID = "v" }},
+	}
+	if !base().Equal(base()) {
+		t.Fatal("equal workloads differ")
+	}
+	for _, tt := range tests {
+		w := base()
+		tt.change(w)
+		if base().Equal(w) || w.Equal(base()) {
+			t.Errorf("%s: a changed workload is equal", tt.name)
+		}
+	}
+	var none *Workload
+	if !none.Equal(nil) || none.Equal(base()) || base().Equal(nil) {
+		t.Error("nil handling")
+	}
+}
