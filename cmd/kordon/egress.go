@@ -68,12 +68,11 @@ type egressDeps struct {
 	TrustDomain string
 	// DNS is where the local dnsguard listens: every workload's port-53
 	// traffic is redirected there.
-	DNS       netip.AddrPort
-	StateDir  string
-	FlowOut   io.Writer // used when --flow-log is "-"
-	Metrics   prometheus.Registerer
-	Logger    *slog.Logger
-	Namespace string // the namespace programmed, for messages ("this host", "kordon dev's")
+	DNS      netip.AddrPort
+	StateDir string
+	FlowOut  io.Writer // used when --flow-log is "-"
+	Metrics  prometheus.Registerer
+	Logger   *slog.Logger
 }
 
 // egressStack is the running firewall and flow log.
@@ -83,7 +82,6 @@ type egressStack struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	closeFn func() error
-	log     *slog.Logger
 }
 
 // errNoNetAdmin explains a missing capability instead of a netlink EPERM.
@@ -131,7 +129,7 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 	if err != nil {
 		return nil, fmt.Errorf("egress firewall: %w", err)
 	}
-	s := &egressStack{fw: fw, log: d.Logger}
+	s := &egressStack{fw: fw}
 	var out io.Writer
 	closeOut := func() error { return nil }
 	switch f.flowLog {
@@ -193,12 +191,11 @@ func (s *egressStack) dnsFirewall() dnsguard.Firewall { return dnsAdmitter{s.fw}
 func (s *egressStack) Stop(remove bool) error {
 	s.cancel()
 	s.wg.Wait()
-	errs := []error{s.flows.Close()}
+	closeFw := s.fw.Close
 	if remove {
-		errs = append(errs, s.fw.Remove())
+		closeFw = s.fw.Remove
 	}
-	errs = append(errs, s.fw.Close(), s.closeFn())
-	return errors.Join(errs...)
+	return errors.Join(s.flows.Close(), closeFw(), s.closeFn())
 }
 
 // dnsAdmitter adapts the firewall to dnsguard's Firewall interface.
