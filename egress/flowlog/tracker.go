@@ -363,6 +363,11 @@ func (t *tracker) dump(flows []conntrack.Flow, gen uint64, started, now time.Tim
 		}
 	}
 	t.det.prune(now)
+	t.pruneBlocked(now)
+}
+
+// pruneBlocked forgets blocked tuples last seen blockDedup or more ago.
+func (t *tracker) pruneBlocked(now time.Time) {
 	for k, at := range t.block {
 		if now.Sub(at) >= blockDedup {
 			delete(t.block, k)
@@ -386,11 +391,7 @@ func (t *tracker) packet(p *logPacket, now time.Time) {
 		return
 	}
 	if len(t.block) > maxBlockedTuples {
-		for k, at := range t.block {
-			if now.Sub(at) >= blockDedup {
-				delete(t.block, k)
-			}
-		}
+		t.pruneBlocked(now)
 		if len(t.block) > maxBlockedTuples {
 			clear(t.block)
 		}
