@@ -262,10 +262,9 @@ func (d *Detector) Observe(q Query, sens Sensitivity) *Detection {
 			st.uniqueBytes += len(raw)
 			st.entropySum += entropy(raw)
 			st.subLenSum += len(raw)
-			st.classes[classifySub(origSub)]++
-			for _, l := range strings.Split(sub, ".") {
-				st.maxLabel = max(st.maxLabel, len(unescape(l)))
-			}
+			class, longest := classifySub(origSub)
+			st.classes[class]++
+			st.maxLabel = max(st.maxLabel, longest)
 			if len(st.samples) < maxSamples {
 				st.samples = append(st.samples, name)
 			}
@@ -406,15 +405,21 @@ var classNames = [classCount]string{"plain", "hex", "base32", "base64", "binary"
 
 // classifySub classifies a subdomain by its longest label: encoders fill
 // long labels, while the fixed part of a zone (t.tunnel, cdn-metrics) and
-// service prefixes (_dmarc, selector1._domainkey) are short.
-func classifySub(sub string) int {
+// service prefixes (_dmarc, selector1._domainkey) are short. It also
+// returns the length in bytes of that label.
+func classifySub(sub string) (class, longestLen int) {
 	longest := ""
-	for _, l := range strings.Split(sub, ".") {
+	for rest := sub; ; {
+		l, r, more := strings.Cut(rest, ".")
 		if u := unescape(l); len(u) > len(longest) {
 			longest = u
 		}
+		if !more {
+			break
+		}
+		rest = r
 	}
-	return classify(longest)
+	return classify(longest), len(longest)
 }
 
 // classify guesses the encoding of one label's bytes.
