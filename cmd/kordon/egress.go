@@ -60,6 +60,10 @@ func (f *egressFlags) internalPrefixes() ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// egressStateFile is the firewall's state file in the state directory:
+// written by a running firewall, deleted by kordon node --cleanup.
+const egressStateFile = "egress-state.json"
+
 // egressDeps are what the egress stack is wired to.
 type egressDeps struct {
 	Registry    *workload.Registry
@@ -117,7 +121,7 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 	}
 	cfg := egress.Config{
 		Registry: d.Registry, Internal: internal, TTLGrace: f.ttlGrace,
-		StateFile: filepath.Join(d.StateDir, "egress-state.json"),
+		StateFile: filepath.Join(d.StateDir, egressStateFile),
 		Metrics:   d.Metrics, Logger: d.Logger,
 	}
 	if d.DNS.Addr().Is4() {

@@ -52,7 +52,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 				return nil
 			}
 			if cleanup {
-				if err := egress.RemoveTable("", filepath.Join(stateDir, "egress-state.json")); err != nil {
+				if err := egress.RemoveTable("", filepath.Join(stateDir, egressStateFile)); err != nil {
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), "removed nftables table inet kordon and the egress state (if there were any)")
