@@ -191,7 +191,6 @@ type state struct {
 	qtypes              map[uint16]int
 	samples             []string
 	times               []time.Time
-	owner               uint64 // hash of key
 	hour                hourly
 }
 
@@ -235,7 +234,6 @@ func (d *Detector) Observe(q Query, sens Sensitivity) *Detection {
 		return nil
 	}
 	st := d.get(q.Client, domain, q.Time)
-	st.owner = owner
 	if q.Time.Sub(st.start) > d.cfg.Window {
 		st.resetWindow(q.Time)
 	}
