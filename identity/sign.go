@@ -276,12 +276,17 @@ func (ca *CA) signPublicKey(pub crypto.PublicKey, id spiffeid.ID, ttl time.Durat
 // issued, not from its NotBefore, which kordon backdates by 30 s for clock
 // skew: with a 15 s SVID the backdated half-life would have passed already
 // when the SVID is signed.
-func RenewAt(c *x509.Certificate) time.Time {
-	issued := c.NotBefore.Add(backdate)
-	if !issued.Before(c.NotAfter) {
-		issued = c.NotBefore
+func RenewAt(c *x509.Certificate) time.Time { return RenewTime(c.NotBefore, c.NotAfter) }
+
+// RenewTime is RenewAt for an SVID known by its validity window only (the
+// xDS server's cached SVIDs): half of the lifetime counted from issue, not
+// from the backdated NotBefore.
+func RenewTime(notBefore, notAfter time.Time) time.Time {
+	issued := notBefore.Add(backdate)
+	if !issued.Before(notAfter) {
+		issued = notBefore
 	}
-	return issued.Add(c.NotAfter.Sub(issued) / 2)
+	return issued.Add(notAfter.Sub(issued) / 2)
 }
 
 func isSelfSigned(c *x509.Certificate) bool {

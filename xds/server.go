@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/kordon-dev/kordon/identity"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
 )
@@ -554,13 +555,14 @@ func (s *Server) buildNode(ctx context.Context, n *node, requested []string) (*b
 	return build(in, func(hash string) string { return fmt.Sprintf("%d-%s", gen+1, hash[:8]) })
 }
 
-// svidFor returns a cached SVID for id, renewed at half of its lifetime.
+// svidFor returns a cached SVID for id, renewed at half of its lifetime
+// (counted from issue, as every other holder: identity.RenewTime).
 func (s *Server) svidFor(ctx context.Context, id string) (*SVID, error) {
 	now := s.now()
 	s.svidMu.Lock()
 	cur := s.svids[id]
 	s.svidMu.Unlock()
-	if cur != nil && now.Before(cur.NotBefore.Add(cur.NotAfter.Sub(cur.NotBefore)/2)) {
+	if cur != nil && now.Before(identity.RenewTime(cur.NotBefore, cur.NotAfter)) {
 		return cur, nil
 	}
 	svid, err := s.cfg.Identities.SVID(ctx, id)
@@ -579,7 +581,7 @@ func (s *Server) svidsDue() {
 	s.svidMu.Lock()
 	due := map[string]bool{}
 	for id, sv := range s.svids {
-		if !now.Before(sv.NotBefore.Add(sv.NotAfter.Sub(sv.NotBefore) / 2)) {
+		if !now.Before(identity.RenewTime(sv.NotBefore, sv.NotAfter)) {
 			due[id] = true
 		}
 	}
