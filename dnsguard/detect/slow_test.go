@@ -406,6 +406,7 @@ func TestLabelBits(t *testing.T) {
 		bits  float64
 	}{
 		{"deadbeef0123", 48},                          // hex
+		{"DEADBEEF0123", 48},                          // hex, upper case
 		{"mzxw6ytboi2dsnzz", 80},                      // base32
 		{"MZXW6YTBOI2DSNZZ", 80},                      // base32, upper case
 		{"aGVsbG8gV29ybGQ", 90},                       // base64
@@ -420,6 +421,7 @@ func TestLabelBits(t *testing.T) {
 		{"_domainkey", 18 + 1},                        // a service label
 		{"\x80\x81\xff", 24},                          // raw bytes
 		{"thisisaverylonghostname", 23 * bitsLetters}, // long and random enough: counted high
+		{"THISISAVERYLONGHOSTNAME", 23 * bitsLetters}, // the same, upper case
 		{"reporting", 18},                             // a long word
 	} {
 		if got := labelBits(tc.label); math.Abs(got-tc.bits) > 1e-9 {
