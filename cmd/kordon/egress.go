@@ -134,19 +134,13 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 		return nil, fmt.Errorf("egress firewall: %w", err)
 	}
 	s := &egressStack{fw: fw}
-	var out io.Writer
-	closeOut := func() error { return nil }
-	switch f.flowLog {
-	case "":
-	case "-":
+	out, closeOut, err := openLog(f.flowLog)
+	if err != nil {
+		_ = fw.Close()
+		return nil, fmt.Errorf("--flow-log: %w", err)
+	}
+	if f.flowLog == "-" {
 		out = d.FlowOut
-	default:
-		fh, err := os.OpenFile(f.flowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-		if err != nil {
-			_ = fw.Close()
-			return nil, fmt.Errorf("--flow-log: %w", err)
-		}
-		out, closeOut = fh, fh.Close
 	}
 	flows, err := flowlog.New(flowlog.Config{
 		Registry: d.Registry, TrustDomain: d.TrustDomain, Node: d.Node,
