@@ -517,8 +517,7 @@ func (d *devServer) startHTTP() error {
 	mux.Handle("/v1/quarantines", d.inspector.Handler())
 	mux.Handle("/v1/quarantines/", d.inspector.Handler())
 	if d.egress != nil {
-		mux.Handle("/v1/egress/quarantines", d.egress.fw.Handler())
-		mux.Handle("/v1/egress/quarantines/", d.egress.fw.Handler())
+		d.egress.handle(mux)
 	}
 	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	d.httpAddr = l.Addr()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -178,6 +179,14 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 // SetPolicies hands the EgressPolicies in force to the firewall.
 func (s *egressStack) SetPolicies(set *policy.Set, rootNS, clusterDomain string) error {
 	return s.fw.SetPolicies(set, policy.EgressOptions{RootNamespace: rootNS, ClusterDomain: clusterDomain})
+}
+
+// handle serves the firewall's address quarantines on mux, beside
+// dnsguard's /v1/quarantines.
+func (s *egressStack) handle(mux *http.ServeMux) {
+	h := s.fw.Handler()
+	mux.Handle("/v1/egress/quarantines", h)
+	mux.Handle("/v1/egress/quarantines/", h)
 }
 
 // dnsFirewall is the hook dnsguard calls before an answer goes out.

@@ -164,8 +164,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 			mux.Handle("/v1/quarantines", insp.Handler())
 			mux.Handle("/v1/quarantines/", insp.Handler())
 			if stack != nil {
-				mux.Handle("/v1/egress/quarantines", stack.fw.Handler())
-				mux.Handle("/v1/egress/quarantines/", stack.fw.Handler())
+				stack.handle(mux)
 			}
 			httpLn, err := net.Listen("tcp", httpListen)
 			if err != nil {
