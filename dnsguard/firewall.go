@@ -14,8 +14,9 @@ type Firewall interface {
 	//
 	// Admit is called from the answering goroutines, concurrently, with
 	// every grant of one batch of replies written together. It must not
-	// modify grants; it may keep them (the Addrs slices are never
-	// modified).
+	// modify grants, and must not keep the grants slice past its return:
+	// the answering goroutine reuses it for the next batch. The Addrs
+	// slices are never modified and may be kept.
 	Admit(grants []Grant) error
 }
 
