@@ -68,10 +68,7 @@ func newAlertsCmd() *cobra.Command {
 					_, err = fmt.Fprintln(out, string(b))
 					return err
 				}
-				who := a.Namespace + "/" + a.Pod
-				if a.Pod == "" {
-					who = a.ClientIP
-				}
+				who := a.Workload()
 				_, err := fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Time.Local().Format(time.DateTime), a.Severity, a.Kind, who, a.Domain, a.Action, a.Message)
 				return err
 			}

@@ -127,10 +127,7 @@ func printAlertTable(w io.Writer, alerts []alert.Alert) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tSEVERITY\tKIND\tWORKLOAD\tDOMAIN\tSCORE\tMESSAGE")
 	for _, a := range alerts {
-		who := a.Namespace + "/" + a.Pod
-		if a.Pod == "" {
-			who = a.ClientIP
-		}
+		who := a.Workload()
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2f\t%s\n", a.Time.UTC().Format(time.RFC3339), a.Severity, a.Kind, who, a.Domain, a.Score, a.Message)
 	}
 	return tw.Flush()

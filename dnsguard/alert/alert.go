@@ -52,14 +52,21 @@ type Alert struct {
 	Message        string          `json:"message,omitempty"`
 }
 
-// dedupKey identifies "the same alert again" for the cooldown.
-func (a *Alert) dedupKey() string {
-	who := a.Namespace + "/" + a.Pod
+// Workload names who the alert is about: namespace/pod, or the client
+// address when the registry did not know it.
+func (a *Alert) Workload() string {
 	if a.Pod == "" {
-		who = a.ClientIP
+		return a.ClientIP
 	}
-	return who + "|" + a.Domain + "|" + a.Kind
+	return a.Namespace + "/" + a.Pod
 }
+
+// DedupKey identifies "the same alert again" for the cooldown: one
+// workload, domain (or destination address) and kind.
+func (a *Alert) DedupKey() string { return a.Workload() + "|" + a.Domain + "|" + a.Kind }
+
+// DefaultCooldown is Config.Cooldown's default.
+const DefaultCooldown = 10 * time.Minute
 
 // FsyncPolicy says when the log is synced to disk.
 type FsyncPolicy string
@@ -143,7 +150,7 @@ func NewFeed(cfg Config) (*Feed, error) {
 		cfg.MaxSegments = 16
 	}
 	if cfg.Cooldown == 0 {
-		cfg.Cooldown = 10 * time.Minute
+		cfg.Cooldown = DefaultCooldown
 	}
 	if cfg.Memory <= 0 {
 		cfg.Memory = 50000
@@ -264,7 +271,7 @@ func (f *Feed) remember(a Alert) {
 	if len(f.recent) > f.cfg.Memory {
 		f.recent = append(f.recent[:0], f.recent[len(f.recent)-f.cfg.Memory:]...)
 	}
-	f.lastSeen[a.dedupKey()] = a.Time
+	f.lastSeen[a.DedupKey()] = a.Time
 }
 
 // ErrClosed is returned by Publish after Close.
@@ -284,7 +291,7 @@ func (f *Feed) Publish(_ context.Context, a Alert) (Alert, bool, error) {
 		a.Time = now
 	}
 	a.Time = a.Time.UTC()
-	if last, ok := f.lastSeen[a.dedupKey()]; ok && a.Time.Sub(last) < f.cfg.Cooldown {
+	if last, ok := f.lastSeen[a.DedupKey()]; ok && a.Time.Sub(last) < f.cfg.Cooldown {
 		f.metrics.suppressed.Inc()
 		return a, false, nil
 	}

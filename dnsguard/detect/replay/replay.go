@@ -60,7 +60,7 @@ func New(cfg Config) *Replayer {
 		cfg.Sensitivity = detect.Medium
 	}
 	if cfg.Cooldown == 0 {
-		cfg.Cooldown = 10 * time.Minute
+		cfg.Cooldown = alert.DefaultCooldown
 	}
 	if cfg.MaxErrors <= 0 {
 		cfg.MaxErrors = 20
@@ -160,7 +160,7 @@ func (r *Replayer) observe(ev *dnsguard.QueryEvent, st *Stats, emit Emit) error 
 		return nil
 	}
 	a.Time = a.Time.UTC()
-	key := dedupKey(&a)
+	key := a.DedupKey()
 	if last, ok := r.last[key]; ok && r.cfg.Cooldown > 0 && a.Time.Sub(last) < r.cfg.Cooldown {
 		return nil
 	}
@@ -169,15 +169,6 @@ func (r *Replayer) observe(ev *dnsguard.QueryEvent, st *Stats, emit Emit) error 
 	a.ID = r.nextID
 	st.Alerts++
 	return emit(a)
-}
-
-// dedupKey is the feed's notion of "the same alert again".
-func dedupKey(a *alert.Alert) string {
-	who := a.Namespace + "/" + a.Pod
-	if a.Pod == "" {
-		who = a.ClientIP
-	}
-	return who + "|" + a.Domain + "|" + a.Kind
 }
 
 // logRecord is the part of a query log record the detector needs.
