@@ -22,7 +22,7 @@ import (
 
 	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
-	"github.com/kordon-dev/kordon/internal/authdns"
+	"github.com/kordon-dev/kordon/internal/demo/authdns"
 	"github.com/kordon-dev/kordon/internal/devconfig"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
@@ -81,7 +81,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	f.StringVar(&o.dnsListen, "dns-listen", "127.0.0.1:5353", "DNS address, UDP and TCP")
 	f.StringVar(&o.xdsListen, "xds-listen", "127.0.0.1:18000", "xDS (ADS) gRPC address")
 	f.StringSliceVar(&o.upstreams, "upstream", nil, "upstream DNS server IP:PORT (repeatable)")
-	f.StringVar(&o.upstreamZones, "upstream-zones", "", "serve this zone file (internal/authdns) on a free loopback port and use it as the upstream")
+	f.StringVar(&o.upstreamZones, "upstream-zones", "", "serve this zone file (internal/demo/authdns) on a free loopback port and use it as the upstream")
 	f.StringVar(&o.stateDir, "state-dir", "", "folder for state kept across restarts (alert log, CA); default: a temporary folder removed at exit")
 	f.StringVar(&o.addrFile, "addr-file", "", "write the addresses in use (dns=, http=, ...) to this file once ready")
 	f.StringVar(&o.queryLog, "query-log", "-", `query log destination: a file, or "-" for stdout`)

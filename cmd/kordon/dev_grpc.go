@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kordon-dev/kordon/internal/meshdemo"
+	"github.com/kordon-dev/kordon/internal/demo/meshdemo"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

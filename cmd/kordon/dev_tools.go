@@ -10,8 +10,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kordon-dev/kordon/internal/authdns"
-	"github.com/kordon-dev/kordon/internal/exfilsim"
+	"github.com/kordon-dev/kordon/internal/demo/authdns"
+	"github.com/kordon-dev/kordon/internal/demo/exfilsim"
 	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 )
@@ -23,7 +23,7 @@ func newDevUpstreamCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "upstream --zones FILE [--listen 127.0.0.1:5300]",
 		Short: "Serve zones from a YAML file as a tiny authoritative DNS server on loopback",
-		Long: `Serve the zones of a YAML file (see internal/authdns/README.md) over UDP and
+		Long: `Serve the zones of a YAML file (see internal/demo/authdns/README.md) over UDP and
 TCP, as the upstream of kordon dev, so that no query leaves the machine.
 Port 0 picks a free port; the address is printed (and written to --addr-file).`,
 		Args: cobra.NoArgs,

@@ -14,7 +14,7 @@ import (
 
 	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
-	"github.com/kordon-dev/kordon/internal/authdns"
+	"github.com/kordon-dev/kordon/internal/demo/authdns"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/miekg/dns"
 )

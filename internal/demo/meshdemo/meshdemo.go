@@ -42,7 +42,7 @@ var serviceDesc = grpc.ServiceDesc{
 			})
 		},
 	}},
-	Metadata: "kordon/internal/meshdemo",
+	Metadata: "kordon/internal/demo/meshdemo",
 }
 
 // Register adds the Payments service to s.
