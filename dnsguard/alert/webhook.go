@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -24,7 +25,11 @@ type WebhookConfig struct {
 	// Name identifies the cursor file (letters, digits, '-').
 	Name string
 	URL  string
-	// Secret signs each body: X-Kordon-Signature: sha256=<hex HMAC>.
+	// Secret signs each delivery as Standard Webhooks do (webhook-id,
+	// webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256 of
+	// id.timestamp.body>). A "whsec_<base64>" secret is the key's base64,
+	// as the Standard Webhooks libraries expect; any other string is the
+	// key itself.
 	Secret string
 	// Timeout per attempt (default 5s).
 	Timeout time.Duration
@@ -48,7 +53,7 @@ type Sink interface {
 // webhook delivers alerts in ID order, at least once: the cursor (the last
 // ID the receiver acknowledged with a 2xx) is kept in a file, so alerts
 // raised while the receiver is down, or while kordon restarts, are sent
-// later. Receivers deduplicate by the X-Kordon-Alert-Id header.
+// later. Receivers deduplicate by the webhook-id header (WebhookID).
 type webhook struct {
 	feed   *Feed
 	cfg    WebhookConfig
@@ -101,11 +106,74 @@ func (w *webhook) saveCursor() error {
 	return os.Rename(tmp, w.path)
 }
 
-// Sign returns the signature header value for body.
-func Sign(secret string, body []byte) string {
-	m := hmac.New(sha256.New, []byte(secret))
+// WebhookID is the webhook-id of a's deliveries, the receivers'
+// idempotency key: a hash of the alert without its feed-local number, so
+// a redelivery (after a failed attempt, a restart, or from another
+// replica's feed holding the same alert) carries the same id.
+func WebhookID(a Alert) (string, error) {
+	a.ID = 0
+	b, err := json.Marshal(&a)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return "msg_" + hex.EncodeToString(sum[:16]), nil
+}
+
+func webhookKey(secret string) []byte {
+	if b64, ok := strings.CutPrefix(secret, "whsec_"); ok {
+		if key, err := base64.StdEncoding.DecodeString(b64); err == nil {
+			return key
+		}
+	}
+	return []byte(secret)
+}
+
+// Sign returns the webhook-signature header value ("v1,<base64>") of a
+// delivery: HMAC-SHA256 over id + "." + timestamp + "." + body, with the
+// timestamp in Unix seconds, as Standard Webhooks specify.
+func Sign(secret, id string, timestamp time.Time, body []byte) string {
+	m := hmac.New(sha256.New, webhookKey(secret))
+	m.Write([]byte(id + "." + strconv.FormatInt(timestamp.Unix(), 10) + "."))
 	m.Write(body)
-	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
+}
+
+// Webhook verification errors.
+var (
+	ErrWebhookHeaders   = errors.New("alert: webhook-id, webhook-timestamp or webhook-signature missing or malformed")
+	ErrWebhookTimestamp = errors.New("alert: webhook-timestamp outside the tolerance")
+	ErrWebhookSignature = errors.New("alert: no matching webhook-signature")
+)
+
+// DefaultWebhookTolerance is how far a webhook-timestamp may be from
+// the receiver's clock (the Standard Webhooks default).
+const DefaultWebhookTolerance = 5 * time.Minute
+
+// VerifyWebhook checks a delivery as a receiver does: the timestamp
+// within tolerance of now (0: DefaultWebhookTolerance), so that a
+// captured delivery cannot be replayed later, and one of the
+// space-separated v1 signatures matching id, timestamp and body.
+func VerifyWebhook(secret string, h http.Header, body []byte, now time.Time, tolerance time.Duration) error {
+	if tolerance <= 0 {
+		tolerance = DefaultWebhookTolerance
+	}
+	id, ts, sigs := h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if id == "" || sigs == "" || err != nil {
+		return ErrWebhookHeaders
+	}
+	t := time.Unix(sec, 0)
+	if t.Before(now.Add(-tolerance)) || t.After(now.Add(tolerance)) {
+		return ErrWebhookTimestamp
+	}
+	want := Sign(secret, id, t, body)
+	for _, s := range strings.Fields(sigs) {
+		if hmac.Equal([]byte(s), []byte(want)) {
+			return nil
+		}
+	}
+	return ErrWebhookSignature
 }
 
 func (w *webhook) run(ctx context.Context) {
@@ -167,9 +235,18 @@ func (w *webhook) deliver(ctx context.Context, a Alert) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	id, err := WebhookID(a)
+	if err != nil {
+		return err
+	}
 	req.Header.Set("X-Kordon-Alert-Id", strconv.FormatUint(a.ID, 10))
+	req.Header.Set("webhook-id", id)
+	// Each attempt is signed at its own time: a retry an hour later is
+	// fresh, a replay of a captured attempt is not.
+	now := w.feed.cfg.Now()
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
 	if w.cfg.Secret != "" {
-		req.Header.Set("X-Kordon-Signature", Sign(w.cfg.Secret, body))
+		req.Header.Set("webhook-signature", Sign(w.cfg.Secret, id, now, body))
 	}
 	resp, err := w.cfg.Client.Do(req)
 	if err != nil {
