@@ -179,18 +179,20 @@ func TestInstallManifests(t *testing.T) {
 	}
 	ctx := context.Background()
 	mapping := map[string]schema.GroupVersionResource{
-		"Namespace":                {Version: "v1", Resource: "namespaces"},
-		"ServiceAccount":           {Version: "v1", Resource: "serviceaccounts"},
-		"Service":                  {Version: "v1", Resource: "services"},
-		"ClusterRole":              {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
-		"ClusterRoleBinding":       {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-		"Role":                     {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
-		"RoleBinding":              {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
-		"Deployment":               {Group: "apps", Version: "v1", Resource: "deployments"},
-		"DaemonSet":                {Group: "apps", Version: "v1", Resource: "daemonsets"},
-		"PodDisruptionBudget":      {Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"},
-		"NetworkPolicy":            {Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"},
-		"CustomResourceDefinition": {Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"},
+		"Namespace":                        {Version: "v1", Resource: "namespaces"},
+		"ServiceAccount":                   {Version: "v1", Resource: "serviceaccounts"},
+		"Service":                          {Version: "v1", Resource: "services"},
+		"ClusterRole":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+		"ClusterRoleBinding":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+		"Role":                             {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+		"RoleBinding":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+		"Deployment":                       {Group: "apps", Version: "v1", Resource: "deployments"},
+		"DaemonSet":                        {Group: "apps", Version: "v1", Resource: "daemonsets"},
+		"PodDisruptionBudget":              {Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"},
+		"NetworkPolicy":                    {Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"},
+		"CustomResourceDefinition":         {Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"},
+		"ValidatingAdmissionPolicy":        {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"},
+		"ValidatingAdmissionPolicyBinding": {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"},
 	}
 	// The namespace must exist for namespaced dry-runs.
 	_, err = clients.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: manifests.Namespace}}, metav1.CreateOptions{})

@@ -7,11 +7,13 @@
 package manifests
 
 import (
+	"encoding/json"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/kordon-dev/kordon/policy"
 )
@@ -65,6 +67,9 @@ func clean(s string) string {
 // against its validation.
 func enumOf(key string) ([]any, bool) {
 	vs, ok := policy.Enums()[key]
+	if !ok {
+		vs, ok = stateEnums[key]
+	}
 	out := make([]any, 0, len(vs))
 	for _, v := range vs {
 		out = append(out, v)
@@ -95,6 +100,14 @@ func schemaFor(t reflect.Type, d docs, owner, field string) map[string]any {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
+	switch t {
+	case reflect.TypeOf(time.Time{}):
+		s["type"], s["format"] = "string", "date-time"
+		return s
+	case reflect.TypeOf(json.RawMessage{}):
+		s["type"], s["x-kubernetes-preserve-unknown-fields"] = "object", true
+		return s
+	}
 	switch t.Kind() {
 	case reflect.String:
 		s["type"] = "string"
@@ -103,7 +116,9 @@ func schemaFor(t reflect.Type, d docs, owner, field string) map[string]any {
 		}
 	case reflect.Bool:
 		s["type"] = "boolean"
-	case reflect.Int, reflect.Int32, reflect.Int64, reflect.Uint32:
+	case reflect.Float64:
+		s["type"] = "number"
+	case reflect.Int, reflect.Int32, reflect.Int64, reflect.Uint32, reflect.Uint64:
 		s["type"] = "integer"
 		if r, ok := ranges[key]; ok {
 			s["minimum"], s["maximum"] = r[0], r[1]
@@ -215,14 +230,17 @@ func CRDs(typesFile string) ([]map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := mergeStateDocs(d, typesFile); err != nil {
+		return nil, err
+	}
 	age := map[string]any{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 	ready := map[string]any{"name": "Compiled", "type": "string", "jsonPath": `.status.conditions[?(@.type=="Compiled")].status`}
-	return []map[string]any{
+	return append([]map[string]any{
 		crd(policy.KindAuthorizationPolicy, "authorizationpolicies", "kap", reflect.TypeOf(policy.AuthorizationPolicySpec{}), d, []any{
 			map[string]any{"name": "Action", "type": "string", "jsonPath": ".spec.action"}, ready, age,
 		}),
 		crd(policy.KindEgressPolicy, "egresspolicies", "egp", reflect.TypeOf(policy.EgressPolicySpec{}), d, []any{
 			map[string]any{"name": "Mode", "type": "string", "jsonPath": ".spec.mode"}, ready, age,
 		}),
-	}, nil
+	}, stateCRDs(d)...), nil
 }

@@ -59,7 +59,7 @@ var read = []any{"get", "list", "watch"}
 func installObjects() []map[string]any {
 	ctrl := map[string]any{"app.kubernetes.io/name": "kordon-controller"}
 	node := map[string]any{"app.kubernetes.io/name": "kordon-node"}
-	return []map[string]any{
+	return append([]map[string]any{
 		{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": Namespace, "labels": map[string]any{
 			"app.kubernetes.io/part-of": "kordon",
 			// The node agent needs hostNetwork and NET_BIND_SERVICE, which
@@ -73,6 +73,10 @@ func installObjects() []map[string]any {
 			rule([]any{""}, []any{"pods", "namespaces", "serviceaccounts"}, read),
 			rule([]any{"security.kordon.dev"}, []any{"authorizationpolicies", "egresspolicies"}, read),
 			rule([]any{"security.kordon.dev"}, []any{"authorizationpolicies/status", "egresspolicies/status"}, []any{"get", "update", "patch"}),
+			// The alert feed and webhooks read alerts; the leader deletes
+			// expired ones (retention, per-namespace cap).
+			rule([]any{"security.kordon.dev"}, stateResources, read),
+			rule([]any{"security.kordon.dev"}, []any{"egressalerts"}, []any{"delete"}),
 			rule([]any{"authentication.k8s.io"}, []any{"tokenreviews"}, []any{"create"}),
 			rule([]any{"", "events.k8s.io"}, []any{"events"}, []any{"create", "patch"}),
 		}},
@@ -94,6 +98,9 @@ func installObjects() []map[string]any {
 			rule([]any{""}, []any{"pods", "namespaces"}, read),
 			rule([]any{"security.kordon.dev"}, []any{"egresspolicies"}, read),
 			rule([]any{"", "events.k8s.io"}, []any{"events"}, []any{"create", "patch"}),
+			// Alerts and quarantines of this node's pods only: the
+			// kordon-node-scope admission policy enforces the node.
+			rule([]any{"security.kordon.dev"}, stateResources, []any{"get", "list", "watch", "create", "update"}),
 		}},
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta("kordon-node", true, node), "rules": []any{
 			rule([]any{""}, []any{"configmaps"}, []any{"get"}),
@@ -243,7 +250,7 @@ func installObjects() []map[string]any {
 				},
 			}},
 		}},
-	}
+	}, stateInstallObjects()...)
 }
 
 func merge(a, b map[string]any) map[string]any {
