@@ -1,10 +1,8 @@
 package policy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -171,7 +169,8 @@ func LoadPaths(opts LoadOptions, paths ...string) (*Set, error) {
 func notPolicyFile(file string, data []byte) string {
 	var first string
 	policyDoc := false
-	err := eachDocument(data, func(root *yaml.Node) {
+	docs, err := Documents(file, data)
+	for _, root := range docs {
 		var why string
 		switch root.Kind {
 		case yaml.MappingNode:
@@ -213,7 +212,7 @@ func notPolicyFile(file string, data []byte) string {
 		if first == "" {
 			first = why
 		}
-	})
+	}
 	switch {
 	case err != nil || policyDoc:
 		return ""
@@ -221,30 +220,6 @@ func notPolicyFile(file string, data []byte) string {
 		return "no documents"
 	}
 	return "not a policy file: " + first
-}
-
-// eachDocument calls f with the root node of every non-empty document of
-// data, and returns the first YAML syntax error.
-func eachDocument(data []byte, f func(root *yaml.Node)) error {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	for {
-		var doc yaml.Node
-		err := dec.Decode(&doc)
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if len(doc.Content) == 0 {
-			continue
-		}
-		root := doc.Content[0]
-		if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
-			continue // an empty document between separators
-		}
-		f(root)
-	}
 }
 
 func nilIfEmpty(l ErrorList) error {
@@ -288,13 +263,14 @@ func Parse(file string, data []byte, opts LoadOptions) (*Set, error) {
 	}
 	set := &Set{}
 	var errs ErrorList
-	err := eachDocument(data, func(root *yaml.Node) {
+	docs, err := Documents(file, data)
+	if err != nil {
+		return nil, err
+	}
+	for _, root := range docs {
 		if err := parseDocument(file, root, opts, set); err != nil {
 			errs = append(errs, AsErrorList(err)...)
 		}
-	})
-	if err != nil {
-		errs = append(errs, yamlSyntaxError(file, err))
 	}
 	if len(errs) > 0 {
 		errs.sortErrors()
@@ -324,11 +300,10 @@ func parseDocument(file string, root *yaml.Node, opts LoadOptions, set *Set) err
 	// decode decodes the document into obj, fills the default namespace
 	// and validates it.
 	decode := func(obj any, pos **Positions, meta *ObjectMeta, validate func() ErrorList) error {
-		d := newDecoder(file, root)
-		d.decode(root, reflectValue(obj), "")
-		*pos = d.pos
-		if len(d.errs) > 0 {
-			return d.errs
+		p, err := DecodeNode(file, root, obj)
+		*pos = p
+		if err != nil {
+			return err
 		}
 		if meta.Namespace == "" {
 			meta.Namespace = opts.DefaultNamespace
@@ -424,19 +399,4 @@ func dns1123Subdomain(s string) string {
 		}
 	}
 	return ""
-}
-
-// yamlSyntaxError converts a yaml.v3 error ("yaml: line 3: ...") into a
-// positioned FieldError.
-func yamlSyntaxError(file string, err error) *FieldError {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	line := 1
-	if rest, ok := strings.CutPrefix(msg, "line "); ok {
-		if i := strings.Index(rest, ":"); i > 0 {
-			if _, e := fmt.Sscanf(rest[:i], "%d", &line); e == nil {
-				msg = strings.TrimSpace(rest[i+1:])
-			}
-		}
-	}
-	return &FieldError{Pos: Position{File: file, Line: line, Column: 1}, Msg: "invalid YAML: " + msg}
 }

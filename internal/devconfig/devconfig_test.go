@@ -128,12 +128,12 @@ func TestLoadErrorsNamePositions(t *testing.T) {
 		{
 			name:  "workload bad IP",
 			files: map[string]string{"workloads.yaml": "- name: a\n  ips: [127.0.0.300]\n"},
-			want:  "workloads.yaml:2:9: [0]: ips[0]: invalid IP address \"127.0.0.300\"",
+			want:  "workloads.yaml:2:9: [0].ips[0]: invalid IP address \"127.0.0.300\"",
 		},
 		{
 			name:  "both wrong",
 			files: map[string]string{"workloads.yaml": "- name: a\n  ip: [127.0.0.1]\n", "egress.yaml": badEgress},
-			want:  "workloads.yaml:2:3: [0]: ip: unknown field\negress.yaml:8:3: spec.alow: unknown field",
+			want:  "workloads.yaml:2:3: [0].ip: unknown field (did you mean \"ips\"?)\negress.yaml:8:3: spec.alow: unknown field",
 		},
 	}
 	for _, tc := range tests {
@@ -366,11 +366,14 @@ func TestServices(t *testing.T) {
 		name, in, want string
 	}{
 		{name: "ok", in: "- name: pay\n  namespace: shop\n  port: 8082\n  selector: {app: pay}\n"},
-		{name: "unknown field", in: "- name: pay\n  prot: 1\n", want: "s.yaml:2:3: [0]: prot: unknown field"},
-		{name: "bad protocol", in: "- name: pay\n  port: 1\n  protocol: udp\n  selector: {a: b}\n", want: "s.yaml:3:13: [0]: protocol: \"udp\" is not one of grpc, http, tcp"},
-		{name: "port zero", in: "- name: pay\n  port: 0\n  selector: {a: b}\n", want: "s.yaml:2:9: [0]: port: 0 is not between 1 and 65535"},
-		{name: "no selector", in: "- name: pay\n  port: 80\n", want: "s.yaml:1:3: [0]: selector: required (a service without one would select every workload of its namespace)"},
-		{name: "duplicate", in: "- {name: a, port: 1, selector: {a: b}}\n- {name: a, port: 2, selector: {a: b}}\n", want: "s.yaml:2:3: [1]: duplicate service default/a (first at line 1)"},
+		{name: "unknown field", in: "- name: pay\n  prot: 1\n", want: "s.yaml:2:3: [0].prot: unknown field (did you mean \"port\"?)"},
+		{name: "bad protocol", in: "- name: pay\n  port: 1\n  protocol: udp\n  selector: {a: b}\n", want: "s.yaml:3:13: [0].protocol: \"udp\" is not one of grpc, http, tcp"},
+		{name: "port zero", in: "- name: pay\n  port: 0\n  selector: {a: b}\n", want: "s.yaml:2:9: [0].port: 0 is not between 1 and 65535"},
+		{name: "port not a number", in: "- name: pay\n  port: http\n  selector: {a: b}\n", want: "s.yaml:2:9: [0].port: expected a non-negative integer, got \"http\""},
+		{name: "no selector", in: "- name: pay\n  port: 80\n", want: "s.yaml:1:3: [0].selector: required (a service without one would select every workload of its namespace)"},
+		{name: "duplicate", in: "- {name: a, port: 1, selector: {a: b}}\n- {name: a, port: 2, selector: {a: b}}\n", want: "s.yaml:2:3: [1]: duplicate service default/a (first at 1:3)"},
+		{name: "duplicate key", in: "- name: a\n  port: 1\n  port: 2\n", want: "s.yaml:3:3: [0].port: duplicate key \"port\" (first at 2:3)"},
+		{name: "not a list", in: "name: a\n", want: "s.yaml:1:1: expected a list, got an object"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

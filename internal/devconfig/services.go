@@ -1,23 +1,16 @@
 package devconfig
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"strings"
 
+	"github.com/kordon-dev/kordon/policy"
 	"github.com/kordon-dev/kordon/xds"
-	"gopkg.in/yaml.v3"
 )
 
 // ServicesFile is the name of the optional services file at the top of a
 // dev folder (services.yml is accepted too).
 const ServicesFile = "services.yaml"
-
-// serviceFields are the keys of a services.yaml entry.
-var serviceFields = map[string]bool{"name": true, "namespace": true, "port": true, "protocol": true, "selector": true}
 
 // loadServices reads a services.yaml: a list of {name, namespace, port,
 // protocol, selector}. namespace defaults to "default" and protocol to
@@ -32,45 +25,21 @@ func loadServices(path string) ([]xds.Service, error) {
 }
 
 func parseServices(file string, data []byte) ([]xds.Service, error) {
-	var root yaml.Node
-	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&root); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("%s: %s", file, strings.TrimPrefix(err.Error(), "yaml: "))
-	}
-	list := root.Content[0]
-	if list.Kind != yaml.SequenceNode {
-		return nil, fmt.Errorf("%s:%d:%d: expected a list of services", file, list.Line, list.Column)
+	var list []xds.Service
+	pos, err := policy.Decode(file, data, &list)
+	if err != nil {
+		return nil, err
 	}
 	var out []xds.Service
-	var errs []error
-	seen := map[string]int{}
-	for i, item := range list.Content {
-		fail := func(n *yaml.Node, format string, args ...any) {
-			errs = append(errs, fmt.Errorf("%s:%d:%d: [%d]: %s", file, n.Line, n.Column, i, fmt.Sprintf(format, args...)))
-		}
-		if item.Kind != yaml.MappingNode {
-			fail(item, "expected an object")
-			continue
-		}
-		ok := true
-		for j := 0; j+1 < len(item.Content); j += 2 {
-			if k := item.Content[j]; !serviceFields[k.Value] {
-				fail(k, "%s: unknown field", k.Value)
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		var s xds.Service
-		if err := item.Decode(&s); err != nil {
-			fail(item, "%s", strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "))
-			continue
+	var errs policy.ErrorList
+	seen := map[string]policy.Position{}
+	for i, s := range list {
+		at := fmt.Sprintf("[%d]", i)
+		fail := func(path, format string, args ...any) {
+			errs = append(errs, pos.Errorf(path, format, args...))
 		}
 		if s.Name == "" {
-			fail(item, "name: required")
+			fail(at+".name", "required")
 			continue
 		}
 		if s.Namespace == "" {
@@ -82,37 +51,27 @@ func parseServices(file string, data []byte) ([]xds.Service, error) {
 		switch s.Protocol {
 		case xds.ProtocolGRPC, xds.ProtocolHTTP, xds.ProtocolTCP:
 		default:
-			fail(fieldNode(item, "protocol"), "protocol: %q is not one of grpc, http, tcp", s.Protocol)
+			fail(at+".protocol", "%q is not one of grpc, http, tcp", s.Protocol)
 			continue
 		}
 		if s.Port == 0 || s.Port > 65535 {
-			fail(fieldNode(item, "port"), "port: %d is not between 1 and 65535", s.Port)
+			fail(at+".port", "%d is not between 1 and 65535", s.Port)
 			continue
 		}
 		if len(s.Selector) == 0 {
-			fail(item, "selector: required (a service without one would select every workload of its namespace)")
+			fail(at+".selector", "required (a service without one would select every workload of its namespace)")
 			continue
 		}
 		key := s.Namespace + "/" + s.Name
-		if line, dup := seen[key]; dup {
-			fail(item, "duplicate service %s (first at line %d)", key, line)
+		if first, dup := seen[key]; dup {
+			fail(at, "duplicate service %s (first at %d:%d)", key, first.Line, first.Column)
 			continue
 		}
-		seen[key] = item.Line
+		seen[key] = pos.Of(at)
 		out = append(out, s)
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, errs
 	}
 	return out, nil
-}
-
-// fieldNode returns the value node of key in mapping m, or m itself.
-func fieldNode(m *yaml.Node, key string) *yaml.Node {
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == key {
-			return m.Content[i+1]
-		}
-	}
-	return m
 }

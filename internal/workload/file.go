@@ -1,14 +1,11 @@
 package workload
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
-	"strings"
 
+	"github.com/kordon-dev/kordon/policy"
 	"gopkg.in/yaml.v3"
 )
 
@@ -35,53 +32,43 @@ func LoadFile(path string) ([]*Workload, error) {
 	return Parse(path, data)
 }
 
+// fileList is the other form of workloads.yaml: {workloads: [...]}.
+type fileList struct {
+	Workloads []fileEntry `yaml:"workloads"`
+}
+
 // Parse decodes workloads.yaml content; file names the source in errors.
+// Decoding is policy's strict decoder (unknown fields with "did you
+// mean", duplicate keys, types, all with file:line:col and field path).
 func Parse(file string, data []byte) ([]*Workload, error) {
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, nil
-		}
-		msg := strings.TrimPrefix(err.Error(), "yaml: ")
-		if !strings.HasPrefix(msg, "line ") {
-			// yaml.v3 gives no mark for errors at the end of the stream
-			// (an unclosed quote): point at the end.
-			last := bytes.LastIndexByte(data, '\n')
-			return nil, fmt.Errorf("%s:%d:%d: %s", file, bytes.Count(data, []byte("\n"))+1, len(data)-last, msg)
-		}
-		return nil, fmt.Errorf("%s: %s", file, msg)
+	docs, err := policy.Documents(file, data)
+	if err != nil || len(docs) == 0 {
+		return nil, err
 	}
-	if len(root.Content) == 0 {
-		return nil, nil
+	var entries []fileEntry
+	var pos *policy.Positions
+	prefix := ""
+	if docs[0].Kind == yaml.MappingNode {
+		var l fileList
+		pos, err = policy.Decode(file, data, &l)
+		entries, prefix = l.Workloads, "workloads"
+	} else {
+		pos, err = policy.Decode(file, data, &entries)
 	}
-	list := root.Content[0]
-	if list.Kind == yaml.MappingNode {
-		// Also accept {workloads: [...]}.
-		for i := 0; i+1 < len(list.Content); i += 2 {
-			if list.Content[i].Value == "workloads" {
-				list = list.Content[i+1]
-				break
-			}
-		}
+	if err != nil {
+		return nil, err
 	}
-	if list.Kind != yaml.SequenceNode {
-		return nil, fmt.Errorf("%s:%d:%d: expected a list of workloads", file, list.Line, list.Column)
-	}
-	var errs []error
+	var errs policy.ErrorList
 	var out []*Workload
-	seenKey := map[string]int{}
+	seenKey := map[string]policy.Position{}
 	seenIP := map[netip.Addr]string{}
-	for i, item := range list.Content {
-		fail := func(n *yaml.Node, format string, args ...any) {
-			errs = append(errs, fmt.Errorf("%s:%d:%d: [%d]: %s", file, n.Line, n.Column, i, fmt.Sprintf(format, args...)))
-		}
-		var e fileEntry
-		if !decodeStrict(item, &e, fail) {
-			continue
+	for i, e := range entries {
+		at := fmt.Sprintf("%s[%d]", prefix, i)
+		fail := func(path, format string, args ...any) {
+			errs = append(errs, pos.Errorf(path, format, args...))
 		}
 		if e.Name == "" {
-			fail(item, "name: required")
+			fail(at+".name", "required")
 			continue
 		}
 		if e.Namespace == "" {
@@ -91,79 +78,36 @@ func Parse(file string, data []byte) ([]*Workload, error) {
 			e.ServiceAccount = "default"
 		}
 		w := &Workload{Name: e.Name, Namespace: e.Namespace, ServiceAccount: e.ServiceAccount, Labels: e.Labels, Node: e.Node, UID: e.UID}
-		ipsNode := field(item, "ips")
 		for j, s := range e.IPs {
+			ipPath := fmt.Sprintf("%s.ips[%d]", at, j)
 			ip, err := netip.ParseAddr(s)
-			n := item
-			if ipsNode != nil && j < len(ipsNode.Content) {
-				n = ipsNode.Content[j]
-			}
 			if err != nil {
-				fail(n, "ips[%d]: invalid IP address %q", j, s)
+				fail(ipPath, "invalid IP address %q", s)
 				continue
 			}
 			if ip.Zone() != "" {
 				// A zone is local to a host; pod traffic never carries one,
 				// and fe80::1%a would dodge the duplicate check for fe80::1.
-				fail(n, "ips[%d]: %q has a zone", j, s)
+				fail(ipPath, "%q has a zone", s)
 				continue
 			}
 			ip = ip.Unmap()
 			if other, dup := seenIP[ip]; dup {
-				fail(n, "ips[%d]: %s is already used by %s", j, ip, other)
+				fail(ipPath, "%s is already used by %s", ip, other)
 				continue
 			}
 			seenIP[ip] = w.Key()
 			w.IPs = append(w.IPs, ip)
 		}
-		if line, dup := seenKey[w.Key()]; dup {
-			fail(item, "duplicate workload %s (first at line %d)", w.Key(), line)
+		if first, dup := seenKey[w.Key()]; dup {
+			fail(at, "duplicate workload %s (first at %d:%d)", w.Key(), first.Line, first.Column)
 			continue
 		}
-		seenKey[w.Key()] = item.Line
+		seenKey[w.Key()] = pos.Of(at)
 		out = append(out, w)
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, errs
 	}
 	return out, nil
-}
-
-func field(m *yaml.Node, name string) *yaml.Node {
-	if m.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == name {
-			return m.Content[i+1]
-		}
-	}
-	return nil
-}
-
-// knownFields are the keys of a workloads.yaml entry.
-var knownFields = map[string]bool{"name": true, "namespace": true, "serviceAccount": true, "labels": true, "ips": true, "node": true, "uid": true}
-
-// decodeStrict decodes n into v, reporting unknown keys at their own
-// position.
-func decodeStrict(n *yaml.Node, v any, fail func(*yaml.Node, string, ...any)) bool {
-	if n.Kind != yaml.MappingNode {
-		fail(n, "expected an object")
-		return false
-	}
-	ok := true
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if k := n.Content[i]; !knownFields[k.Value] {
-			fail(k, "%s: unknown field", k.Value)
-			ok = false
-		}
-	}
-	if !ok {
-		return false
-	}
-	if err := n.Decode(v); err != nil {
-		fail(n, "%s", strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "))
-		return false
-	}
-	return true
 }

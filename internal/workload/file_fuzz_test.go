@@ -94,9 +94,17 @@ func TestParseRejects(t *testing.T) {
 	cases := []struct {
 		name, in, want string
 	}{
-		{name: "unclosed quote points at the end", in: `"`, want: "f.yaml:1:2: found unexpected end of stream"},
-		{name: "zoned IP", in: "- {name: a, ips: ['fe80::1%eth0']}\n", want: `f.yaml:1:19: [0]: ips[0]: "fe80::1%eth0" has a zone`},
-		{name: "zoned IP in a block list", in: "- name: a\n  ips:\n  - 10.0.0.1\n  - 'fe80::1%eth0'\n", want: `f.yaml:4:5: [0]: ips[1]: "fe80::1%eth0" has a zone`},
+		{name: "unclosed quote points at the end", in: `"`, want: "f.yaml:1:2: invalid YAML: found unexpected end of stream"},
+		{name: "zoned IP", in: "- {name: a, ips: ['fe80::1%eth0']}\n", want: `f.yaml:1:19: [0].ips[0]: "fe80::1%eth0" has a zone`},
+		{name: "zoned IP in a block list", in: "- name: a\n  ips:\n  - 10.0.0.1\n  - 'fe80::1%eth0'\n", want: `f.yaml:4:5: [0].ips[1]: "fe80::1%eth0" has a zone`},
+		{name: "unknown field with suggestion", in: "- name: a\n  serviceaccount: x\n", want: `f.yaml:2:3: [0].serviceaccount: unknown field (did you mean "serviceAccount"?)`},
+		{name: "unknown field in the workloads form", in: "workloads:\n- name: a\n  ip: [10.0.0.1]\n", want: `f.yaml:3:3: workloads[0].ip: unknown field (did you mean "ips"?)`},
+		{name: "unknown top-level key", in: "workload: []\n", want: `f.yaml:1:1: workload: unknown field (did you mean "workloads"?)`},
+		{name: "duplicate key", in: "- name: a\n  node: n1\n  node: n2\n", want: `f.yaml:3:3: [0].node: duplicate key "node" (first at 2:3)`},
+		{name: "wrong type", in: "- name: a\n  labels: [x]\n", want: `f.yaml:2:11: [0].labels: expected an object, got a list`},
+		{name: "missing name", in: "- namespace: x\n", want: `f.yaml:1:3: [0].name: required`},
+		{name: "duplicate workload", in: "- name: a\n- {name: a, namespace: default}\n", want: `f.yaml:2:3: [1]: duplicate workload default/a (first at 1:3)`},
+		{name: "json key case", in: `[{"name": "a", "Labels": {}}]`, want: `f.yaml:1:16: [0].Labels: unknown field (did you mean "labels"?)`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
