@@ -264,7 +264,7 @@ func TestDevBadConfigFailsAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := startDev(context.Background(), devOptions{configDir: dir, httpListen: "127.0.0.1:0", xdsListen: "127.0.0.1:0", dnsListen: "127.0.0.1:0", upstreams: []string{"127.0.0.1:9"}, logLevel: "info"}, io.Discard, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "workloads.yaml:2:9: [0]: ips[0]: invalid IP address \"not-an-ip\"") {
+	if err == nil || !strings.Contains(err.Error(), "workloads.yaml:2:9: [0].ips[0]: invalid IP address \"not-an-ip\"") {
 		t.Fatalf("err = %v", err)
 	}
 }

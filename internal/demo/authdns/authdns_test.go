@@ -171,8 +171,11 @@ func TestParseConfigErrors(t *testing.T) {
 	}{
 		{name: "bad record", in: "zones:\n- origin: a.example\n  records:\n  - \"api A 1.2.3\"\n", want: "z.yaml:4:5: zones[0].records[0]: bad A A: \"1.2.3\""},
 		{name: "outside zone", in: "zones:\n- origin: a.example\n  records:\n  - \"ok A 1.2.3.4\"\n  - \"b.example. A 1.2.3.4\"\n", want: "z.yaml:5:5: zones[0].records[1]: b.example. is outside the zone a.example."},
-		{name: "unknown field", in: "zones:\n- origin: a.example\n  record: []\n", want: "z.yaml:3:1: record: unknown field"},
-		{name: "no zones", in: "zone: []\n", want: "z.yaml:1:1: expected a mapping with a list \"zones\""},
+		{name: "unknown field", in: "zones:\n- origin: a.example\n  record: []\n", want: "z.yaml:3:3: zones[0].record: unknown field (did you mean \"records\"?)"},
+		{name: "no zones", in: "zone: []\n", want: "z.yaml:1:1: zone: unknown field (did you mean \"zones\"?)"},
+		{name: "empty", in: "", want: "z.yaml:1:1: zones: required: a list of zones"},
+		{name: "duplicate key", in: "zones:\n- origin: a.example\n  ttl: 5\n  ttl: 6\n", want: "z.yaml:4:3: zones[0].ttl: duplicate key \"ttl\" (first at 3:3)"},
+		{name: "ttl not a number", in: "zones:\n- origin: a.example\n  ttl: 1h\n", want: "z.yaml:3:8: zones[0].ttl: expected a non-negative integer, got \"1h\""},
 		{name: "missing origin", in: "zones:\n- records: []\n", want: "z.yaml:2:3: zones[0]: origin: required"},
 		{name: "duplicate zone", in: "zones:\n- origin: a.example\n- origin: A.example.\n", want: "z.yaml:3:3: zones[1]: duplicate zone a.example."},
 		{name: "CNAME and A", in: "zones:\n- origin: a.example\n  records: [\"x CNAME y\", \"x A 1.2.3.4\"]\n", want: "z.yaml:2:3: zones[0]: x.a.example.: a CNAME cannot coexist with other records"},

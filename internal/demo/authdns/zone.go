@@ -9,16 +9,14 @@
 package authdns
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sort"
 	"strings"
 
+	"github.com/kordon-dev/kordon/policy"
 	"github.com/miekg/dns"
-	"gopkg.in/yaml.v3"
 )
 
 // DefaultTTL is the TTL of records that do not set one.
@@ -64,95 +62,44 @@ func LoadConfig(path string) ([]*Zone, error) {
 	return ParseConfig(path, data)
 }
 
-// ParseConfig decodes zone config content; file names the source in errors.
+// ParseConfig decodes zone config content; file names the source in
+// errors. Decoding is policy's strict decoder (unknown fields with "did
+// you mean", duplicate keys and types, all with file:line:col).
 func ParseConfig(file string, data []byte) ([]*Zone, error) {
-	var root yaml.Node
-	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&root); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%s:1:1: empty zone config", file)
-		}
-		return nil, fmt.Errorf("%s: %s", file, strings.TrimPrefix(err.Error(), "yaml: "))
-	}
-	doc := root.Content[0]
-	zonesNode := mapField(doc, "zones")
-	if doc.Kind != yaml.MappingNode || zonesNode == nil || zonesNode.Kind != yaml.SequenceNode {
-		return nil, fmt.Errorf("%s:%d:%d: expected a mapping with a list \"zones\"", file, doc.Line, doc.Column)
-	}
 	var cfg FileConfig
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
-		return nil, yamlError(file, err)
+	pos, err := policy.Decode(file, data, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Zones) == 0 {
+		return nil, pos.Errorf("zones", "required: a list of zones")
 	}
 	var zones []*Zone
-	var errs []error
+	var errs policy.ErrorList
 	seen := map[string]bool{}
 	for i, zc := range cfg.Zones {
-		zn := zonesNode.Content[i]
-		var lines []int
-		var cols []int
-		if rn := mapField(zn, "records"); rn != nil {
-			for _, r := range rn.Content {
-				lines = append(lines, r.Line)
-				cols = append(cols, r.Column)
-			}
-		}
+		at := fmt.Sprintf("zones[%d]", i)
 		z, err := NewZone(zc)
 		if err != nil {
 			var re *RecordError
-			if errors.As(err, &re) && re.Index < len(lines) {
-				errs = append(errs, fmt.Errorf("%s:%d:%d: zones[%d].records[%d]: %s", file, lines[re.Index], cols[re.Index], i, re.Index, re.Msg))
+			if errors.As(err, &re) {
+				errs = append(errs, pos.Errorf(fmt.Sprintf("%s.records[%d]", at, re.Index), "%s", re.Msg))
 			} else {
-				errs = append(errs, fmt.Errorf("%s:%d:%d: zones[%d]: %w", file, zn.Line, zn.Column, i, err))
+				errs = append(errs, pos.Errorf(at, "%v", err))
 			}
 			continue
 		}
 		if seen[z.origin] {
-			errs = append(errs, fmt.Errorf("%s:%d:%d: zones[%d]: duplicate zone %s", file, zn.Line, zn.Column, i, z.origin))
+			errs = append(errs, pos.Errorf(at, "duplicate zone %s", z.origin))
 			continue
 		}
 		seen[z.origin] = true
 		zones = append(zones, z)
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, errs
 	}
 	return zones, nil
-}
-
-// yamlError turns yaml.v3's "line N: message" errors into file:N:1 errors.
-func yamlError(file string, err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return fmt.Errorf("%s: %s", file, strings.TrimPrefix(err.Error(), "yaml: "))
-	}
-	errs := make([]error, 0, len(te.Errors))
-	for _, e := range te.Errors {
-		var line int
-		rest := e
-		if n, _ := fmt.Sscanf(e, "line %d:", &line); n == 1 {
-			rest = strings.TrimSpace(e[strings.Index(e, ":")+1:])
-		}
-		if f, ok := strings.CutPrefix(rest, "field "); ok {
-			if name, _, found := strings.Cut(f, " not found in type"); found {
-				rest = name + ": unknown field"
-			}
-		}
-		errs = append(errs, fmt.Errorf("%s:%d:1: %s", file, line, rest))
-	}
-	return errors.Join(errs...)
-}
-
-func mapField(m *yaml.Node, name string) *yaml.Node {
-	if m == nil || m.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == name {
-			return m.Content[i+1]
-		}
-	}
-	return nil
 }
 
 // RecordError is an invalid record of a zone.
