@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
+	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -16,12 +14,10 @@ import (
 	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/identity"
 	"github.com/kordon-dev/kordon/internal/kube"
+	"github.com/kordon-dev/kordon/internal/run"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
 	"github.com/kordon-dev/kordon/xds"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -95,171 +91,172 @@ it when the leader rotates.`,
 	return cmd
 }
 
+// controller is kordon controller, wired: what its parts share. Each
+// wire method builds one concern, adds its routes to mux and its
+// components to parts (every replica) or leaderParts (only while this
+// replica holds the Lease); a new concern is a wire method in its own file
+// and one entry in controllerWiring.
+type controller struct {
+	*service
+	f         controllerFlags
+	stderr    io.Writer
+	clients   *kube.Clients
+	ctrlID    spiffeid.ID
+	ca        *identity.CA
+	workloads *workload.Registry
+	reviewer  *kube.TokenReviewer
+	xds       *xds.Server
+	feed      *alert.Feed
+	// leader is whether this replica holds the Lease; synced is closed
+	// when the policy informers synced.
+	leader atomic.Bool
+	synced chan struct{}
+	// Listeners, for the ready line.
+	xdsLn, issuanceLn net.Listener
+	// leaderParts run only while this replica holds the Lease.
+	leaderParts run.Group
+}
+
+// controllerWiring is the order in which kordon controller is wired. All
+// parts start together once every step is done.
+func (c *controller) controllerWiring() []func(context.Context) error {
+	return []func(context.Context) error{
+		c.wireIdentity,
+		c.wireXDS,
+		c.wireFeed,
+		c.wirePolicies,
+		c.wireIssuance,
+		c.wireLeader,
+		c.wireHTTP,
+	}
+}
+
 func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) error {
-	log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
-	clients, err := kube.NewClients(f.kubeconfig)
-	if err != nil {
+	c := &controller{service: newService(cmd.ErrOrStderr()), f: f, stderr: cmd.ErrOrStderr(), workloads: workload.NewRegistry(), synced: make(chan struct{})}
+	defer c.close()
+	var err error
+	if c.clients, err = kube.NewClients(f.kubeconfig); err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := c.wire(ctx, c.controllerWiring()); err != nil {
+		return err
+	}
+	c.parts.Add("ready", run.Ready(func() {
+		c.ready.Store(true)
+		fmt.Fprintf(c.stderr, "kordon controller ready: xds %s, issuance %s, http %s, trust domain %s\n", c.xdsLn.Addr(), c.issuanceLn.Addr(), c.httpLn.Addr(), f.trustDomain)
+	}, c.synced))
+	return c.parts.Run(ctx)
+}
 
-	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
+// wireIdentity loads (or creates) the CA from the Secret kordon-ca and
+// starts the pod registry; every replica follows the CA Secret, so that
+// it signs with the root the leader activated.
+func (c *controller) wireIdentity(ctx context.Context) error {
+	td, err := spiffeid.TrustDomainFromString(c.f.trustDomain)
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
-	ctrlID, err := identity.WorkloadID(td, f.namespace, "kordon-controller")
-	if err != nil {
+	if c.ctrlID, err = identity.WorkloadID(td, c.f.namespace, "kordon-controller"); err != nil {
 		return fmt.Errorf("--namespace: %w", err)
 	}
-	ca, err := identity.New(ctx, identity.Config{TrustDomain: f.trustDomain, Store: &kube.SecretStore{Client: clients.Kube, Namespace: f.namespace, Name: "kordon-ca"},
-		CATTL: f.caTTL, SVIDTTL: f.svidTTL, Logger: log, Metrics: reg})
+	c.ca, err = identity.New(ctx, identity.Config{TrustDomain: c.f.trustDomain, Store: &kube.SecretStore{Client: c.clients.Kube, Namespace: c.f.namespace, Name: "kordon-ca"},
+		CATTL: c.f.caTTL, SVIDTTL: c.f.svidTTL, Logger: c.log, Metrics: c.reg})
 	if err != nil {
 		return err
 	}
-	workloads := workload.NewRegistry()
-	if err := kube.RunWorkloads(ctx, clients, workloads, ""); err != nil {
+	c.parts.AddFunc("ca reload", func(ctx context.Context) error { c.ca.RunReload(ctx, 0); return nil })
+	if err := kube.RunWorkloads(ctx, c.clients, c.workloads, ""); err != nil {
 		return err
 	}
-	reviewer := &kube.TokenReviewer{Client: clients.Kube}
-	// RequestAuthentication jwksUris are fetched here, as istiod does, and
-	// put inline into Envoy nodes' jwt_authn filters; a key rotation
-	// re-pushes them.
+	c.reviewer = &kube.TokenReviewer{Client: c.clients.Kube}
+	return nil
+}
+
+// wireXDS builds the ADS server. RequestAuthentication jwksUris are
+// fetched here, as istiod does, and put inline into Envoy nodes'
+// jwt_authn filters; a key rotation re-pushes them.
+func (c *controller) wireXDS(context.Context) error {
 	var xsrv *xds.Server
-	jwks := xds.NewJWKSFetcher(xds.JWKSFetcherConfig{Logger: log, OnChange: func() { xsrv.JWKSChanged() }})
-	xsrv, err = xds.New(xds.Config{
-		Registry: workloads, TrustDomain: f.trustDomain, RootNamespace: f.rootNamespace,
-		Identities:    &xds.CAIdentities{CA: ca},
-		SVIDRefresh:   svidRefresh(f.svidTTL),
-		Authenticator: xds.AnyAuthenticator{xds.SVIDAuthenticator{TrustDomain: f.trustDomain}, xds.TokenAuthenticator{Reviewer: xdsReviewer{reviewer}}},
-		TLS:           identity.ServerTLS(ca, ctrlID),
-		Logger:        log, Metrics: reg,
+	jwks := xds.NewJWKSFetcher(xds.JWKSFetcherConfig{Logger: c.log, OnChange: func() { xsrv.JWKSChanged() }})
+	xsrv, err := xds.New(xds.Config{
+		Registry: c.workloads, TrustDomain: c.f.trustDomain, RootNamespace: c.f.rootNamespace,
+		Identities:    &xds.CAIdentities{CA: c.ca},
+		SVIDRefresh:   svidRefresh(c.f.svidTTL),
+		Authenticator: xds.AnyAuthenticator{xds.SVIDAuthenticator{TrustDomain: c.f.trustDomain}, xds.TokenAuthenticator{Reviewer: xdsReviewer{c.reviewer}}},
+		TLS:           identity.ServerTLS(c.ca, c.ctrlID),
+		Logger:        c.log, Metrics: c.reg,
 		JWKS: jwks,
 	})
 	if err != nil {
 		return err
 	}
+	c.xds = xsrv
 	// OnChange runs only from Run, which starts after xsrv is set.
-	go jwks.Run(ctx)
-	feed, err := alert.NewFeed(alert.Config{Dir: f.alertsDir, Logger: log, Metrics: reg})
+	c.parts.AddFunc("jwks", func(ctx context.Context) error { jwks.Run(ctx); return nil })
+	if c.xdsLn, err = net.Listen("tcp", c.f.xdsListen); err != nil {
+		return err
+	}
+	c.parts.AddFunc("xds", func(ctx context.Context) error { return xsrv.Serve(ctx, c.xdsLn) })
+	c.mux.Handle("/v1/xds/status", xsrv.StatusHandler())
+	return nil
+}
+
+// wireFeed opens the durable alert feed served at /v1/alerts.
+func (c *controller) wireFeed(context.Context) error {
+	feed, err := alert.NewFeed(alert.Config{Dir: c.f.alertsDir, Logger: c.log, Metrics: c.reg})
 	if err != nil {
 		return err
 	}
-	defer feed.Close()
+	c.feed = feed
+	c.closers = append(c.closers, feed.Close)
+	c.mux.Handle("/v1/alerts", feed.Handler())
+	return nil
+}
 
-	var leader atomic.Bool
-	src := &kube.PolicySource{Clients: clients, RootNamespace: f.rootNamespace, Logger: log,
-		OnChange:    func(s *policy.Set) { xsrv.SetPolicies(s) },
-		WriteStatus: leader.Load}
-	synced := make(chan struct{})
-	go func() {
-		if err := src.Run(ctx, synced); err != nil {
-			log.Error("policy source stopped", "error", err)
-		}
-	}()
+// wirePolicies watches the policy CRDs into xDS; only the leader writes
+// their status.
+func (c *controller) wirePolicies(context.Context) error {
+	src := &kube.PolicySource{Clients: c.clients, RootNamespace: c.f.rootNamespace, Logger: c.log,
+		OnChange:    func(s *policy.Set) { c.xds.SetPolicies(s) },
+		WriteStatus: c.leader.Load}
+	c.parts.AddFunc("policy source", func(ctx context.Context) error { return src.Run(ctx, c.synced) })
+	return nil
+}
 
-	iss, err := identity.NewIssuance(identity.IssuanceConfig{CA: ca, Reviewer: reviewer, Pods: workloads,
-		NodeAgents: []string{f.namespace + "/kordon-node"}, Logger: log})
+// wireIssuance serves the SVID issuance API for node agents.
+func (c *controller) wireIssuance(context.Context) error {
+	iss, err := identity.NewIssuance(identity.IssuanceConfig{CA: c.ca, Reviewer: c.reviewer, Pods: c.workloads,
+		NodeAgents: []string{c.f.namespace + "/kordon-node"}, Logger: c.log})
 	if err != nil {
 		return err
 	}
-	errc := make(chan error, 4)
-	issLn, err := net.Listen("tcp", f.issuanceListen)
-	if err != nil {
+	if c.issuanceLn, err = net.Listen("tcp", c.f.issuanceListen); err != nil {
 		return err
 	}
-	go func() {
-		errc <- identity.ServeIssuance(ctx, issLn, iss, identity.ServerTLS(ca, ctrlID))
-	}()
-	xdsLn, err := net.Listen("tcp", f.xdsListen)
-	if err != nil {
-		return err
-	}
-	go func() { errc <- xsrv.Serve(ctx, xdsLn) }()
+	c.parts.AddFunc("issuance", func(ctx context.Context) error {
+		return identity.ServeIssuance(ctx, c.issuanceLn, iss, identity.ServerTLS(c.ca, c.ctrlID))
+	})
+	return nil
+}
 
-	var ready atomic.Bool
-	mux := serviceMux(reg, &ready)
-	mux.Handle("/v1/alerts", feed.Handler())
-	mux.Handle("/v1/xds/status", xsrv.StatusHandler())
-	httpLn, err := net.Listen("tcp", f.httpListen)
-	if err != nil {
-		return err
-	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := hs.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- err
-		}
-	}()
-	defer hs.Shutdown(context.Background())
-
-	// Every replica follows the CA Secret, so that it signs with the root
-	// the leader activated; the leader also steps the rotation schedule.
-	go ca.RunReload(ctx, 0)
-
-	// Leader election, campaigned again whenever the Lease is lost: only
-	// the leader writes policy status, publishes the bundle and rotates.
-	id := f.podName
+// wireLeader campaigns for the Lease, again whenever it is lost: only the
+// leader writes policy status and runs leaderParts (bundle publishing and
+// CA rotation, and what other files add).
+func (c *controller) wireLeader(context.Context) error {
+	// A new root is published as soon as it is prepared: node agents must
+	// trust it before it signs.
+	c.leaderParts.Add("trust bundle", &kube.BundlePublisher{Client: c.clients.Kube, Namespace: c.f.namespace, CA: c.ca, Logger: c.log})
+	id := c.f.podName
 	if id == "" {
 		id, _ = os.Hostname()
 	}
-	elector := &kube.LeaderElection{Client: clients.Kube, Namespace: f.namespace, Name: "kordon-controller", Identity: id, Logger: log,
-		OnLeading: leader.Store,
-		Lead: func(lctx context.Context) {
-			publish := func() {
-				if err := kube.PublishBundle(lctx, clients.Kube, f.namespace, ca); err != nil && lctx.Err() == nil {
-					log.Warn("trust bundle not published", "error", err)
-				}
-			}
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				// A new root is published as soon as it is prepared: node
-				// agents must trust it before it signs.
-				ca.RunRotation(lctx, 0, publish)
-			}()
-			for {
-				publish()
-				select {
-				case <-lctx.Done():
-					<-done
-					return
-				case <-time.After(30 * time.Second):
-				}
-			}
-		}}
-	go func() {
-		if err := elector.Run(ctx); err != nil {
-			errc <- err
-		}
-	}()
-	select {
-	case <-synced:
-	case <-ctx.Done():
-		return nil
-	}
-	ready.Store(true)
-	fmt.Fprintf(cmd.ErrOrStderr(), "kordon controller ready: xds %s, issuance %s, http %s, trust domain %s\n", xdsLn.Addr(), issLn.Addr(), httpLn.Addr(), f.trustDomain)
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-errc:
-		return err
-	}
+	elector := &kube.LeaderElection{Client: c.clients.Kube, Namespace: c.f.namespace, Name: "kordon-controller", Identity: id, Logger: c.log,
+		OnLeading: c.leader.Store,
+		Lead:      c.leaderParts.Run}
+	c.parts.Add("leader election", elector)
+	return nil
 }
 
-// serviceMux serves /metrics from reg, /healthz, and /readyz once ready
-// is set; callers add their own APIs.
-func serviceMux(reg *prometheus.Registry, ready *atomic.Bool) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "starting", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	return mux
-}
+// wireHTTP listens for /healthz /readyz /metrics and the APIs the other
+// steps mounted on mux.
+func (c *controller) wireHTTP(context.Context) error { return c.listenHTTP(c.f.httpListen) }

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/internal/demo/authdns"
 	"github.com/kordon-dev/kordon/internal/devconfig"
+	"github.com/kordon-dev/kordon/internal/run"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
 	"github.com/kordon-dev/kordon/xds"
@@ -102,7 +102,10 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 		return err
 	}
 	d.printSummary(stdout)
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-d.done: // a part failed: Shutdown returns its error
+	}
 	fmt.Fprintln(stdout, "kordon dev: shutting down")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -121,7 +124,6 @@ type devServer struct {
 	removeState  bool
 	upstream     *authdns.Server
 	upstreamAddr []string
-	httpSrv      *http.Server
 	httpAddr     net.Addr
 	xds          *xds.Server
 	xdsAddr      net.Addr
@@ -135,17 +137,20 @@ type devServer struct {
 	stdoutLines []*lineWriter
 	sockets     *devSockets
 	runCtx      context.Context
-	// dnsDone is closed when the resolver's Serve returned, that is when
-	// no query handler runs any more.
-	dnsDone chan struct{}
 
 	// applied is the snapshot every component holds, for rollback when a
 	// later component refuses a new one.
 	applied *devconfig.Snapshot
 
-	ready   atomic.Bool
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	ready atomic.Bool
+	// parts run from the end of startDev until Shutdown cancels runCtx
+	// (or one fails); done is closed, and runErr set, when all returned.
+	parts  run.Group
+	cancel context.CancelFunc
+	done   chan struct{}
+	runErr error
+	// closers release what the parts used, in reverse order, once they
+	// all returned (the resolver before its query log, the feed last).
 	closers []func(context.Context) error
 }
 
@@ -210,20 +215,21 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.startHTTP(); err != nil {
 		return d, err
 	}
-	if err := d.startXDS(runCtx); err != nil {
+	if err := d.startXDS(); err != nil {
 		return d, err
 	}
-	if err := d.startDNS(runCtx); err != nil {
+	if err := d.startDNS(); err != nil {
 		return d, err
 	}
-	d.wg.Add(2)
+	d.parts.Add("config watcher", d.watcher)
+	d.parts.AddFunc("identity", func(ctx context.Context) error { d.ident.run(ctx, d.registry); return nil })
+	if d.egress != nil {
+		d.parts.Add("egress", d.egress)
+	}
+	d.done = make(chan struct{})
 	go func() {
-		defer d.wg.Done()
-		_ = d.watcher.Run(runCtx)
-	}()
-	go func() {
-		defer d.wg.Done()
-		d.ident.run(runCtx, d.registry)
+		defer close(d.done)
+		d.runErr = d.parts.Run(runCtx)
 	}()
 	d.ready.Store(true)
 	if o.addrFile != "" {
@@ -296,19 +302,13 @@ func (d *devServer) newXDS() error {
 	return nil
 }
 
-func (d *devServer) startXDS(ctx context.Context) error {
+func (d *devServer) startXDS() error {
 	l, err := listenLoopback("tcp", d.opts.xdsListen)
 	if err != nil {
 		return fmt.Errorf("--xds-listen: %w", err)
 	}
 	d.xdsAddr = l.Addr()
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := d.xds.Serve(ctx, l); err != nil {
-			d.log.Error("xds server stopped", "err", err.Error())
-		}
-	}()
+	d.parts.AddFunc("xds", func(ctx context.Context) error { return d.xds.Serve(ctx, l) })
 	return nil
 }
 
@@ -410,7 +410,7 @@ func (d *devServer) startEgress(ctx context.Context) error {
 	return nil
 }
 
-func (d *devServer) startDNS(ctx context.Context) error {
+func (d *devServer) startDNS() error {
 	if d.egress == nil {
 		if err := checkLoopback(d.opts.dnsListen); err != nil {
 			return fmt.Errorf("--dns-listen: %w", err)
@@ -421,13 +421,9 @@ func (d *devServer) startDNS(ctx context.Context) error {
 		return fmt.Errorf("--dns-listen: %w", err)
 	}
 	d.dnsAddr = pc.LocalAddr()
-	d.dnsDone = make(chan struct{})
-	go func() {
-		defer close(d.dnsDone)
-		if err := d.dns.Serve(ctx, pc, ln); err != nil {
-			d.log.Error("dns server stopped", "err", err.Error())
-		}
-	}()
+	// The resolver (and its query log) is closed only after Shutdown saw
+	// every part return, so after Serve's handlers are done.
+	d.parts.AddFunc("dns", func(ctx context.Context) error { return d.dns.Serve(ctx, pc, ln) })
 	return nil
 }
 
@@ -519,16 +515,8 @@ func (d *devServer) startHTTP() error {
 	if d.egress != nil {
 		d.egress.handle(mux)
 	}
-	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	d.httpAddr = l.Addr()
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := d.httpSrv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("http server stopped", "err", err.Error())
-		}
-	}()
-	d.closers = append(d.closers, d.httpSrv.Shutdown)
+	d.parts.Add("http", run.HTTPServer(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l, devShutdownTimeout))
 	return nil
 }
 
@@ -648,28 +636,34 @@ func labelString(l map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
-// Shutdown stops every component, in reverse order of start.
+// devShutdownTimeout is how long the HTTP server waits for requests in
+// flight at shutdown (SSE followers are cut after it).
+const devShutdownTimeout = 5 * time.Second
+
+// Shutdown stops every part, waits for them (at most until ctx ends),
+// then releases resources in reverse order of start. It returns the
+// error of a part that failed, if one did, with those of the closers.
 func (d *devServer) Shutdown(ctx context.Context) error {
 	d.ready.Store(false)
 	if d.cancel != nil {
 		d.cancel()
 	}
-	if d.dnsDone != nil {
-		// Serve returns once its handlers are done; closing the resolver
-		// (and its query log) before that races with queries in flight.
+	var errs []error
+	if d.done != nil {
 		select {
-		case <-d.dnsDone:
+		case <-d.done:
+			errs = append(errs, d.runErr)
+			d.runErr = nil
 		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("kordon dev: parts still running: %w", ctx.Err()))
 		}
 	}
-	var errs []error
 	for i := len(d.closers) - 1; i >= 0; i-- {
 		if err := d.closers[i](ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	d.closers = nil
-	d.wg.Wait()
 	if d.removeState {
 		if err := os.RemoveAll(d.stateDir); err != nil {
 			errs = append(errs, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kordon-dev/kordon/dnsguard"
+	"github.com/kordon-dev/kordon/internal/run"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
 	"github.com/miekg/dns"
@@ -159,6 +161,9 @@ func newDNSGuardCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			defer srv.Close()
+			var parts run.Group
+			parts.AddFunc("dns", func(ctx context.Context) error { return srv.Serve(ctx, pc, ln) })
 			if metricsListen != "" {
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
@@ -182,22 +187,18 @@ func newDNSGuardCmd() *cobra.Command {
 					mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 					mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 				}
-				hs := &http.Server{Addr: metricsListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-				go func() {
-					if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-						slog.Error("metrics server failed", "error", err)
-					}
-				}()
-				defer hs.Shutdown(context.Background())
+				mln, err := net.Listen("tcp", metricsListen)
+				if err != nil {
+					return fmt.Errorf("--metrics-listen: %w", err)
+				}
+				parts.Add("metrics", run.HTTPServer(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, mln, 0))
 			}
 			n := 0
 			if set != nil {
 				n = len(set.Egress)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "dnsguard listening on %s (udp+tcp), upstreams %v, %d workloads, %d EgressPolicies\n", pc.LocalAddr(), cfg.Upstreams, len(reg.List()), n)
-			err = srv.Serve(ctx, pc, ln)
-			srv.Close()
-			return err
+			return parts.Run(ctx)
 		},
 	}
 	df.register(cmd)

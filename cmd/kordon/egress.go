@@ -87,6 +87,9 @@ type egressStack struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	closeFn func() error
+	// errc has the error of the firewall's or the flow log's loop, if one
+	// fails (Run reports it).
+	errc chan error
 }
 
 // errNoNetAdmin explains a missing capability instead of a netlink EPERM.
@@ -134,7 +137,7 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 	if err != nil {
 		return nil, fmt.Errorf("egress firewall: %w", err)
 	}
-	s := &egressStack{fw: fw}
+	s := &egressStack{fw: fw, errc: make(chan error, 2)}
 	out, closeOut, err := openLog(f.flowLog)
 	if err != nil {
 		_ = fw.Close()
@@ -162,18 +165,31 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		if err := fw.Run(runCtx); err != nil {
-			d.Logger.Error("egress firewall stopped", "err", err.Error())
+		if err := fw.Run(runCtx); err != nil && runCtx.Err() == nil {
+			s.errc <- fmt.Errorf("egress firewall: %w", err)
 		}
 	}()
 	go func() {
 		defer s.wg.Done()
-		if err := flows.Run(runCtx); err != nil {
-			d.Logger.Error("egress flow log stopped", "err", err.Error())
+		if err := flows.Run(runCtx); err != nil && runCtx.Err() == nil {
+			s.errc <- fmt.Errorf("egress flow log: %w", err)
 		}
 	}()
 	s.closeFn = closeOut
 	return s, nil
+}
+
+// Run returns the error of the firewall's or the flow log's loop if one
+// fails while ctx lives, and nil when ctx ends. The loops themselves run
+// on until Stop: the resolver, which stops first, admits answers through
+// the firewall until its last query is answered.
+func (s *egressStack) Run(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-s.errc:
+		return err
+	}
 }
 
 // SetPolicies hands the EgressPolicies in force to the firewall.

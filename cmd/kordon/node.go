@@ -5,36 +5,37 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/egress"
 	"github.com/kordon-dev/kordon/egress/flowlog"
 	"github.com/kordon-dev/kordon/internal/kube"
+	"github.com/kordon-dev/kordon/internal/run"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 )
 
+// nodeFlags are the flags of kordon node.
+type nodeFlags struct {
+	df                                                                    dnsguardFlags
+	kubeconfig, dnsListen, httpListen, stateDir, controllerHTTP, queryLog string
+	rootNS                                                                string
+	wl                                                                    workloadAPIFlags
+	ef                                                                    egressFlags
+	cleanup, prepareHost                                                  bool
+}
+
 func newNodeCmd() *cobra.Command {
-	var df dnsguardFlags
-	var kubeconfig, dnsListen, httpListen, stateDir, controllerHTTP, queryLog, rootNS string
-	var wl workloadAPIFlags
-	var ef egressFlags
-	var cleanup, prepareHost bool
+	var f nodeFlags
 	cmd := &cobra.Command{
 		Use:   "node --node NAME --dns-listen ADDR --upstream IP:PORT",
 		Short: "Run the node agent: DNS filtering for this node's pods, exfiltration detection, alert forwarding",
@@ -44,164 +45,232 @@ exfiltration, keeps a durable local alert log and forwards every alert to the
 controller's feed (at least once, buffered on disk while the controller is down).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if prepareHost {
+			if f.prepareHost {
 				if err := flowlog.EnableAccounting(0); err != nil {
 					return fmt.Errorf("--prepare-host: %w", err)
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), "conntrack accounting and timestamps on (net.netfilter.nf_conntrack_acct=1, nf_conntrack_timestamp=1)")
 				return nil
 			}
-			if cleanup {
-				if err := egress.RemoveTable("", filepath.Join(stateDir, egressStateFile)); err != nil {
+			if f.cleanup {
+				if err := egress.RemoveTable("", filepath.Join(f.stateDir, egressStateFile)); err != nil {
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), "removed nftables table inet kordon and the egress state (if there were any)")
 				return nil
 			}
-			if df.node == "" {
+			if f.df.node == "" {
 				return errors.New("--node is required (the DaemonSet passes spec.nodeName)")
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
-			cfg, err := df.config()
-			if err != nil {
-				return err
-			}
-			clients, err := kube.NewClients(kubeconfig)
-			if err != nil {
-				return err
-			}
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			workloads := workload.NewRegistry()
-			if err := kube.RunWorkloads(ctx, clients, workloads, df.node); err != nil {
-				return err
-			}
-			hooks := []alert.WebhookConfig{{Name: "events", Sink: &kube.EventSink{Client: clients.Kube, Node: df.node}}}
-			if controllerHTTP != "" {
-				hooks = append(hooks, alert.WebhookConfig{Name: "controller", URL: strings.TrimSuffix(controllerHTTP, "/") + "/v1/alerts"})
-			}
-			feed, err := alert.NewFeed(alert.Config{Dir: stateDir + "/alerts", Webhooks: hooks, Logger: log, Metrics: reg})
-			if err != nil {
-				return err
-			}
-			defer feed.Close()
-			insp, err := dnsguard.NewInspector(dnsguard.InspectorConfig{Feed: feed, StateDir: stateDir, BlockedAlerts: true, Logger: log, Metrics: reg})
-			if err != nil {
-				return err
-			}
-			defer insp.Close()
-			// The query log and the flow log may both go to stdout: whole
-			// lines only.
-			stdout := sharedLines(os.Stdout, 2)
-			var stack *egressStack
-			if ef.firewall {
-				dnsAP, err := netip.ParseAddrPort(dnsListen)
-				if err != nil {
-					return fmt.Errorf("--dns-listen: %w", err)
-				}
-				warnUnroutedCNI(log)
-				// Every pod's DNS is redirected to --dns-listen: it must be a
-				// local address (a dummy interface, as NodeLocal DNSCache).
-				if err := egress.EnsureLocalAddress("", dnsAP.Addr()); err != nil {
-					return err
-				}
-				if stack, err = startEgress(ctx, &ef, egressDeps{
-					Registry: workloads, Feed: feed, Node: df.node, TrustDomain: policy.DefaultTrustDomain,
-					DNS: dnsAP, StateDir: stateDir, FlowOut: stdout[1], Metrics: reg, Logger: log,
-				}); err != nil {
-					return err
-				}
-				// The table stays when the agent stops: enforcement never
-				// lapses across restarts (kordon node --cleanup removes it).
-				defer stack.Stop(false)
-				cfg.Firewall = stack.dnsFirewall()
-			}
-			w, closeLog, err := openLog(queryLog)
-			if err != nil {
-				return err
-			}
-			defer closeLog()
-			if w == io.Writer(os.Stdout) {
-				w = stdout[0]
-			}
-			cfg.Registry, cfg.QueryLog, cfg.Metrics, cfg.Logger, cfg.Inspector, cfg.RootNamespace = workloads, w, reg, log, insp, rootNS
-			srv, err := dnsguard.New(cfg)
-			if err != nil {
-				return err
-			}
-			defer srv.Close()
-			src := &kube.PolicySource{Clients: clients, EgressOnly: true, RootNamespace: rootNS, Logger: log,
-				OnChange: func(s *policy.Set) {
-					if err := srv.SetPolicies(s); err != nil {
-						log.Error("egress policies not applied", "error", err)
-					}
-					if stack != nil {
-						if err := stack.SetPolicies(s, rootNS, df.clusterDomain); err != nil {
-							log.Error("egress firewall policies not applied", "error", err)
-						}
-					}
-				}}
-			synced := make(chan struct{})
-			go func() {
-				if err := src.Run(ctx, synced); err != nil {
-					log.Error("policy source stopped", "error", err)
-				}
-			}()
-			select {
-			case <-synced:
-			case <-ctx.Done():
-				return nil
-			}
-			pc, ln, err := dnsguard.ListenUDPTCP(dnsListen)
-			if err != nil {
-				return err
-			}
-			var ready atomic.Bool
-			mux := serviceMux(reg, &ready)
-			mux.Handle("/v1/alerts", feed.Handler())
-			mux.Handle("/v1/quarantines", insp.Handler())
-			mux.Handle("/v1/quarantines/", insp.Handler())
-			if stack != nil {
-				stack.handle(mux)
-			}
-			httpLn, err := net.Listen("tcp", httpListen)
-			if err != nil {
-				return err
-			}
-			hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-			go func() { _ = hs.Serve(httpLn) }()
-			defer hs.Shutdown(context.Background())
-			if wl.socket != "" {
-				if err := wl.serve(ctx, clients, workloads, log); err != nil {
-					return err
-				}
-			}
-			// Ready (/readyz 200) once the resolver answers, not before.
-			go func() {
-				select {
-				case <-srv.Ready():
-					ready.Store(true)
-					fmt.Fprintf(cmd.ErrOrStderr(), "kordon node %s ready: dns %s, http %s, %d pods on this node\n", df.node, pc.LocalAddr(), httpLn.Addr(), len(workloads.List()))
-				case <-ctx.Done():
-				}
-			}()
-			return srv.Serve(ctx, pc, ln)
+			return runNode(ctx, f, cmd.ErrOrStderr())
 		},
 	}
-	df.register(cmd)
+	f.df.register(cmd)
 	fl := cmd.Flags()
-	fl.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig path (default: in-cluster service account)")
-	fl.StringVar(&dnsListen, "dns-listen", "169.254.20.10:53", "DNS address pods use (NodeLocal DNSCache style link-local IP)")
-	fl.StringVar(&httpListen, "http-listen", "127.0.0.1:9081", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/quarantines")
-	fl.StringVar(&stateDir, "state-dir", "/var/lib/kordon", "durable state: alert log, webhook cursors, quarantines")
-	fl.StringVar(&controllerHTTP, "controller-http", "http://kordon-controller.kordon-system.svc:9080", "controller feed to forward alerts to (empty: keep local)")
-	fl.StringVar(&queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
-	fl.StringVar(&rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
-	ef.register(fl, false)
-	fl.BoolVar(&cleanup, "cleanup", false, "remove kordon's nftables table from this host and exit (uninstall)")
-	fl.BoolVar(&prepareHost, "prepare-host", false, "turn on conntrack accounting in this network namespace and exit (the DaemonSet's privileged init container)")
-	wl.register(cmd)
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig path (default: in-cluster service account)")
+	fl.StringVar(&f.dnsListen, "dns-listen", "169.254.20.10:53", "DNS address pods use (NodeLocal DNSCache style link-local IP)")
+	fl.StringVar(&f.httpListen, "http-listen", "127.0.0.1:9081", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/quarantines")
+	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/kordon", "durable state: alert log, webhook cursors, quarantines")
+	fl.StringVar(&f.controllerHTTP, "controller-http", "http://kordon-controller.kordon-system.svc:9080", "controller feed to forward alerts to (empty: keep local)")
+	fl.StringVar(&f.queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
+	fl.StringVar(&f.rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
+	f.ef.register(fl, false)
+	fl.BoolVar(&f.cleanup, "cleanup", false, "remove kordon's nftables table from this host and exit (uninstall)")
+	fl.BoolVar(&f.prepareHost, "prepare-host", false, "turn on conntrack accounting in this network namespace and exit (the DaemonSet's privileged init container)")
+	f.wl.register(cmd)
 	return cmd
 }
+
+// nodeAgent is kordon node, wired: what its parts share. Each wire method
+// builds one concern, mounts its routes on mux and adds its components to
+// parts; a new concern is a wire method in its own file and one entry in
+// nodeWiring.
+type nodeAgent struct {
+	*service
+	f         nodeFlags
+	stderr    io.Writer
+	clients   *kube.Clients
+	workloads *workload.Registry
+	feed      *alert.Feed
+	insp      *dnsguard.DetectionInspector
+	// stdout is shared by the query log ([0]) and the flow log ([1]):
+	// whole lines only.
+	stdout []*lineWriter
+	stack  *egressStack
+	cfg    dnsguard.Config
+	dns    *dnsguard.Server
+	// synced is closed when the EgressPolicies are loaded: DNS is served
+	// only after. readyAfter are the start-up signals /readyz waits for
+	// besides the resolver serving.
+	synced     chan struct{}
+	readyAfter []<-chan struct{}
+	dnsAddr    net.Addr
+}
+
+// nodeWiring is the order in which kordon node is wired. All parts start
+// together once every step is done.
+func (n *nodeAgent) nodeWiring() []func(context.Context) error {
+	return []func(context.Context) error{
+		n.wireFeed,
+		n.wireEgress,
+		n.wireDNS,
+		n.wirePolicies,
+		n.wireWorkloadAPI,
+		n.wireHTTP,
+	}
+}
+
+func runNode(ctx context.Context, f nodeFlags, stderr io.Writer) error {
+	n := &nodeAgent{service: newService(stderr), f: f, stderr: stderr,
+		workloads: workload.NewRegistry(), stdout: sharedLines(os.Stdout, 2), synced: make(chan struct{})}
+	defer n.close()
+	var err error
+	if n.cfg, err = f.df.config(); err != nil {
+		return err
+	}
+	if n.clients, err = kube.NewClients(f.kubeconfig); err != nil {
+		return err
+	}
+	if err := kube.RunWorkloads(ctx, n.clients, n.workloads, f.df.node); err != nil {
+		return err
+	}
+	if err := n.wire(ctx, n.nodeWiring()); err != nil {
+		return err
+	}
+	// Ready (/readyz 200) once the resolver answers, not before.
+	n.parts.Add("ready", run.Ready(func() {
+		n.ready.Store(true)
+		fmt.Fprintf(n.stderr, "kordon node %s ready: dns %s, http %s, %d pods on this node\n", f.df.node, n.dnsAddr, n.httpLn.Addr(), len(n.workloads.List()))
+	}, append(n.readyAfter, n.dns.Ready())...))
+	return n.parts.Run(ctx)
+}
+
+// wireFeed opens the local durable alert log, forwarded to Kubernetes
+// Events and to the controller's feed, and the detector that feeds it.
+func (n *nodeAgent) wireFeed(context.Context) error {
+	hooks := []alert.WebhookConfig{{Name: "events", Sink: &kube.EventSink{Client: n.clients.Kube, Node: n.f.df.node}}}
+	if n.f.controllerHTTP != "" {
+		hooks = append(hooks, alert.WebhookConfig{Name: "controller", URL: strings.TrimSuffix(n.f.controllerHTTP, "/") + "/v1/alerts"})
+	}
+	feed, err := alert.NewFeed(alert.Config{Dir: n.f.stateDir + "/alerts", Webhooks: hooks, Logger: n.log, Metrics: n.reg})
+	if err != nil {
+		return err
+	}
+	n.feed = feed
+	n.closers = append(n.closers, feed.Close)
+	insp, err := dnsguard.NewInspector(dnsguard.InspectorConfig{Feed: feed, StateDir: n.f.stateDir, BlockedAlerts: true, Logger: n.log, Metrics: n.reg})
+	if err != nil {
+		return err
+	}
+	n.insp = insp
+	n.closers = append(n.closers, func() error { insp.Close(); return nil })
+	n.mux.Handle("/v1/alerts", feed.Handler())
+	n.mux.Handle("/v1/quarantines", insp.Handler())
+	n.mux.Handle("/v1/quarantines/", insp.Handler())
+	return nil
+}
+
+// wireEgress programs the egress firewall (--egress-firewall). The table
+// stays when the agent stops: enforcement never lapses across restarts
+// (kordon node --cleanup removes it).
+func (n *nodeAgent) wireEgress(ctx context.Context) error {
+	if !n.f.ef.firewall {
+		return nil
+	}
+	dnsAP, err := netip.ParseAddrPort(n.f.dnsListen)
+	if err != nil {
+		return fmt.Errorf("--dns-listen: %w", err)
+	}
+	warnUnroutedCNI(n.log)
+	// Every pod's DNS is redirected to --dns-listen: it must be a local
+	// address (a dummy interface, as NodeLocal DNSCache).
+	if err := egress.EnsureLocalAddress("", dnsAP.Addr()); err != nil {
+		return err
+	}
+	stack, err := startEgress(ctx, &n.f.ef, egressDeps{
+		Registry: n.workloads, Feed: n.feed, Node: n.f.df.node, TrustDomain: policy.DefaultTrustDomain,
+		DNS: dnsAP, StateDir: n.f.stateDir, FlowOut: n.stdout[1], Metrics: n.reg, Logger: n.log,
+	})
+	if err != nil {
+		return err
+	}
+	n.stack = stack
+	n.closers = append(n.closers, func() error { return stack.Stop(false) })
+	n.parts.Add("egress", stack)
+	stack.handle(n.mux)
+	n.cfg.Firewall = stack.dnsFirewall()
+	return nil
+}
+
+// wireDNS builds the resolver; it is bound and served once the policies
+// are loaded (a second agent bound beside this one with SO_REUSEPORT takes
+// queries only when it can answer them).
+func (n *nodeAgent) wireDNS(context.Context) error {
+	w, closeLog, err := openLog(n.f.queryLog)
+	if err != nil {
+		return err
+	}
+	n.closers = append(n.closers, closeLog)
+	if w == io.Writer(os.Stdout) {
+		w = n.stdout[0]
+	}
+	cfg := n.cfg
+	cfg.Registry, cfg.QueryLog, cfg.Metrics, cfg.Logger, cfg.Inspector, cfg.RootNamespace = n.workloads, w, n.reg, n.log, n.insp, n.f.rootNS
+	srv, err := dnsguard.New(cfg)
+	if err != nil {
+		return err
+	}
+	n.dns = srv
+	// Closed after every part returned: the resolver's Serve is done.
+	n.closers = append(n.closers, srv.Close)
+	n.parts.AddFunc("dns", func(ctx context.Context) error {
+		select {
+		case <-n.synced:
+		case <-ctx.Done():
+			return nil
+		}
+		pc, ln, err := dnsguard.ListenUDPTCP(n.f.dnsListen)
+		if err != nil {
+			return err
+		}
+		n.dnsAddr = pc.LocalAddr()
+		return srv.Serve(ctx, pc, ln)
+	})
+	return nil
+}
+
+// wirePolicies watches the EgressPolicies into the resolver and the
+// firewall.
+func (n *nodeAgent) wirePolicies(context.Context) error {
+	src := &kube.PolicySource{Clients: n.clients, EgressOnly: true, RootNamespace: n.f.rootNS, Logger: n.log,
+		OnChange: func(s *policy.Set) {
+			if err := n.dns.SetPolicies(s); err != nil {
+				n.log.Error("egress policies not applied", "error", err)
+			}
+			if n.stack != nil {
+				if err := n.stack.SetPolicies(s, n.f.rootNS, n.f.df.clusterDomain); err != nil {
+					n.log.Error("egress firewall policies not applied", "error", err)
+				}
+			}
+		}}
+	n.parts.AddFunc("policy source", func(ctx context.Context) error { return src.Run(ctx, n.synced) })
+	return nil
+}
+
+// wireWorkloadAPI serves the SPIFFE Workload API for this node's pods
+// (--workload-api-socket); the agent is ready only once it listens.
+func (n *nodeAgent) wireWorkloadAPI(context.Context) error {
+	if n.f.wl.socket == "" {
+		return nil
+	}
+	api := &nodeWorkloadAPI{flags: n.f.wl, clients: n.clients, pods: n.workloads, log: n.log, listening: make(chan struct{})}
+	n.readyAfter = append(n.readyAfter, api.listening)
+	n.parts.Add("workload api", api)
+	return nil
+}
+
+// wireHTTP listens for /healthz /readyz /metrics and the APIs the other
+// steps mounted on mux.
+func (n *nodeAgent) wireHTTP(context.Context) error { return n.listenHTTP(n.f.httpListen) }

@@ -33,8 +33,21 @@ func (w *workloadAPIFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&w.procRoot, "proc-root", "/proc", "procfs used to attest callers (PID -> cgroup -> pod); the DaemonSet runs with hostPID")
 }
 
-// serve starts the Workload API; it returns once the socket listens.
-func (w *workloadAPIFlags) serve(ctx context.Context, clients *kube.Clients, reg *workload.Registry, log *slog.Logger) error {
+// nodeWorkloadAPI is the node agent's Workload API as a component: it
+// waits (at most two minutes) for the controller's trust bundle, dials
+// the issuance API, listens on the socket (then closes listening) and
+// serves until ctx ends.
+type nodeWorkloadAPI struct {
+	flags     workloadAPIFlags
+	clients   *kube.Clients
+	pods      *workload.Registry
+	log       *slog.Logger
+	listening chan struct{}
+}
+
+// Run serves the Workload API until ctx ends.
+func (a *nodeWorkloadAPI) Run(ctx context.Context) error {
+	w, clients, reg, log := &a.flags, a.clients, a.pods, a.log
 	var bundle *spiffebundle.Bundle
 	var err error
 	for deadline := time.Now().Add(2 * time.Minute); ; {
@@ -47,7 +60,7 @@ func (w *workloadAPIFlags) serve(ctx context.Context, clients *kube.Clients, reg
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil
 		case <-time.After(time.Second): // waiting for the controller to publish, bounded
 		}
 	}
@@ -73,6 +86,7 @@ func (w *workloadAPIFlags) serve(ctx context.Context, clients *kube.Clients, reg
 	if err != nil {
 		return err
 	}
+	defer client.Close()
 	issuer := &identity.RemoteIssuer{Client: client, TrustBundles: func(ctx context.Context) ([]*spiffebundle.Bundle, error) {
 		b, err := kube.ReadBundle(ctx, clients.Kube, w.namespace)
 		if err != nil {
@@ -94,13 +108,9 @@ func (w *workloadAPIFlags) serve(ctx context.Context, clients *kube.Clients, reg
 	}
 	// Pods mount the directory; the API itself attests every caller.
 	if err := os.Chmod(w.socket, 0o777); err != nil {
+		ln.Close()
 		return err
 	}
-	go func() {
-		if err := api.Serve(ctx, ln); err != nil {
-			log.Error("workload API stopped", "error", err)
-		}
-		client.Close()
-	}()
-	return nil
+	close(a.listening)
+	return api.Serve(ctx, ln)
 }

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -30,10 +31,13 @@ type LeaderElection struct {
 	Namespace string
 	Name      string // the Lease
 	Identity  string // this replica
-	// Lead runs while this replica leads. Its context ends when the Lease
-	// is lost or Run's context ends; Lead must then return promptly, and
-	// the next campaign starts only after it has.
-	Lead func(ctx context.Context)
+	// Lead runs while this replica leads (a run.Group of the leader's
+	// components, for example). Its context ends when the Lease is lost or
+	// Run's context ends; Lead must then return promptly, and the next
+	// campaign starts only after it has. An error Lead returns while its
+	// context is still live ends Run with that error: the process exits
+	// and is restarted, as controller-runtime's manager does.
+	Lead func(ctx context.Context) error
 	// OnLeading, if set, is told each change (true when Lead starts,
 	// false when it has returned).
 	OnLeading func(leading bool)
@@ -43,8 +47,9 @@ type LeaderElection struct {
 	Logger                                    *slog.Logger
 }
 
-// Run campaigns, leads and campaigns again until ctx ends; on the way out
-// it releases the Lease if it holds it.
+// Run campaigns, leads and campaigns again until ctx ends (then it
+// returns nil) or Lead fails; on the way out it releases the Lease if it
+// holds it.
 func (l *LeaderElection) Run(ctx context.Context) error {
 	if l.Client == nil || l.Name == "" || l.Identity == "" || l.Lead == nil {
 		return errors.New("kube: LeaderElection needs Client, Name, Identity and Lead")
@@ -92,6 +97,8 @@ func (l *LeaderElection) campaign(ctx context.Context, lock resourcelock.Interfa
 		return err
 	}
 	l.Logger.Info("campaigning for leadership", "lease", l.Namespace+"/"+l.Name, "identity", l.Identity, "term", term)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -99,27 +106,42 @@ func (l *LeaderElection) campaign(ctx context.Context, lock resourcelock.Interfa
 	}()
 	select {
 	case lctx := <-started:
-		l.lead(lctx)
+		err := l.lead(lctx)
+		if err != nil {
+			// Step down: releasing the Lease lets another replica lead
+			// while this process exits.
+			cancel()
+		}
 		<-done
+		return err
 	case <-done:
 		// Run may return (ctx ended) just after starting to lead.
 		select {
 		case lctx := <-started:
-			l.lead(lctx)
+			return l.lead(lctx)
 		default:
 		}
 	}
 	return nil
 }
 
-func (l *LeaderElection) lead(lctx context.Context) {
+// lead runs Lead for one term; it returns Lead's error unless the term
+// ended first (then the error is Lead stopping as asked).
+func (l *LeaderElection) lead(lctx context.Context) error {
 	l.Logger.Info("became leader", "lease", l.Namespace+"/"+l.Name, "identity", l.Identity)
 	if l.OnLeading != nil {
 		l.OnLeading(true)
 	}
-	l.Lead(lctx)
+	err := l.Lead(lctx)
 	if l.OnLeading != nil {
 		l.OnLeading(false)
 	}
 	l.Logger.Info("lost leadership", "lease", l.Namespace+"/"+l.Name, "identity", l.Identity)
+	if lctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kube: leader %s: %w", l.Identity, err)
+	}
+	return nil
 }

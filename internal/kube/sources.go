@@ -110,8 +110,8 @@ type PolicySource struct {
 	kick     chan struct{}
 }
 
-// Run starts the informers and blocks until ctx ends. The first set is
-// delivered after the initial list.
+// Run starts the informers and blocks until ctx ends (then it returns
+// nil). The first set is delivered after the initial list.
 func (s *PolicySource) Run(ctx context.Context, synced chan<- struct{}) error {
 	if s.Logger == nil {
 		s.Logger = slog.Default()
@@ -153,6 +153,9 @@ func (s *PolicySource) Run(ctx context.Context, synced chan<- struct{}) error {
 	}
 	f.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
+		if ctx.Err() != nil {
+			return nil // stopped before the first list: not a failure
+		}
 		return fmt.Errorf("kube: policy informers did not sync")
 	}
 	s.rebuild(ctx)
