@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -50,16 +51,38 @@ func JWKSClusterName(host string, port uint32) string {
 	return fmt.Sprintf("kordon-jwks|%s|%d", host, port)
 }
 
-// parseJWKSURI is Istio's ParseJwksURI (pkg/config/security): host, port
-// (80/443 by default) and whether TLS is used.
-func parseJWKSURI(raw string) (JWKSRemote, error) {
+// ParseJWKSURI is the one check of a RequestAuthentication jwksUri: `policy
+// check` (validateRequestAuthentication), the jwt_authn compiler and the
+// control plane's JWKS fetcher all call it, so a URI one accepts the others
+// accept. It is Istio's ParseJwksURI (istio/istio pkg/config/security/
+// security.go, called from validateJwtRule in pkg/config/validation/
+// validation.go for ValidateRequestAuthentication): url.Parse must succeed,
+// the scheme must be http (port 80 by default) or https (443), an explicit
+// port must be a number. kordon is stricter in two places, each where
+// Istio's own output would fail later:
+//   - a host is required. Istio accepts "http://:8080/x" (an empty
+//     Hostname), and Go's HTTP client, istiod's and kordon's, dials an
+//     empty host as the local machine: the control plane would fetch keys
+//     from its own loopback port, which a policy author must not be able
+//     to point it at.
+//   - the port must be 1-65535. Istio's strconv.Atoi takes 99999, which
+//     Envoy's SocketAddress validation then refuses (NACK).
+func ParseJWKSURI(raw string) (JWKSRemote, error) {
 	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
-		return JWKSRemote{}, fmt.Errorf("invalid jwksUri %q", raw)
+	if err != nil {
+		return JWKSRemote{}, fmt.Errorf("invalid jwksUri %q: %w", raw, errors.Unwrap(err))
 	}
-	r := JWKSRemote{Host: u.Hostname(), Port: 80, TLS: u.Scheme == "https"}
-	if r.TLS {
-		r.Port = 443
+	r := JWKSRemote{Host: u.Hostname()}
+	switch u.Scheme {
+	case "http":
+		r.Port = 80
+	case "https":
+		r.Port, r.TLS = 443, true
+	default:
+		return JWKSRemote{}, fmt.Errorf("invalid jwksUri %q: URI scheme %q is not supported (want http or https)", raw, u.Scheme)
+	}
+	if r.Host == "" {
+		return JWKSRemote{}, fmt.Errorf("invalid jwksUri %q: no host", raw)
 	}
 	if p := u.Port(); p != "" {
 		n, err := parsePort(p)
@@ -128,7 +151,7 @@ func CompileJWTAuthn(set *Set, target Target, opts CompileOptions) (*JWTAuthn, e
 			case fetched != "":
 				p.JwksSourceSpecifier = localJWKS(fetched)
 			case r.JWKSURI != "":
-				remote, err := parseJWKSURI(r.JWKSURI)
+				remote, err := ParseJWKSURI(r.JWKSURI)
 				if err != nil {
 					return nil, fmt.Errorf("policy: %s: %w", name, err)
 				}

@@ -3,7 +3,7 @@ package policy
 import (
 	"encoding/json"
 	"fmt"
-	"net/url"
+	"sort"
 	"strings"
 	"time"
 )
@@ -89,8 +89,8 @@ func validateRequestAuthentication(p *RequestAuthentication) ErrorList {
 			}
 		}
 		if r.JWKSURI != "" {
-			if u, err := url.Parse(r.JWKSURI); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				errs = append(errs, pos.Errorf(path+".jwksUri", "invalid jwksUri %q: want an http:// or https:// URL", r.JWKSURI))
+			if _, err := ParseJWKSURI(r.JWKSURI); err != nil {
+				errs = append(errs, pos.Errorf(path+".jwksUri", "%v", err))
 			}
 		}
 		if r.JWKS != "" {
@@ -150,6 +150,24 @@ func (s *Set) RequestAuthenticationsFor(namespace string, labels map[string]stri
 			out = append(out, p)
 		}
 	}
+	return out
+}
+
+// JWKSURIs returns the jwksUris whose keys the set's RequestAuthentications
+// need fetched (rules with a jwksUri and no inline jwks), sorted and
+// without duplicates.
+func (s *Set) JWKSURIs() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range s.RequestAuthentication {
+		for _, r := range p.Spec.JWTRules {
+			if r.JWKSURI != "" && r.JWKS == "" && !seen[r.JWKSURI] {
+				seen[r.JWKSURI] = true
+				out = append(out, r.JWKSURI)
+			}
+		}
+	}
+	sort.Strings(out)
 	return out
 }
 

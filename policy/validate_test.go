@@ -73,7 +73,7 @@ func TestValidationErrors(t *testing.T) {
 			[]string{"t.yaml:6:5: spec.jwtRules[0]: issuer or jwksUri must be set"}},
 		{"jwt rule bad fields", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r, namespace: foo}\nspec:\n  jwtRules:\n  - issuer: i\n    jwksUri: ftp://x\n    jwks: \"{}\"\n    fromHeaders: [{prefix: B}]\n    timeout: 0s\n",
 			[]string{
-				"t.yaml:7:14: spec.jwtRules[0].jwksUri: invalid jwksUri \"ftp://x\": want an http:// or https:// URL",
+				"t.yaml:7:14: spec.jwtRules[0].jwksUri: invalid jwksUri \"ftp://x\": URI scheme \"ftp\" is not supported (want http or https)",
 				"t.yaml:8:11: spec.jwtRules[0].jwks: not a JSON Web Key Set (an object with \"keys\")",
 				"t.yaml:9:19: spec.jwtRules[0].fromHeaders[0].name: required",
 				"t.yaml:10:14: spec.jwtRules[0].timeout: invalid duration \"0s\": want at least 1ms (e.g. \"5s\")",

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sort"
 	"sync"
 	"time"
 
@@ -38,13 +39,67 @@ type JWKSFetcherConfig struct {
 
 // JWKSFetcher fetches the key sets of the jwksUris asked for, as istiod
 // does, and keeps them fresh. A failed fetch keeps the last good set (or
-// none, and Envoy fetches it itself).
+// none, and Envoy fetches it itself). SetPolicies tells it which URIs the
+// policies still reference: the others stop being fetched and their keys
+// are dropped, so a removed RequestAuthentication leaves no polling
+// behind and no stale keys for a later one naming the same URI.
 type JWKSFetcher struct {
 	cfg    JWKSFetcherConfig
 	wake   chan struct{}
 	mu     sync.Mutex
 	sets   map[string]string // uri -> JWKS JSON
 	wanted map[string]bool
+}
+
+// SetPolicies makes the jwksUris of set's RequestAuthentications
+// (policy.Set.JWKSURIs) the only ones fetched: new ones are fetched at
+// once, the keys of the others are forgotten. Call it before handing the
+// same set to the xDS server, so its first build finds the fetch under
+// way.
+func (f *JWKSFetcher) SetPolicies(set *policy.Set) {
+	keep := map[string]bool{}
+	for _, u := range set.JWKSURIs() {
+		if _, err := policy.ParseJWKSURI(u); err == nil {
+			keep[u] = true
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	added := false
+	for u := range keep {
+		if !f.wanted[u] {
+			added = true
+		}
+	}
+	for u := range f.sets {
+		if !keep[u] {
+			delete(f.sets, u)
+		}
+	}
+	f.wanted = keep
+	if added {
+		f.kick()
+	}
+}
+
+// URIs returns the jwksUris being fetched, sorted.
+func (f *JWKSFetcher) URIs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]string, 0, len(f.wanted))
+	for u := range f.wanted {
+		out = append(out, u)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// kick wakes the fetch loop; f.mu is held.
+func (f *JWKSFetcher) kick() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
 }
 
 var _ JWKSResolver = (*JWKSFetcher)(nil)
@@ -64,8 +119,12 @@ func NewJWKSFetcher(cfg JWKSFetcherConfig) *JWKSFetcher {
 }
 
 // JWKS returns the fetched key set of uri; on a miss it asks the fetch
-// loop for it and reports false.
+// loop for it and reports false. A URI policy.ParseJWKSURI rejects is
+// never fetched.
 func (f *JWKSFetcher) JWKS(uri string) (string, bool) {
+	if _, err := policy.ParseJWKSURI(uri); err != nil {
+		return "", false
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if s, ok := f.sets[uri]; ok {
@@ -73,10 +132,7 @@ func (f *JWKSFetcher) JWKS(uri string) (string, bool) {
 	}
 	if !f.wanted[uri] {
 		f.wanted[uri] = true
-		select {
-		case f.wake <- struct{}{}:
-		default:
-		}
+		f.kick()
 	}
 	return "", false
 }
@@ -112,7 +168,9 @@ func (f *JWKSFetcher) fetchAll(ctx context.Context) {
 			continue
 		}
 		f.mu.Lock()
-		if f.sets[u] != s {
+		// A URI SetPolicies dropped while it was being fetched stays
+		// dropped.
+		if f.wanted[u] && f.sets[u] != s {
 			f.sets[u] = s
 			changed = true
 		}

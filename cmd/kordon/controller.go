@@ -106,6 +106,7 @@ type controller struct {
 	workloads *workload.Registry
 	reviewer  *kube.TokenReviewer
 	xds       *xds.Server
+	jwks      *xds.JWKSFetcher
 	feed      *alert.Feed
 	// leader is whether this replica holds the Lease; synced is closed
 	// when the policy informers synced.
@@ -190,7 +191,7 @@ func (c *controller) wireXDS(context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.xds = xsrv
+	c.xds, c.jwks = xsrv, jwks
 	// OnChange runs only from Run, which starts after xsrv is set.
 	c.parts.AddFunc("jwks", func(ctx context.Context) error { jwks.Run(ctx); return nil })
 	if c.xdsLn, err = net.Listen("tcp", c.f.xdsListen); err != nil {
@@ -217,7 +218,9 @@ func (c *controller) wireFeed(context.Context) error {
 // their status.
 func (c *controller) wirePolicies(context.Context) error {
 	src := &kube.PolicySource{Clients: c.clients, RootNamespace: c.f.rootNamespace, Logger: c.log,
-		OnChange:    func(s *policy.Set) { c.xds.SetPolicies(s) },
+		// The fetcher learns first which jwksUris are still named, so
+		// the build SetPolicies starts finds new ones being fetched.
+		OnChange:    func(s *policy.Set) { c.jwks.SetPolicies(s); c.xds.SetPolicies(s) },
 		WriteStatus: c.leader.Load}
 	c.parts.AddFunc("policy source", func(ctx context.Context) error { return src.Run(ctx, c.synced) })
 	return nil
