@@ -81,8 +81,13 @@ type buildInput struct {
 	kind     NodeKind
 	// requested holds the Listener names the node asked for.
 	requested []string
-	services  []*Service
-	registry  []*workload.Workload
+	// services are the services of the workload's namespace (those that
+	// can select it), by key.
+	services []*Service
+	// resolve maps a dial target to a service; endpoints returns the
+	// workloads a service selects, by key. Either may be nil: no clients.
+	resolve   func(target string) *Service
+	endpoints func(*Service) []*workload.Workload
 	compiled  *policy.Compiled
 	// compileErr set means the policy failed to compile: fail closed.
 	compileErr error
@@ -104,9 +109,7 @@ type built struct {
 	// version names the snapshot in status and logs; each type has its own
 	// version (a hash of its resources) in the snapshot.
 	version string
-	// namespaces whose policies, services or workloads the snapshot read.
-	namespaces map[string]bool
-	counts     map[string]int
+	counts  map[string]int
 	// policyNotes are the compiler's notes on the workload's rules
 	// (policy.Compiled.Notes), shown in the node's status.
 	policyNotes []string
@@ -118,13 +121,12 @@ func (r resources) add(t resourcev3.Type, m types.Resource) { r[t] = append(r[t]
 
 func build(in *buildInput, version func(hash string) string) (*built, error) {
 	rs := resources{}
-	deps := map[string]bool{in.workload.Namespace: true}
 	var err error
 	switch in.kind {
 	case KindEnvoy:
 		err = buildEnvoy(in, rs)
 	default:
-		err = buildProxyless(in, rs, deps)
+		err = buildProxyless(in, rs)
 	}
 	if err != nil {
 		return nil, err
@@ -133,7 +135,7 @@ func build(in *buildInput, version func(hash string) string) (*built, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &built{snapshot: snap, hash: hash, version: version(hash), namespaces: deps, counts: counts}
+	b := &built{snapshot: snap, hash: hash, version: version(hash), counts: counts}
 	if in.compileErr == nil && in.compiled != nil {
 		b.policyNotes = in.compiled.Notes
 	}
@@ -255,14 +257,35 @@ func shortType(t string) string {
 	return t
 }
 
+// mustAny packs m deterministically: the snapshot's hash covers the
+// packed bytes, and proto's default marshalling orders map entries
+// (RBAC policies, per-filter configs) at random, so an identical rebuild
+// would hash differently and be pushed again.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
-		// anypb.New fails only for messages without a registered type,
-		// which generated Envoy types always have.
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		// It fails only for messages without a registered type, which
+		// generated Envoy types always have.
 		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
 	}
 	return a
+}
+
+// repack re-packs the typed configs package policy packed (with map
+// entries in random order) deterministically; see mustAny.
+func repack[F interface{ GetTypedConfig() *anypb.Any }](fs []F, set func(F, *anypb.Any)) error {
+	for _, f := range fs {
+		a := f.GetTypedConfig()
+		if a == nil {
+			continue
+		}
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			return fmt.Errorf("xds: %w", err)
+		}
+		set(f, mustAny(m))
+	}
+	return nil
 }
 
 func adsSource() *corev3.ConfigSource {
@@ -294,7 +317,7 @@ func denyAllNetwork() *rbacnet.RBAC {
 
 // ---- proxyless gRPC ----
 
-func buildProxyless(in *buildInput, rs resources, deps map[string]bool) error {
+func buildProxyless(in *buildInput, rs resources) error {
 	w := in.workload
 	names := map[string]bool{}
 	// Listener names derived from the service model...
@@ -312,7 +335,10 @@ func buildProxyless(in *buildInput, rs resources, deps map[string]bool) error {
 			names[n] = true
 			continue
 		}
-		if s := resolveService(n, in.services); s != nil {
+		if in.resolve == nil {
+			continue
+		}
+		if s := in.resolve(n); s != nil {
 			clients[n] = s
 		}
 	}
@@ -333,14 +359,13 @@ func buildProxyless(in *buildInput, rs resources, deps map[string]bool) error {
 	}
 	clusters := map[string]*Service{}
 	for n, s := range clients {
-		deps[s.Namespace] = true
 		c := clusterName(s)
 		rs.add(resourcev3.ListenerType, clientListener(n))
 		rs.add(resourcev3.RouteType, clientRoute(n, c))
 		clusters[c] = s
 	}
 	for c, s := range clusters {
-		eps := endpointsOf(s, in.registry)
+		eps := in.endpoints(s)
 		rs.add(resourcev3.ClusterType, clientCluster(c, eps, in.opts))
 		rs.add(resourcev3.EndpointType, loadAssignment(c, s.Port, eps))
 	}
@@ -491,17 +516,6 @@ func clientRoute(name, cluster string) *routev3.RouteConfiguration {
 	}
 }
 
-// endpointsOf returns the workloads behind s, sorted by key.
-func endpointsOf(s *Service, registry []*workload.Workload) []*workload.Workload {
-	var out []*workload.Workload
-	for _, w := range registry {
-		if s.Selects(w) {
-			out = append(out, w)
-		}
-	}
-	return out
-}
-
 func clientCluster(name string, eps []*workload.Workload, o buildOptions) *clusterv3.Cluster {
 	// The server must present the SPIFFE ID of one of the service's
 	// workloads: a certificate of any other workload of the mesh is refused.
@@ -570,6 +584,16 @@ func buildEnvoy(in *buildInput, rs resources) error {
 		}
 		if netFilters, err = in.compiled.NetworkFilters(); err != nil {
 			return fmt.Errorf("xds: %w", err)
+		}
+		if err := repack(httpFilters, func(f *hcmv3.HttpFilter, a *anypb.Any) {
+			f.ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}
+		}); err != nil {
+			return err
+		}
+		if err := repack(netFilters, func(f *listenerv3.Filter, a *anypb.Any) {
+			f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+		}); err != nil {
+			return err
 		}
 	}
 	tlsCtx := mustAny(&tlsv3.DownstreamTlsContext{

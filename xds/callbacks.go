@@ -3,7 +3,6 @@ package xds
 import (
 	"context"
 	"errors"
-	"maps"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -73,39 +72,25 @@ func (s *Server) onStreamOpen(ctx context.Context, id int64, _ string) error {
 			st.identity = &ident
 		}
 	}
-	s.mu.Lock()
-	s.streams[id] = st
-	s.mu.Unlock()
+	s.nodes.openStream(id, st)
 	s.metrics.streams.Inc()
 	return nil
 }
 
 func (s *Server) onStreamClosed(id int64, _ *corev3.Node) {
-	s.mu.Lock()
-	st := s.streams[id]
-	delete(s.streams, id)
-	var gone string
-	if st != nil && st.nodeID != "" {
-		if n := s.nodes[st.nodeID]; n != nil {
-			delete(n.streams, id)
-			if len(n.streams) == 0 {
-				delete(s.nodes, st.nodeID)
-				gone = st.nodeID
-			}
-		}
-	}
-	s.metrics.nodes.Set(float64(len(s.nodes)))
-	s.mu.Unlock()
+	st, nodeID, left := s.nodes.closeStream(id)
+	s.metrics.nodes.Set(float64(s.nodes.count()))
 	if st != nil {
 		s.metrics.streams.Dec()
 	}
-	if gone != "" {
-		s.cache.ClearSnapshot(gone)
+	switch {
+	case nodeID != "" && left == 0:
+		s.cache.ClearSnapshot(nodeID)
 		now := s.now()
-		s.updateStatus(gone, func(ns *NodeStatus) { ns.Connected, ns.Streams, ns.DisconnectedAt = false, 0, now })
-		s.pruneStatus()
-	} else if st != nil && st.nodeID != "" {
-		s.updateStatus(st.nodeID, func(ns *NodeStatus) { ns.Streams-- })
+		s.status.update(nodeID, func(ns *NodeStatus) { ns.Connected, ns.Streams, ns.DisconnectedAt = false, 0, now })
+		s.status.prune(maxDisconnected)
+	case nodeID != "":
+		s.status.update(nodeID, func(ns *NodeStatus) { ns.Streams-- })
 	}
 }
 
@@ -133,20 +118,10 @@ func (s *Server) bind(id int64, st *stream, n *corev3.Node) (*node, error) {
 			return nil, status.Error(codes.PermissionDenied, ErrForbiddenNode.Error())
 		}
 	}
-	kind := nodeKind(n)
-	s.mu.Lock()
-	nd := s.nodes[nodeID]
-	if nd == nil {
-		nd = &node{id: nodeID, kind: kind, serviceAccount: w.ServiceAccount, streams: map[int64]bool{}, requested: map[string]bool{}}
-		s.nodes[nodeID] = nd
-	}
-	nd.streams[id] = true
-	st.nodeID = nodeID
-	count := len(nd.streams)
-	s.metrics.nodes.Set(float64(len(s.nodes)))
-	s.mu.Unlock()
+	nd, count := s.nodes.bind(id, st, nodeID, nodeKind(n), w.ServiceAccount)
+	s.metrics.nodes.Set(float64(s.nodes.count()))
 	spiffe := w.SPIFFEID(s.cfg.TrustDomain)
-	s.updateStatus(nodeID, func(ns *NodeStatus) {
+	s.status.update(nodeID, func(ns *NodeStatus) {
 		ns.Kind, ns.SPIFFEID, ns.Connected, ns.Streams = nd.kind, spiffe, true, count
 	})
 	return nd, nil
@@ -164,9 +139,7 @@ type listenerUpdate struct {
 // and builds for newly requested Listener names. It returns the version a
 // NACK rejected.
 func (s *Server) onRequest(id int64, n *corev3.Node, nonce string, errDetail *rpcstatus.Status, lu *listenerUpdate) (nacked string, err error) {
-	s.mu.Lock()
-	st := s.streams[id]
-	s.mu.Unlock()
+	st := s.nodes.stream(id)
 	if st == nil {
 		return "", errors.New("xds: unknown stream")
 	}
@@ -187,10 +160,7 @@ func (s *Server) onRequest(id int64, n *corev3.Node, nonce string, errDetail *rp
 			s.metrics.authFailures.WithLabelValues("forbidden_node").Inc()
 			return "", status.Errorf(codes.PermissionDenied, "xds: stream is bound to node %s", st.nodeID)
 		}
-		s.mu.Lock()
-		nd = s.nodes[st.nodeID]
-		s.mu.Unlock()
-		if nd == nil {
+		if nd = s.nodes.get(st.nodeID); nd == nil {
 			return "", errors.New("xds: node is gone")
 		}
 	}
@@ -200,32 +170,7 @@ func (s *Server) onRequest(id int64, n *corev3.Node, nonce string, errDetail *rp
 	// Build for the Listener names this node asks for before the cache
 	// looks at the request, so the first answer carries them; names no
 	// stream of the node wants any more are dropped.
-	fresh := false
-	if lu != nil {
-		s.mu.Lock()
-		if lu.replace || st.names == nil {
-			st.names = map[string]bool{}
-		}
-		for _, name := range lu.subscribe {
-			st.names[name] = true
-		}
-		for _, name := range lu.unsubscribe {
-			delete(st.names, name)
-		}
-		union := map[string]bool{}
-		for sid := range nd.streams {
-			if other := s.streams[sid]; other != nil {
-				for name := range other.names {
-					union[name] = true
-				}
-			}
-		}
-		if !maps.Equal(union, nd.requested) {
-			nd.requested = union
-			fresh = true
-		}
-		s.mu.Unlock()
-	}
+	fresh := lu != nil && s.nodes.subscribe(st, nd, lu)
 	nd.mu.Lock()
 	first := nd.gen == 0
 	nd.mu.Unlock()
@@ -238,10 +183,7 @@ func (s *Server) onRequest(id int64, n *corev3.Node, nonce string, errDetail *rp
 // recordReply books the ACK or NACK of the response with nonce; it
 // returns the version a NACK rejected.
 func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcstatus.Status) string {
-	s.mu.Lock()
-	out, ok := st.nonces[nonce]
-	delete(st.nonces, nonce)
-	s.mu.Unlock()
+	out, ok := s.nodes.takeNonce(st, nonce)
 	if !ok {
 		return ""
 	}
@@ -251,7 +193,7 @@ func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcsta
 		msg := errDetail.GetMessage()
 		s.metrics.nacks.WithLabelValues(short).Inc()
 		s.log.Warn("xds config rejected by node", "node_id", nodeID, "version", out.version, "type_url", out.typeURL, "error", msg)
-		s.updateStatus(nodeID, func(ns *NodeStatus) {
+		s.status.update(nodeID, func(ns *NodeStatus) {
 			t := ns.typ(out.typeURL)
 			t.Nacked, t.NackedAt, t.NackError = out.version, now, msg
 			t.Nacks++
@@ -259,7 +201,7 @@ func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcsta
 		return out.version
 	}
 	s.metrics.acks.WithLabelValues(short).Inc()
-	s.updateStatus(nodeID, func(ns *NodeStatus) {
+	s.status.update(nodeID, func(ns *NodeStatus) {
 		t := ns.typ(out.typeURL)
 		t.Acked, t.AckedAt = out.version, now
 		t.Acks++
@@ -268,27 +210,12 @@ func (s *Server) recordReply(st *stream, nodeID, nonce string, errDetail *rpcsta
 }
 
 func (s *Server) onResponse(id int64, typeURL, nonce, version string) {
-	s.mu.Lock()
-	st := s.streams[id]
-	if st == nil {
-		s.mu.Unlock()
-		return
-	}
-	// Nonces of superseded responses are never answered; forget them so
-	// the map stays bounded.
-	for k, v := range st.nonces {
-		if v.typeURL == typeURL {
-			delete(st.nonces, k)
-		}
-	}
-	st.nonces[nonce] = sent{typeURL: typeURL, version: version}
-	nodeID := st.nodeID
-	s.mu.Unlock()
+	nodeID := s.nodes.recordSent(id, typeURL, nonce, version)
 	if nodeID == "" {
 		return
 	}
 	now := s.now()
-	s.updateStatus(nodeID, func(ns *NodeStatus) {
+	s.status.update(nodeID, func(ns *NodeStatus) {
 		t := ns.typ(typeURL)
 		t.Sent, t.SentAt = version, now
 	})

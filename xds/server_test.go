@@ -780,9 +780,9 @@ func TestConcurrentSettersKeepBoth(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		st := srv.st.Load()
-		if st.policies != set || len(st.services) != 1 {
-			t.Fatalf("lost an update: %d policies, %d services", len(st.policies.Authorization), len(st.services))
+		st := srv.policies.load()
+		if st.policies != set || len(srv.services.set.Load().all) != 1 {
+			t.Fatalf("lost an update: %d policies, %d services", len(st.policies.Authorization), len(srv.services.set.Load().all))
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 )
@@ -88,61 +89,78 @@ type StatusReport struct {
 	Nodes []NodeStatus `json:"nodes"`
 }
 
-// Status returns every known node, sorted by node ID.
-func (s *Server) Status() []NodeStatus {
-	s.statusMu.Lock()
-	out := make([]NodeStatus, 0, len(s.status))
-	for _, st := range s.status {
+// statusBook owns the per-node status: what was built, sent, ACKed and
+// NACKed. Disconnected nodes are kept (up to maxDisconnected) so that
+// `kordon xds status` can show why a node left.
+type statusBook struct {
+	mu sync.Mutex
+	m  map[string]*NodeStatus
+}
+
+func newStatusBook() *statusBook { return &statusBook{m: map[string]*NodeStatus{}} }
+
+// list returns every node's status, sorted by node ID.
+func (b *statusBook) list() []NodeStatus {
+	b.mu.Lock()
+	out := make([]NodeStatus, 0, len(b.m))
+	for _, st := range b.m {
 		out = append(out, st.clone())
 	}
-	s.statusMu.Unlock()
+	b.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].NodeID < out[j].NodeID })
 	return out
 }
 
-// NodeStatus returns the status of one node.
-func (s *Server) NodeStatus(nodeID string) (NodeStatus, bool) {
-	s.statusMu.Lock()
-	defer s.statusMu.Unlock()
-	st, ok := s.status[nodeID]
+func (b *statusBook) get(nodeID string) (NodeStatus, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, ok := b.m[nodeID]
 	if !ok {
 		return NodeStatus{}, false
 	}
 	return st.clone(), true
 }
 
-func (s *Server) updateStatus(nodeID string, f func(*NodeStatus)) {
-	s.statusMu.Lock()
-	st := s.status[nodeID]
+// update applies f to nodeID's status, creating it.
+func (b *statusBook) update(nodeID string, f func(*NodeStatus)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.m[nodeID]
 	if st == nil {
 		st = &NodeStatus{NodeID: nodeID, Types: map[string]*TypeStatus{}}
-		s.status[nodeID] = st
+		b.m[nodeID] = st
 	}
 	f(st)
-	s.statusMu.Unlock()
 }
 
 // maxDisconnected bounds how many disconnected nodes the status keeps
 // (pods come and go); the oldest are forgotten first.
 const maxDisconnected = 1024
 
-func (s *Server) pruneStatus() {
-	s.statusMu.Lock()
-	defer s.statusMu.Unlock()
+// prune forgets the oldest disconnected nodes beyond keep.
+func (b *statusBook) prune(keep int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	var gone []*NodeStatus
-	for _, st := range s.status {
+	for _, st := range b.m {
 		if !st.Connected {
 			gone = append(gone, st)
 		}
 	}
-	if len(gone) <= maxDisconnected {
+	if len(gone) <= keep {
 		return
 	}
 	sort.Slice(gone, func(i, j int) bool { return gone[i].DisconnectedAt.Before(gone[j].DisconnectedAt) })
-	for _, st := range gone[:len(gone)-maxDisconnected] {
-		delete(s.status, st.NodeID)
+	for _, st := range gone[:len(gone)-keep] {
+		delete(b.m, st.NodeID)
 	}
 }
+
+// Status returns every known node, sorted by node ID.
+func (s *Server) Status() []NodeStatus { return s.status.list() }
+
+// NodeStatus returns the status of one node.
+func (s *Server) NodeStatus(nodeID string) (NodeStatus, bool) { return s.status.get(nodeID) }
 
 // StatusHandler serves StatusReport as JSON (mount it at /debug/xds; the
 // optional query parameter node=<namespace>/<pod> selects one node).

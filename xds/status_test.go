@@ -12,7 +12,7 @@ import (
 func TestStatusEndpointAndTable(t *testing.T) {
 	t.Parallel()
 	m := startMesh(t, shopWorkloads(), nil)
-	m.srv.updateStatus("shop/echo-0", func(st *NodeStatus) {
+	m.srv.status.update("shop/echo-0", func(st *NodeStatus) {
 		st.Kind, st.Connected, st.SnapshotVersion = KindProxyless, true, "3-abc"
 		*st.typ("type.googleapis.com/envoy.config.listener.v3.Listener") = TypeStatus{Sent: "3-abc", Acked: "3-abc"}
 		*st.typ("type.googleapis.com/envoy.config.route.v3.RouteConfiguration") = TypeStatus{Sent: "3-abc", Acked: "2-def", Nacked: "3-abc", NackError: "rbac: bad"}

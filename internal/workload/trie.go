@@ -262,3 +262,117 @@ func remove[T any](s []T, i int) []T {
 	copy(out[i:], s[i+1:])
 	return out
 }
+
+// diff calls f for every key whose value differs between a and b (both
+// tries of one hasher): hasOld/hasNew say whether the key is in a/b. eq
+// decides whether two values of one key are the same. Subtrees the two
+// tries share (everything off the paths changed between them) are
+// skipped by pointer, so the cost follows the number of changes, not the
+// size of the tries.
+func diff[K comparable, V any](a, b *trie[K, V], eq func(V, V) bool, f func(k K, old V, hasOld bool, nu V, hasNew bool)) {
+	a.root.diff(&b.root, 0, eq, f)
+}
+
+func (n *node[K, V]) same(o *node[K, V]) bool {
+	return n.datamap == o.datamap && n.nodemap == o.nodemap && n.entries == o.entries && n.kids == o.kids
+}
+
+func (n *node[K, V]) diff(o *node[K, V], shift uint, eq func(V, V) bool, f func(K, V, bool, V, bool)) {
+	if n.same(o) {
+		return
+	}
+	var zero V
+	if shift >= trieDepth {
+		ae, be := n.ents(shift), o.ents(shift)
+		for _, x := range ae {
+			found := false
+			for _, y := range be {
+				if x.key == y.key {
+					found = true
+					if !eq(x.val, y.val) {
+						f(x.key, x.val, true, y.val, true)
+					}
+				}
+			}
+			if !found {
+				f(x.key, x.val, true, zero, false)
+			}
+		}
+		for _, y := range be {
+			if !slicesContainKey(ae, y.key) {
+				f(y.key, zero, false, y.val, true)
+			}
+		}
+		return
+	}
+	aents, akids, bents, bkids := n.ents(shift), n.kidArray(), o.ents(shift), o.kidArray()
+	for i := range uint(32) {
+		bit := uint32(1) << i
+		switch {
+		case n.datamap&bit != 0 && o.datamap&bit != 0:
+			x, y := aents[pos(n.datamap, bit)], bents[pos(o.datamap, bit)]
+			if x.key == y.key {
+				if !eq(x.val, y.val) {
+					f(x.key, x.val, true, y.val, true)
+				}
+				continue
+			}
+			f(x.key, x.val, true, zero, false)
+			f(y.key, zero, false, y.val, true)
+		case n.datamap&bit != 0 && o.nodemap&bit != 0:
+			// An entry that became a subtree (another key joined its slot).
+			x := aents[pos(n.datamap, bit)]
+			found := false
+			bkids[pos(o.nodemap, bit)].each(shift+trieBits, func(k K, v V) {
+				if k == x.key {
+					found = true
+					if !eq(x.val, v) {
+						f(k, x.val, true, v, true)
+					}
+					return
+				}
+				f(k, zero, false, v, true)
+			})
+			if !found {
+				f(x.key, x.val, true, zero, false)
+			}
+		case n.nodemap&bit != 0 && o.datamap&bit != 0:
+			y := bents[pos(o.datamap, bit)]
+			found := false
+			akids[pos(n.nodemap, bit)].each(shift+trieBits, func(k K, v V) {
+				if k == y.key {
+					found = true
+					if !eq(v, y.val) {
+						f(k, v, true, y.val, true)
+					}
+					return
+				}
+				f(k, v, true, zero, false)
+			})
+			if !found {
+				f(y.key, zero, false, y.val, true)
+			}
+		case n.nodemap&bit != 0 && o.nodemap&bit != 0:
+			akids[pos(n.nodemap, bit)].diff(&bkids[pos(o.nodemap, bit)], shift+trieBits, eq, f)
+		case n.datamap&bit != 0:
+			x := aents[pos(n.datamap, bit)]
+			f(x.key, x.val, true, zero, false)
+		case n.nodemap&bit != 0:
+			akids[pos(n.nodemap, bit)].each(shift+trieBits, func(k K, v V) { f(k, v, true, zero, false) })
+		case o.datamap&bit != 0:
+			y := bents[pos(o.datamap, bit)]
+			f(y.key, zero, false, y.val, true)
+		case o.nodemap&bit != 0:
+			bkids[pos(o.nodemap, bit)].each(shift+trieBits, func(k K, v V) { f(k, zero, false, v, true) })
+		}
+	}
+}
+
+func slicesContainKey[K comparable, V any](es []tentry[K, V], k K) bool {
+	for _, e := range es {
+		if e.key == k {
+			return true
+		}
+	}
+	return false
+}

@@ -355,3 +355,43 @@ func (r *Registry) notify() {
 		}
 	}
 }
+
+// A Cursor is a position in the registry's history (one immutable
+// version of its index). The zero Cursor is the empty registry, before
+// any change.
+type Cursor struct{ ix *index }
+
+// Version is the registry version at c (0 for the zero Cursor).
+func (c Cursor) Version() uint64 {
+	if c.ix == nil {
+		return 0
+	}
+	return c.ix.version
+}
+
+// Cursor returns the current position.
+func (r *Registry) Cursor() Cursor { return Cursor{r.idx.Load()} }
+
+// Changes calls f(old, new) for every workload that differs between c
+// and the current version: old is nil for one added, new nil for one
+// removed. Workloads are the same when they are one pointer or Equal. The
+// order is unspecified. It returns the current position, to pass to the
+// next call.
+//
+// Consumers that keep derived state (xDS's endpoint index) use it to
+// apply only what changed: the indexes share every subtree off the paths
+// a change copied, and those are skipped by pointer, so a call costs
+// O(changes * log n), not O(n). Holding an old Cursor keeps that
+// version's index alive.
+func (r *Registry) Changes(c Cursor, f func(old, new *Workload)) Cursor {
+	cur := r.idx.Load()
+	from := c.ix
+	if from == nil {
+		from = &index{}
+	}
+	if from != cur {
+		diff(&from.byKey, &cur.byKey, func(a, b *Workload) bool { return a == b || a.Equal(b) },
+			func(_ string, old *Workload, _ bool, nu *Workload, _ bool) { f(old, nu) })
+	}
+	return Cursor{cur}
+}

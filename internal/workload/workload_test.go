@@ -468,3 +468,73 @@ func TestWorkloadEqual(t *testing.T) {
 		t.Error("nil handling")
 	}
 }
+
+// TestChangesMatchesModel: Changes between any two versions reports
+// exactly the keys whose workload differs between them, with the old and
+// new values, whatever the shape the tries took.
+func TestChangesMatchesModel(t *testing.T) {
+	t.Parallel()
+	for seed := range uint64(20) {
+		rng := rand.New(rand.NewPCG(seed, 3))
+		r := NewRegistry()
+		var cur Cursor
+		before := map[string]*Workload{}
+		n := 1 + rng.IntN(300)
+		for round := range 60 {
+			for range rng.IntN(n/3 + 2) {
+				k := fmt.Sprintf("ns-%d/p-%d", rng.IntN(5), rng.IntN(n))
+				switch rng.IntN(3) {
+				case 0:
+					ns, name, _ := cut(k)
+					r.Delete(ns, name)
+				default:
+					w := wl(k, "", fmt.Sprintf("10.0.%d.%d", rng.IntN(4), rng.IntN(250)))
+					w.Labels = map[string]string{"v": fmt.Sprint(rng.IntN(3))}
+					r.Upsert(w)
+				}
+			}
+			if rng.IntN(10) == 0 {
+				// Replace builds an index sharing nothing with the last.
+				r.Replace(r.List())
+			}
+			now := map[string]*Workload{}
+			for _, w := range r.List() {
+				now[w.Key()] = w
+			}
+			want := map[string][2]*Workload{}
+			for k, w := range now {
+				if o := before[k]; !o.Equal(w) {
+					want[k] = [2]*Workload{o, w}
+				}
+			}
+			for k, o := range before {
+				if now[k] == nil {
+					want[k] = [2]*Workload{o, nil}
+				}
+			}
+			got := map[string][2]*Workload{}
+			cur = r.Changes(cur, func(old, nu *Workload) {
+				w := nu
+				if w == nil {
+					w = old
+				}
+				if _, dup := got[w.Key()]; dup {
+					t.Fatalf("seed %d round %d: %s reported twice", seed, round, w.Key())
+				}
+				got[w.Key()] = [2]*Workload{old, nu}
+			})
+			if len(got) != len(want) {
+				t.Fatalf("seed %d round %d: %d changes, want %d", seed, round, len(got), len(want))
+			}
+			for k, g := range got {
+				if w, ok := want[k]; !ok || !g[0].Equal(w[0]) || !g[1].Equal(w[1]) {
+					t.Fatalf("seed %d round %d: change of %s is %v, want %v", seed, round, k, g, w)
+				}
+			}
+			if cur.Version() != r.Version() {
+				t.Fatalf("cursor at %d, registry at %d", cur.Version(), r.Version())
+			}
+			before = now
+		}
+	}
+}
