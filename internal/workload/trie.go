@@ -321,37 +321,9 @@ func (n *node[K, V]) diff(o *node[K, V], shift uint, eq func(V, V) bool, f func(
 			f(y.key, zero, false, y.val, true)
 		case n.datamap&bit != 0 && o.nodemap&bit != 0:
 			// An entry that became a subtree (another key joined its slot).
-			x := aents[pos(n.datamap, bit)]
-			found := false
-			bkids[pos(o.nodemap, bit)].each(shift+trieBits, func(k K, v V) {
-				if k == x.key {
-					found = true
-					if !eq(x.val, v) {
-						f(k, x.val, true, v, true)
-					}
-					return
-				}
-				f(k, zero, false, v, true)
-			})
-			if !found {
-				f(x.key, x.val, true, zero, false)
-			}
+			entryVsTree(aents[pos(n.datamap, bit)], &bkids[pos(o.nodemap, bit)], shift+trieBits, true, eq, f)
 		case n.nodemap&bit != 0 && o.datamap&bit != 0:
-			y := bents[pos(o.datamap, bit)]
-			found := false
-			akids[pos(n.nodemap, bit)].each(shift+trieBits, func(k K, v V) {
-				if k == y.key {
-					found = true
-					if !eq(v, y.val) {
-						f(k, v, true, y.val, true)
-					}
-					return
-				}
-				f(k, v, true, zero, false)
-			})
-			if !found {
-				f(y.key, zero, false, y.val, true)
-			}
+			entryVsTree(bents[pos(o.datamap, bit)], &akids[pos(n.nodemap, bit)], shift+trieBits, false, eq, f)
 		case n.nodemap&bit != 0 && o.nodemap&bit != 0:
 			akids[pos(n.nodemap, bit)].diff(&bkids[pos(o.nodemap, bit)], shift+trieBits, eq, f)
 		case n.datamap&bit != 0:
@@ -365,6 +337,34 @@ func (n *node[K, V]) diff(o *node[K, V], shift uint, eq func(V, V) bool, f func(
 		case o.nodemap&bit != 0:
 			bkids[pos(o.nodemap, bit)].each(shift+trieBits, func(k K, v V) { f(k, zero, false, v, true) })
 		}
+	}
+}
+
+// entryVsTree diffs a slot that holds entry x on one side and subtree sub
+// (at shift) on the other; xOld says x is on the old side.
+func entryVsTree[K comparable, V any](x tentry[K, V], sub *node[K, V], shift uint, xOld bool, eq func(V, V) bool, f func(K, V, bool, V, bool)) {
+	var zero V
+	// pair reports key k, with a the value on x's side and b the other.
+	pair := func(k K, a V, hasA bool, b V, hasB bool) {
+		if xOld {
+			f(k, a, hasA, b, hasB)
+		} else {
+			f(k, b, hasB, a, hasA)
+		}
+	}
+	found := false
+	sub.each(shift, func(k K, v V) {
+		if k != x.key {
+			pair(k, zero, false, v, true)
+			return
+		}
+		found = true
+		if (xOld && !eq(x.val, v)) || (!xOld && !eq(v, x.val)) {
+			pair(k, x.val, true, v, true)
+		}
+	})
+	if !found {
+		pair(x.key, x.val, true, zero, false)
 	}
 }
 
