@@ -179,7 +179,6 @@ func (c *compileCache) keep(ok func(ns string) bool) *compileCache {
 	return out
 }
 
-
 func labelsKey(ns string, labels map[string]string) string {
 	keys := make([]string, 0, len(labels))
 	for k := range labels {
