@@ -20,6 +20,10 @@ help: ## Show this help
 build: ## Build bin/kordon
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/kordon
 
+.PHONY: generate
+generate: deps ## Regenerate the Go code of the .proto files (protoc + the plugins pinned as tools in go.mod)
+	./hack/protoc.sh
+
 .PHONY: deps
 deps: ## Install the test tools (apt packages) if missing
 	@./hack/install-deps.sh

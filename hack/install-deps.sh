@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use (real DNS clients and
-# tunneling tools). Idempotent: does nothing when they are present.
+# tunneling tools, protoc). Idempotent: does nothing when they are present.
 set -euo pipefail
 need=()
 command -v dig >/dev/null || need+=(bind9-dnsutils)
@@ -10,6 +10,10 @@ command -v iodined >/dev/null || need+=(iodine)
 # unbound writes the dnstap file that kordon detect replay's test reads.
 command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need+=(unbound)
 command -v ip >/dev/null || need+=(iproute2)
+# protoc regenerates identity/issuancepb (make generate); the staleness
+# test needs it and the well-known types it ships (libprotobuf-dev).
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kordon-dev/kordon/identity/issuancepb"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -25,7 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/wrapperspb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // TokenInfo is what a token review proves about a caller.
@@ -89,16 +90,20 @@ type IssuanceConfig struct {
 }
 
 // Issuance is the gRPC service node agents and workloads call to get
-// SVIDs. It has no generated stubs (no protoc here): one unary method,
-// /kordon.identity.v1.Issuance/Sign (an X.509-SVID for a CSR, or a
-// JWT-SVID for audiences), whose request and response
-// are JSON documents carried in google.protobuf.BytesValue.
+// SVIDs: kordon.identity.v1.Issuance (issuancepb/issuance.proto), one
+// unary method, Sign (an X.509-SVID for a CSR, or a JWT-SVID for
+// audiences).
 type Issuance struct {
+	issuancepb.UnimplementedIssuanceServer
 	cfg IssuanceConfig
 	log *slog.Logger
 }
 
-// SignRequest is the JSON request.
+var _ issuancepb.IssuanceServer = (*Issuance)(nil)
+
+// SignRequest is a Sign request (issuancepb.SignRequest in Go terms; the
+// JSON tags are the encoding of kordon versions before the .proto, still
+// answered in SignRequest.legacy_json).
 type SignRequest struct {
 	// CSR is a DER PKCS#10 request (base64 in JSON).
 	CSR []byte `json:"csr"`
@@ -112,7 +117,8 @@ type SignRequest struct {
 	JWTAudience []string `json:"jwtAudience,omitempty"`
 }
 
-// SignResponse is the JSON response.
+// SignResponse is a Sign response (issuancepb.SignResponse in Go terms;
+// JSON for the legacy encoding).
 type SignResponse struct {
 	SPIFFEID  string `json:"spiffeId"`
 	ChainPEM  string `json:"chainPEM"`
@@ -123,8 +129,6 @@ type SignResponse struct {
 	JWTSVID   string    `json:"jwtSvid,omitempty"`
 	JWTExpiry time.Time `json:"jwtExpiry,omitempty"`
 }
-
-const issuanceMethod = "/kordon.identity.v1.Issuance/Sign"
 
 // NewIssuance builds the service.
 func NewIssuance(cfg IssuanceConfig) (*Issuance, error) {
@@ -141,28 +145,52 @@ func NewIssuance(cfg IssuanceConfig) (*Issuance, error) {
 }
 
 // Register adds the service to a gRPC server.
-func (s *Issuance) Register(g *grpc.Server) {
-	g.RegisterService(&grpc.ServiceDesc{
-		ServiceName: "kordon.identity.v1.Issuance",
-		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{
-			MethodName: "Sign",
-			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-				in := new(wrapperspb.BytesValue)
-				if err := dec(in); err != nil {
-					return nil, err
-				}
-				return s.handle(ctx, in)
-			},
-		}},
-	}, s)
+func (s *Issuance) Register(g grpc.ServiceRegistrar) {
+	issuancepb.RegisterIssuanceServer(g, s)
 }
 
-func (s *Issuance) handle(ctx context.Context, in *wrapperspb.BytesValue) (*wrapperspb.BytesValue, error) {
+// Sign implements issuancepb.IssuanceServer.
+func (s *Issuance) Sign(ctx context.Context, in *issuancepb.SignRequest) (*issuancepb.SignResponse, error) {
+	//lint:ignore SA1019 the deprecated field is the legacy encoding, answered on purpose
+	if legacy := in.GetLegacyJson(); len(legacy) > 0 {
+		return s.signLegacy(ctx, legacy)
+	}
+	resp, err := s.sign(ctx, &SignRequest{CSR: in.GetCsr(), Namespace: in.GetNamespace(), Pod: in.GetPod(),
+		TTLSeconds: in.GetTtlSeconds(), JWTAudience: in.GetJwtAudience()})
+	if err != nil {
+		return nil, err
+	}
+	out := &issuancepb.SignResponse{SpiffeId: resp.SPIFFEID, ChainPem: resp.ChainPEM, BundlePem: resp.BundlePEM,
+		Bundle: resp.Bundle, JwtSvid: resp.JWTSVID}
+	if !resp.JWTExpiry.IsZero() {
+		out.JwtExpiry = timestamppb.New(resp.JWTExpiry)
+	}
+	return out, nil
+}
+
+// signLegacy answers a request of a kordon version before the .proto: a
+// JSON SignRequest in field 1 (google.protobuf.BytesValue's), answered
+// with the JSON SignResponse in field 1, so that the previous node agents
+// keep working while a rolling upgrade replaces them.
+func (s *Issuance) signLegacy(ctx context.Context, body []byte) (*issuancepb.SignResponse, error) {
 	var req SignRequest
-	if err := json.Unmarshal(in.Value, &req); err != nil {
+	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "request is not valid JSON")
 	}
+	resp, err := s.sign(ctx, &req)
+	if err != nil {
+		return nil, err
+	}
+	out, err := json.Marshal(resp)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "response encoding failed")
+	}
+	//lint:ignore SA1019 the deprecated field is the legacy encoding, answered on purpose
+	return &issuancepb.SignResponse{LegacyJson: out}, nil
+}
+
+// sign authenticates the caller, authorizes the identity and signs.
+func (s *Issuance) sign(ctx context.Context, req *SignRequest) (*SignResponse, error) {
 	token := bearer(ctx)
 	if token == "" {
 		return nil, status.Error(codes.Unauthenticated, "missing bearer token")
@@ -172,7 +200,7 @@ func (s *Issuance) handle(ctx context.Context, in *wrapperspb.BytesValue) (*wrap
 		s.log.Info("issuance refused", "reason", "token review failed", "error", err)
 		return nil, status.Error(codes.Unauthenticated, "token not accepted")
 	}
-	id, err := s.authorize(ti, &req)
+	id, err := s.authorize(ti, req)
 	if err != nil {
 		s.log.Warn("issuance refused", "caller_namespace", ti.Namespace, "caller_sa", ti.ServiceAccount, "caller_node", ti.NodeName,
 			"namespace", req.Namespace, "pod", req.Pod, "error", err)
@@ -183,11 +211,7 @@ func (s *Issuance) handle(ctx context.Context, in *wrapperspb.BytesValue) (*wrap
 		if err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-		out, err := json.Marshal(SignResponse{SPIFFEID: id.String(), JWTSVID: tok, JWTExpiry: exp})
-		if err != nil {
-			return nil, status.Error(codes.Internal, "response encoding failed")
-		}
-		return wrapperspb.Bytes(out), nil
+		return &SignResponse{SPIFFEID: id.String(), JWTSVID: tok, JWTExpiry: exp}, nil
 	}
 	svid, err := s.cfg.CA.SignCSR(req.CSR, id, time.Duration(req.TTLSeconds)*time.Second)
 	if err != nil {
@@ -201,12 +225,8 @@ func (s *Issuance) handle(ctx context.Context, in *wrapperspb.BytesValue) (*wrap
 	if err != nil {
 		return nil, status.Error(codes.Internal, "bundle encoding failed")
 	}
-	out, err := json.Marshal(SignResponse{SPIFFEID: id.String(), ChainPEM: string(svid.ChainPEM()), BundlePEM: string(s.cfg.CA.BundlePEM()), Bundle: bundle})
-	if err != nil {
-		return nil, status.Error(codes.Internal, "response encoding failed")
-	}
 	s.log.Debug("issued SVID", "spiffe_id", id.String(), "caller_node", ti.NodeName)
-	return wrapperspb.Bytes(out), nil
+	return &SignResponse{SPIFFEID: id.String(), ChainPEM: string(svid.ChainPEM()), BundlePEM: string(s.cfg.CA.BundlePEM()), Bundle: bundle}, nil
 }
 
 // authorize decides which identity, if any, the caller may get.
@@ -296,9 +316,10 @@ func ServerTLS(ca *CA, id spiffeid.ID) *tls.Config {
 	}
 }
 
-// ServeIssuance serves the issuance API over TLS on ln until ctx ends.
-func ServeIssuance(ctx context.Context, ln net.Listener, s *Issuance, tlsCfg *tls.Config) error {
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+// ServeIssuance serves the issuance API over TLS on ln until ctx ends;
+// opts are added to the gRPC server's (interceptors, for example).
+func ServeIssuance(ctx context.Context, ln net.Listener, s *Issuance, tlsCfg *tls.Config, opts ...grpc.ServerOption) error {
+	g := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(tlsCfg))}, opts...)...)
 	s.Register(g)
 	go func() {
 		<-ctx.Done()
@@ -315,6 +336,7 @@ func ServeIssuance(ctx context.Context, ln net.Listener, s *Issuance, tlsCfg *tl
 // against the trust bundle it was configured with.
 type IssuanceClient struct {
 	conn  *grpc.ClientConn
+	api   issuancepb.IssuanceClient
 	token func() (string, error)
 }
 
@@ -369,7 +391,7 @@ func DialIssuanceRoots(addr string, roots func() ([]*x509.Certificate, error), s
 	if err != nil {
 		return nil, err
 	}
-	return &IssuanceClient{conn: conn, token: token}, nil
+	return &IssuanceClient{conn: conn, api: issuancepb.NewIssuanceClient(conn), token: token}, nil
 }
 
 // Close releases the connection.
@@ -381,20 +403,18 @@ func (c *IssuanceClient) Sign(ctx context.Context, req SignRequest) (*SignRespon
 	if err != nil {
 		return nil, err
 	}
-	body, err := json.Marshal(req)
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	out, err := c.api.Sign(ctx, &issuancepb.SignRequest{Csr: req.CSR, Namespace: req.Namespace, Pod: req.Pod,
+		TtlSeconds: req.TTLSeconds, JwtAudience: req.JWTAudience})
 	if err != nil {
 		return nil, err
 	}
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
-	out := new(wrapperspb.BytesValue)
-	if err := c.conn.Invoke(ctx, issuanceMethod, wrapperspb.Bytes(body), out); err != nil {
-		return nil, err
+	resp := &SignResponse{SPIFFEID: out.GetSpiffeId(), ChainPEM: out.GetChainPem(), BundlePEM: out.GetBundlePem(),
+		Bundle: out.GetBundle(), JWTSVID: out.GetJwtSvid()}
+	if out.JwtExpiry != nil {
+		resp.JWTExpiry = out.GetJwtExpiry().AsTime()
 	}
-	var resp SignResponse
-	if err := json.Unmarshal(out.Value, &resp); err != nil {
-		return nil, fmt.Errorf("identity: bad response: %w", err)
-	}
-	return &resp, nil
+	return resp, nil
 }
 
 // RemoteIssuer is the node agent's Issuer: it asks the controller's

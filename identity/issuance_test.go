@@ -156,14 +156,7 @@ func TestIssuanceClientFollowsRotatedRoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := workload.NewRegistry()
-	reg.Replace([]*workload.Workload{{Name: "frontend-abc", Namespace: "shop", ServiceAccount: "frontend", Node: "node-a", UID: "uid-1"}})
-	iss, err := NewIssuance(IssuanceConfig{CA: ca, Pods: reg, Reviewer: StaticTokenReviewer{
-		"frontend-token": {Namespace: "shop", ServiceAccount: "frontend", PodName: "frontend-abc", PodUID: "uid-1", NodeName: "node-a"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	controllerID := spiffeid.RequireFromString("spiffe://cluster.local/ns/kordon-system/sa/kordon-controller")
+	iss, controllerID := frontendIssuance(t, ca)
 	ln := serveIssuance(t, iss, ca, controllerID)
 	token := func() (string, error) { return "frontend-token", nil }
 	sign := func(c *IssuanceClient) error {
