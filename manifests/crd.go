@@ -235,7 +235,11 @@ func CRDs(typesFile string) ([]map[string]any, error) {
 	}
 	age := map[string]any{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 	ready := map[string]any{"name": "Compiled", "type": "string", "jsonPath": `.status.conditions[?(@.type=="Compiled")].status`}
-	return append([]map[string]any{
+	ra, err := requestAuthnCRD(d, typesFile, ready, age)
+	if err != nil {
+		return nil, err
+	}
+	return append([]map[string]any{ra,
 		crd(policy.KindAuthorizationPolicy, "authorizationpolicies", "kap", reflect.TypeOf(policy.AuthorizationPolicySpec{}), d, []any{
 			map[string]any{"name": "Action", "type": "string", "jsonPath": ".spec.action"}, ready, age,
 		}),

@@ -71,8 +71,10 @@ func installObjects() []map[string]any {
 		{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("kordon-node", true, node)},
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta("kordon-controller", false, ctrl), "rules": []any{
 			rule([]any{""}, []any{"pods", "namespaces", "serviceaccounts"}, read),
-			rule([]any{"security.kordon.dev"}, []any{"authorizationpolicies", "egresspolicies"}, read),
-			rule([]any{"security.kordon.dev"}, []any{"authorizationpolicies/status", "egresspolicies/status"}, []any{"get", "update", "patch"}),
+			rule([]any{"security.kordon.dev"}, []any{"authorizationpolicies", "egresspolicies", "requestauthentications"}, read),
+			rule([]any{"security.kordon.dev"}, []any{"authorizationpolicies/status", "egresspolicies/status", "requestauthentications/status"}, []any{"get", "update", "patch"}),
+			// Istio's own objects, read only with --istio-policies.
+			rule([]any{"security.istio.io"}, []any{"authorizationpolicies", "requestauthentications"}, read),
 			// The alert feed and webhooks read alerts; the leader deletes
 			// expired ones (retention, per-namespace cap).
 			rule([]any{"security.kordon.dev"}, stateResources, read),

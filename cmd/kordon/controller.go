@@ -39,6 +39,8 @@ type controllerFlags struct {
 	kubeconfig, namespace, trustDomain, rootNamespace         string
 	xdsListen, issuanceListen, httpListen, alertsDir, podName string
 	caTTL, svidTTL                                            time.Duration
+	// istioPolicies also watches Istio's security.istio.io/v1 objects.
+	istioPolicies bool
 }
 
 // registerTTLFlags adds --ca-ttl and --svid-ttl (kordon controller and
@@ -88,6 +90,7 @@ it when the leader rotates.`,
 	fl.StringVar(&f.alertsDir, "alerts-dir", "/var/lib/kordon/alerts", "durable alert log directory")
 	fl.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this replica's name (leader election identity)")
 	registerTTLFlags(fl, &f.caTTL, &f.svidTTL)
+	fl.BoolVar(&f.istioPolicies, "istio-policies", false, "also watch Istio's AuthorizationPolicies and RequestAuthentications (security.istio.io/v1; their CRDs must be installed), as istiod would; kordon's own group is always watched")
 	return cmd
 }
 
@@ -217,7 +220,7 @@ func (c *controller) wireFeed(context.Context) error {
 // wirePolicies watches the policy CRDs into xDS; only the leader writes
 // their status.
 func (c *controller) wirePolicies(context.Context) error {
-	src := &kube.PolicySource{Clients: c.clients, RootNamespace: c.f.rootNamespace, Logger: c.log,
+	src := &kube.PolicySource{Clients: c.clients, RootNamespace: c.f.rootNamespace, Logger: c.log, Istio: c.f.istioPolicies,
 		// The fetcher learns first which jwksUris are still named, so
 		// the build SetPolicies starts finds new ones being fetched.
 		OnChange:    func(s *policy.Set) { c.jwks.SetPolicies(s); c.xds.SetPolicies(s) },

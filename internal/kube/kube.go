@@ -1,7 +1,8 @@
 // Package kube connects kordon to the Kubernetes API: it fills the
-// workload registry from Pods, loads AuthorizationPolicies and
-// EgressPolicies from their CRDs (with status conditions), reviews
-// service-account tokens, and stores the CA in a Secret. It is the only
+// workload registry from Pods, loads AuthorizationPolicies,
+// RequestAuthentications and EgressPolicies from their CRDs (with status
+// conditions), reviews service-account tokens, and stores the CA in a
+// Secret. It is the only
 // package besides cmd that imports client-go.
 package kube
 

@@ -84,8 +84,15 @@ func RunWorkloads(ctx context.Context, c *Clients, reg *workload.Registry, node 
 
 // GVRs of kordon's CRDs.
 var (
-	AuthorizationPolicyGVR = schema.GroupVersionResource{Group: "security.kordon.dev", Version: "v1", Resource: "authorizationpolicies"}
-	EgressPolicyGVR        = schema.GroupVersionResource{Group: "security.kordon.dev", Version: "v1", Resource: "egresspolicies"}
+	AuthorizationPolicyGVR   = schema.GroupVersionResource{Group: "security.kordon.dev", Version: "v1", Resource: "authorizationpolicies"}
+	EgressPolicyGVR          = schema.GroupVersionResource{Group: "security.kordon.dev", Version: "v1", Resource: "egresspolicies"}
+	RequestAuthenticationGVR = schema.GroupVersionResource{Group: "security.kordon.dev", Version: "v1", Resource: "requestauthentications"}
+)
+
+// GVRs of Istio's CRDs, watched with PolicySource.Istio.
+var (
+	IstioAuthorizationPolicyGVR   = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+	IstioRequestAuthenticationGVR = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "requestauthentications"}
 )
 
 // PolicySource watches the policy CRDs and delivers a validated Set on
@@ -102,7 +109,13 @@ type PolicySource struct {
 	RootNamespace string
 	// EgressOnly watches only EgressPolicies (the node agent).
 	EgressOnly bool
-	Logger     *slog.Logger
+	// Istio also watches Istio's AuthorizationPolicies and
+	// RequestAuthentications (security.istio.io/v1; their CRDs must be
+	// installed), decoded by the same strict decoder as kordon's. kordon
+	// writes no status on Istio's objects: their status schema is
+	// Istio's.
+	Istio  bool
+	Logger *slog.Logger
 
 	mu       sync.Mutex
 	lastGood map[string]*policy.Set // kind/ns/name -> that object's last valid parse
@@ -125,7 +138,10 @@ func (s *PolicySource) Run(ctx context.Context, synced chan<- struct{}) error {
 	f := dynamicinformer.NewDynamicSharedInformerFactory(s.Clients.Dynamic, 0)
 	gvrs := []schema.GroupVersionResource{EgressPolicyGVR}
 	if !s.EgressOnly {
-		gvrs = append(gvrs, AuthorizationPolicyGVR)
+		gvrs = append(gvrs, AuthorizationPolicyGVR, RequestAuthenticationGVR)
+		if s.Istio {
+			gvrs = append(gvrs, IstioAuthorizationPolicyGVR, IstioRequestAuthenticationGVR)
+		}
 	}
 	var syncs []cache.InformerSynced
 	for _, gvr := range gvrs {
@@ -172,7 +188,13 @@ func (s *PolicySource) Run(ctx context.Context, synced chan<- struct{}) error {
 	}
 }
 
+// key names an object: kind/namespace/name, with the API group for
+// Istio's objects (an Istio and a kordon policy of the same name are two
+// objects).
 func key(u *unstructured.Unstructured) string {
+	if group := u.GroupVersionKind().Group; group != AuthorizationPolicyGVR.Group {
+		return u.GetKind() + "." + group + "/" + u.GetNamespace() + "/" + u.GetName()
+	}
 	return u.GetKind() + "/" + u.GetNamespace() + "/" + u.GetName()
 }
 
@@ -216,8 +238,12 @@ func (s *PolicySource) rebuild(ctx context.Context) {
 			s.lastGood[k] = parsed
 		}
 		if good := s.lastGood[k]; good != nil {
+			if u.GroupVersionKind().Group != AuthorizationPolicyGVR.Group && s.objects[u.GetKind()+"/"+u.GetNamespace()+"/"+u.GetName()] != nil {
+				good = renamedIstio(good)
+			}
 			set.Authorization = append(set.Authorization, good.Authorization...)
 			set.Egress = append(set.Egress, good.Egress...)
+			set.RequestAuthentication = append(set.RequestAuthentication, good.RequestAuthentication...)
 		}
 		results = append(results, result{u, err})
 	}
@@ -232,6 +258,26 @@ func (s *PolicySource) rebuild(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// renamedIstio is the parse of an Istio object that has a kordon object
+// of the same kind, namespace and name: both stay in force (dropping
+// either could drop a DENY), and the Istio one's name gets the suffix
+// ".security.istio.io" so their compiled rules do not overwrite each
+// other's (Envoy RBAC policies are keyed by name).
+func renamedIstio(set *policy.Set) *policy.Set {
+	out := &policy.Set{}
+	for _, p := range set.Authorization {
+		c := *p
+		c.Metadata.Name += "." + IstioAuthorizationPolicyGVR.Group
+		out.Authorization = append(out.Authorization, &c)
+	}
+	for _, p := range set.RequestAuthentication {
+		c := *p
+		c.Metadata.Name += "." + IstioRequestAuthenticationGVR.Group
+		out.RequestAuthentication = append(out.RequestAuthentication, &c)
+	}
+	return out
 }
 
 // parseObject converts an object back to YAML and runs the strict
@@ -254,8 +300,11 @@ func parseObject(u *unstructured.Unstructured) (*policy.Set, error) {
 	return policy.Parse(key(u), y, policy.LoadOptions{})
 }
 
-// writeStatus sets the Compiled condition.
+// writeStatus sets the Compiled condition (on kordon's objects only).
 func (s *PolicySource) writeStatus(ctx context.Context, u *unstructured.Unstructured, perr error) error {
+	if u.GroupVersionKind().Group != AuthorizationPolicyGVR.Group {
+		return nil // Istio's status schema is Istio's
+	}
 	cond := map[string]any{"type": "Compiled", "status": "True", "reason": "Compiled", "message": "the policy is valid and in force",
 		"observedGeneration": u.GetGeneration()}
 	if perr != nil {
@@ -284,8 +333,11 @@ func (s *PolicySource) writeStatus(ctx context.Context, u *unstructured.Unstruct
 		}
 	}
 	gvr := AuthorizationPolicyGVR
-	if u.GetKind() == policy.KindEgressPolicy {
+	switch u.GetKind() {
+	case policy.KindEgressPolicy:
 		gvr = EgressPolicyGVR
+	case policy.KindRequestAuthentication:
+		gvr = RequestAuthenticationGVR
 	}
 	cur := u.DeepCopy()
 	if err := unstructured.SetNestedField(cur.Object, map[string]any{
