@@ -2,22 +2,14 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/kordon-dev/kordon/internal/kube"
 	"github.com/kordon-dev/kordon/xds"
-	"github.com/kordon-dev/kordon/xds/adsclient"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
-	authnv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -69,43 +61,15 @@ func installIstioCRDs(t *testing.T) {
 func TestRequestAuthenticationFromAPIReachesXDS(t *testing.T) {
 	installIstioCRDs(t)
 	bin := buildKordon(t)
-	kubeconfig := writeKubeconfig(t)
-	sysNS := newNamespace(t)
-	ctrlHTTP, ctrlXDS := freeAddr(t), freeAddr(t)
-	startProcess(t, bin, "controller", "--kubeconfig", kubeconfig, "--namespace", sysNS, "--root-namespace", sysNS,
-		"--xds-listen", ctrlXDS, "--issuance-listen", "127.0.0.1:0", "--http-listen", ctrlHTTP, "--alerts-dir", t.TempDir(), "--pod-name", "controller-0",
-		"--istio-policies")
-	waitReady(t, "http://"+ctrlHTTP+"/readyz")
+	ctrlXDS := freeAddr(t)
+	_, _, ctrlHTTP := startController(t, bin, writeKubeconfig(t), newNamespace(t), "controller-0", "--xds-listen", ctrlXDS, "--istio-policies")
 
 	ns := newNamespace(t)
 	pod := createPod(t, ns, "api-1", "api", "node-x", "10.7.1.1", map[string]string{"app": "api"})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	tr, err := clients.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "api", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
-		Audiences: []string{"kordon"}, BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The xDS server presents an SVID (URI SAN only): this test checks
-	// what is pushed, not the server's TLS identity.
-	conn, err := grpc.NewClient(ctrlXDS, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true}))) //nolint:gosec // see above
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	c := podADS(t, ctx, ctrlXDS, pod, "10.7.1.1")
 	nodeID := ns + "/" + pod.Name
-	c, err := adsclient.Open(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tr.Status.Token), conn, &corev3.Node{Id: nodeID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Subscribe(resourcev3.ListenerType, xds.ServerListenerPrefix+"10.7.1.1:8080"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Subscribe(resourcev3.RouteType, xds.InboundRouteName); err != nil {
-		t.Fatal(err)
-	}
 	go func() { // a data plane ACKs what it is sent
 		for {
 			resp, err := c.Recv()
