@@ -68,6 +68,8 @@ type DetectionInspector struct {
 	mu          sync.RWMutex
 	quarantines map[string]*Quarantine // workload|domain
 	nq          atomic.Int32
+	cluster     map[string]string // workload|domain -> Quarantine object (ns/name)
+	ncluster    atomic.Int32
 
 	detections *prometheus.CounterVec
 	dropCount  prometheus.CounterFunc
@@ -131,7 +133,7 @@ func registrable(qname string) string {
 
 // Quarantined implements Inspector.
 func (in *DetectionInspector) Quarantined(c *Client, qname string) (string, bool) {
-	if in.nq.Load() == 0 {
+	if in.nq.Load() == 0 && in.ncluster.Load() == 0 {
 		return "", false
 	}
 	key := workloadKey(c) + "|" + registrable(qname)
@@ -139,7 +141,7 @@ func (in *DetectionInspector) Quarantined(c *Client, qname string) (string, bool
 	q, ok := in.quarantines[key]
 	in.mu.RUnlock()
 	if !ok {
-		return "", false
+		return in.clusterQuarantined(key)
 	}
 	return "quarantined by kordon: " + q.Reason + " (lift with DELETE /v1/quarantines/" + q.ID + ")", true
 }

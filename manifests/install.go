@@ -90,8 +90,9 @@ func installObjects() []map[string]any {
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta("kordon-controller", true, ctrl), "rules": []any{
 			rule([]any{""}, []any{"secrets"}, []any{"get", "list", "watch", "create", "update"}),
 			rule([]any{"coordination.k8s.io"}, []any{"leases"}, []any{"get", "create", "update"}),
-			// The trust bundle published for node agents.
-			rule([]any{""}, []any{"configmaps"}, []any{"get", "create", "update"}),
+			// The trust bundle published for node agents, and the leader's
+			// alert delivery positions (kordon-alert-delivery).
+			rule([]any{""}, []any{"configmaps"}, []any{"get", "create", "update", "patch"}),
 		}},
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta("kordon-controller", true, ctrl),
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kordon-controller"},
@@ -190,7 +191,7 @@ func installObjects() []map[string]any {
 						"name":  "node",
 						"image": Image,
 						"args": []any{"node", "--node=$(NODE_NAME)", "--dns-listen=" + NodeLocalDNS + ":53",
-							"--upstream=$(UPSTREAM_DNS)", "--controller-http=http://kordon-controller." + Namespace + ".svc:9080",
+							"--upstream=$(UPSTREAM_DNS)",
 							"--state-dir=/var/lib/kordon", "--http-listen=127.0.0.1:9081", "--namespace=" + Namespace,
 							"--controller-issuance=kordon-controller." + Namespace + ".svc:15012",
 							"--workload-api-socket=/run/kordon/sockets/agent.sock", "--token-file=/var/run/secrets/kordon/token",

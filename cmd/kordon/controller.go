@@ -41,6 +41,7 @@ type controllerFlags struct {
 	caTTL, svidTTL                                            time.Duration
 	// istioPolicies also watches Istio's security.istio.io/v1 objects.
 	istioPolicies bool
+	alerts        clusterAlertFlags
 }
 
 // registerTTLFlags adds --ca-ttl and --svid-ttl (kordon controller and
@@ -91,6 +92,7 @@ it when the leader rotates.`,
 	fl.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this replica's name (leader election identity)")
 	registerTTLFlags(fl, &f.caTTL, &f.svidTTL)
 	fl.BoolVar(&f.istioPolicies, "istio-policies", false, "also watch Istio's AuthorizationPolicies and RequestAuthentications (security.istio.io/v1; their CRDs must be installed), as istiod would; kordon's own group is always watched")
+	f.alerts.register(fl)
 	return cmd
 }
 
@@ -128,6 +130,7 @@ func (c *controller) controllerWiring() []func(context.Context) error {
 		c.wireIdentity,
 		c.wireXDS,
 		c.wireFeed,
+		c.wireClusterAlerts,
 		c.wirePolicies,
 		c.wireIssuance,
 		c.wireLeader,
@@ -205,7 +208,8 @@ func (c *controller) wireXDS(context.Context) error {
 	return nil
 }
 
-// wireFeed opens the durable alert feed served at /v1/alerts.
+// wireFeed opens the durable alert feed (served at /v1/alerts with
+// --alerts-from local: wireClusterAlerts).
 func (c *controller) wireFeed(context.Context) error {
 	feed, err := alert.NewFeed(alert.Config{Dir: c.f.alertsDir, Logger: c.log, Metrics: c.reg})
 	if err != nil {
@@ -213,7 +217,6 @@ func (c *controller) wireFeed(context.Context) error {
 	}
 	c.feed = feed
 	c.closers = append(c.closers, feed.Close)
-	c.mux.Handle("/v1/alerts", feed.Handler())
 	return nil
 }
 

@@ -10,8 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
+	"time"
 
 	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
@@ -32,6 +32,8 @@ type nodeFlags struct {
 	wl                                                                    workloadAPIFlags
 	ef                                                                    egressFlags
 	cleanup, prepareHost                                                  bool
+	clusterAlerts                                                         bool
+	alertCooldown                                                         time.Duration
 }
 
 func newNodeCmd() *cobra.Command {
@@ -73,13 +75,14 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&f.dnsListen, "dns-listen", "169.254.20.10:53", "DNS address pods use (NodeLocal DNSCache style link-local IP)")
 	fl.StringVar(&f.httpListen, "http-listen", "127.0.0.1:9081", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/quarantines")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/kordon", "durable state: alert log, webhook cursors, quarantines")
-	fl.StringVar(&f.controllerHTTP, "controller-http", "http://kordon-controller.kordon-system.svc:9080", "controller feed to forward alerts to (empty: keep local)")
+	fl.StringVar(&f.controllerHTTP, "controller-http", "", "also forward every alert to this controller feed (POST /v1/alerts; for a controller with --alerts-from local)")
 	fl.StringVar(&f.queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
 	fl.StringVar(&f.rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
 	f.ef.register(fl, false)
 	fl.BoolVar(&f.cleanup, "cleanup", false, "remove kordon's nftables table from this host and exit (uninstall)")
 	fl.BoolVar(&f.prepareHost, "prepare-host", false, "turn on conntrack accounting in this network namespace and exit (the DaemonSet's privileged init container)")
 	f.wl.register(cmd)
+	f.registerClusterFlags(fl)
 	return cmd
 }
 
@@ -107,6 +110,7 @@ type nodeAgent struct {
 	synced     chan struct{}
 	readyAfter []<-chan struct{}
 	dnsAddr    net.Addr
+	state      *nodeClusterState
 }
 
 // nodeWiring is the order in which kordon node is wired. All parts start
@@ -115,6 +119,7 @@ func (n *nodeAgent) nodeWiring() []func(context.Context) error {
 	return []func(context.Context) error{
 		n.wireFeed,
 		n.wireEgress,
+		n.wireQuarantines,
 		n.wireDNS,
 		n.wirePolicies,
 		n.wireWorkloadAPI,
@@ -150,11 +155,11 @@ func runNode(ctx context.Context, f nodeFlags, stderr io.Writer) error {
 // wireFeed opens the local durable alert log, forwarded to Kubernetes
 // Events and to the controller's feed, and the detector that feeds it.
 func (n *nodeAgent) wireFeed(context.Context) error {
-	hooks := []alert.WebhookConfig{{Name: "events", Sink: &kube.EventSink{Client: n.clients.Kube, Node: n.f.df.node}}}
-	if n.f.controllerHTTP != "" {
-		hooks = append(hooks, alert.WebhookConfig{Name: "controller", URL: strings.TrimSuffix(n.f.controllerHTTP, "/") + "/v1/alerts"})
+	hooks, err := n.alertHooks()
+	if err != nil {
+		return err
 	}
-	feed, err := alert.NewFeed(alert.Config{Dir: n.f.stateDir + "/alerts", Webhooks: hooks, Logger: n.log, Metrics: n.reg})
+	feed, err := alert.NewFeed(alert.Config{Dir: n.f.stateDir + "/alerts", Webhooks: hooks, Cooldown: n.f.alertCooldown, Logger: n.log, Metrics: n.reg})
 	if err != nil {
 		return err
 	}

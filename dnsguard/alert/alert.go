@@ -50,6 +50,12 @@ type Alert struct {
 	Action         string          `json:"action"`
 	Policy         string          `json:"policy,omitempty"`
 	Message        string          `json:"message,omitempty"`
+	// Count, FirstSeen and LastSeen describe the series of a cluster
+	// alert (an EgressAlert object: one per workload, kind and domain);
+	// a node's own feed leaves them unset.
+	Count     int64     `json:"count,omitempty"`
+	FirstSeen time.Time `json:"firstSeen,omitzero"`
+	LastSeen  time.Time `json:"lastSeen,omitzero"`
 }
 
 // Workload names who the alert is about: namespace/pod, or the client
@@ -378,6 +384,9 @@ type Filter struct {
 	Limit     int
 }
 
+// Matches reports whether a passes the filter (Limit aside).
+func (flt Filter) Matches(a *Alert) bool { return flt.match(a) }
+
 func (flt Filter) match(a *Alert) bool {
 	return a.ID > flt.After && (flt.Since.IsZero() || !a.Time.Before(flt.Since)) &&
 		(flt.Namespace == "" || a.Namespace == flt.Namespace) &&
@@ -407,6 +416,10 @@ func (f *Feed) LastID() uint64 {
 	defer f.mu.Unlock()
 	return f.lastID
 }
+
+// Subscribe returns a channel signalled after each publish (closed when
+// the feed closes) and a function to stop.
+func (f *Feed) Subscribe() (<-chan struct{}, func()) { return f.subscribe() }
 
 // subscribe returns a channel signalled after each publish.
 func (f *Feed) subscribe() (chan struct{}, func()) {

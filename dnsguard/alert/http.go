@@ -18,9 +18,23 @@ import (
 //	POST /v1/alerts            ingest one alert (node agents forward here)
 func (f *Feed) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/alerts", f.serveList)
+	mux.HandleFunc("GET /v1/alerts", ListHandler(f, f.cfg.Now).ServeHTTP)
 	mux.HandleFunc("POST /v1/alerts", f.serveIngest)
 	return mux
+}
+
+// Source is what ListHandler serves: alerts in increasing ID order and a
+// signal after each change. A Feed is one; so is the controller's view of
+// the EgressAlerts of the cluster.
+type Source interface {
+	List(Filter) []Alert
+	Subscribe() (<-chan struct{}, func())
+}
+
+// ListHandler serves GET /v1/alerts (list and Server-Sent Events, as
+// Feed.Handler) from src; now reads the clock for ?since=.
+func ListHandler(src Source, now func() time.Time) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { serveList(src, now, w, r) })
 }
 
 func parseFilter(r *http.Request, now time.Time) (Filter, error) {
@@ -58,8 +72,8 @@ func parseFilter(r *http.Request, now time.Time) (Filter, error) {
 	return flt, nil
 }
 
-func (f *Feed) serveList(w http.ResponseWriter, r *http.Request) {
-	flt, err := parseFilter(r, f.cfg.Now())
+func serveList(f Source, now func() time.Time, w http.ResponseWriter, r *http.Request) {
+	flt, err := parseFilter(r, now())
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -80,7 +94,7 @@ func (f *Feed) serveList(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
-	wake, cancel := f.subscribe()
+	wake, cancel := f.Subscribe()
 	defer cancel()
 	limit := flt.Limit
 	flt.Limit = 0

@@ -224,13 +224,26 @@ func (w *webhook) deliver(ctx context.Context, a Alert) error {
 		defer cancel()
 		return w.cfg.Sink.Deliver(ctx, a)
 	}
+	return Post(ctx, w.cfg, a, w.feed.cfg.Now())
+}
+
+// Post delivers a to cfg.URL once, as the feed's webhooks do (headers,
+// signature at now, cfg.Timeout and cfg.Client, when set); the
+// controller's leader delivers cluster alerts with it.
+func Post(ctx context.Context, cfg WebhookConfig, a Alert, now time.Time) error {
 	body, err := json.Marshal(&a)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.Client == nil {
+		cfg.Client = http.DefaultClient
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.cfg.URL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cfg.URL, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -243,12 +256,11 @@ func (w *webhook) deliver(ctx context.Context, a Alert) error {
 	req.Header.Set("webhook-id", id)
 	// Each attempt is signed at its own time: a retry an hour later is
 	// fresh, a replay of a captured attempt is not.
-	now := w.feed.cfg.Now()
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
-	if w.cfg.Secret != "" {
-		req.Header.Set("webhook-signature", Sign(w.cfg.Secret, id, now, body))
+	if cfg.Secret != "" {
+		req.Header.Set("webhook-signature", Sign(cfg.Secret, id, now, body))
 	}
-	resp, err := w.cfg.Client.Do(req)
+	resp, err := cfg.Client.Do(req)
 	if err != nil {
 		return err
 	}

@@ -146,22 +146,13 @@ func (s *PolicySource) Run(ctx context.Context, synced chan<- struct{}) error {
 	var syncs []cache.InformerSynced
 	for _, gvr := range gvrs {
 		inf := f.ForResource(gvr).Informer()
-		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { s.set(o) },
-			UpdateFunc: func(_, o any) { s.set(o) },
-			DeleteFunc: func(o any) {
-				if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
-					o = t.Obj
-				}
-				if u, ok := o.(*unstructured.Unstructured); ok {
-					s.mu.Lock()
-					delete(s.objects, key(u))
-					delete(s.lastGood, key(u))
-					s.mu.Unlock()
-					s.poke()
-				}
-			},
-		})
+		_, err := inf.AddEventHandler(unstructuredHandler(s.set, func(u *unstructured.Unstructured) {
+			s.mu.Lock()
+			delete(s.objects, key(u))
+			delete(s.lastGood, key(u))
+			s.mu.Unlock()
+			poke(s.kick)
+		}))
 		if err != nil {
 			return err
 		}
@@ -174,18 +165,8 @@ func (s *PolicySource) Run(ctx context.Context, synced chan<- struct{}) error {
 		}
 		return fmt.Errorf("kube: policy informers did not sync")
 	}
-	s.rebuild(ctx)
-	if synced != nil {
-		close(synced)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-s.kick:
-			s.rebuild(ctx)
-		}
-	}
+	serveKicks(ctx, s.kick, synced, func() { s.rebuild(ctx) })
+	return nil
 }
 
 // key names an object: kind/namespace/name, with the API group for
@@ -198,22 +179,11 @@ func key(u *unstructured.Unstructured) string {
 	return u.GetKind() + "/" + u.GetNamespace() + "/" + u.GetName()
 }
 
-func (s *PolicySource) set(o any) {
-	u, ok := o.(*unstructured.Unstructured)
-	if !ok {
-		return
-	}
+func (s *PolicySource) set(u *unstructured.Unstructured) {
 	s.mu.Lock()
 	s.objects[key(u)] = u.DeepCopy()
 	s.mu.Unlock()
-	s.poke()
-}
-
-func (s *PolicySource) poke() {
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
+	poke(s.kick)
 }
 
 // rebuild parses every object with the same strict decoder as
