@@ -57,7 +57,8 @@ func installIstioCRDs(t *testing.T) {
 // in Istio's, reach the controller's policy set and change what its xDS
 // server reports for the selected proxyless workload in /v1/xds/status
 // (the note that its tokens are not checked and JWT rules fail closed);
-// deleting one takes its note away. kordon's object gets Compiled=True.
+// a kordon and an Istio object of the same name are both kept; deleting
+// one takes its note away. kordon's object gets Compiled=True.
 func TestRequestAuthenticationFromAPIReachesXDS(t *testing.T) {
 	installIstioCRDs(t)
 	bin := buildKordon(t)
@@ -128,6 +129,13 @@ spec:
 			}
 		}
 		return false
+	})
+	// A kordon object with the Istio one's name: both stay in force, the
+	// Istio one under name.security.istio.io.
+	createPolicy(t, kube.RequestAuthenticationGVR, ns, ra("security.kordon.dev/v1", "jwt-istio"))
+	eventually(t, 30*time.Second, "same-named kordon and Istio RequestAuthentications both in /v1/xds/status", func() bool {
+		n, _ := notes()
+		return strings.Contains(n, note("jwt-istio")) && strings.Contains(n, note("jwt-istio.security.istio.io"))
 	})
 	if err := clients.Dynamic.Resource(kube.RequestAuthenticationGVR).Namespace(ns).Delete(ctx, "jwt-kordon", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

@@ -33,20 +33,40 @@ type RequestAuthenticationSpec struct {
 	JWTRules   []JWTRule         `json:"jwtRules,omitempty"`
 }
 
-// JWTRule is Istio's JWTRule (security/v1beta1/request_authentication.proto).
+// JWTRule is Istio's JWTRule (security/v1beta1/request_authentication.proto):
+// one issuer whose tokens the selected workloads accept.
 type JWTRule struct {
-	Issuer                string          `json:"issuer,omitempty"`
-	Audiences             []string        `json:"audiences,omitempty"`
-	JWKSURI               string          `json:"jwksUri,omitempty"`
-	JWKS                  string          `json:"jwks,omitempty"`
-	FromHeaders           []JWTHeader     `json:"fromHeaders,omitempty"`
-	FromParams            []string        `json:"fromParams,omitempty"`
-	FromCookies           []string        `json:"fromCookies,omitempty"`
-	OutputPayloadToHeader string          `json:"outputPayloadToHeader,omitempty"`
-	ForwardOriginalToken  bool            `json:"forwardOriginalToken,omitempty"`
-	OutputClaimToHeaders  []ClaimToHeader `json:"outputClaimToHeaders,omitempty"`
-	Timeout               string          `json:"timeout,omitempty"`
-	SpaceDelimitedClaims  []string        `json:"spaceDelimitedClaims,omitempty"`
+	// Issuer is the token's iss claim this rule accepts.
+	Issuer string `json:"issuer,omitempty"`
+	// Audiences are the aud values accepted (any of them); empty accepts
+	// any audience.
+	Audiences []string `json:"audiences,omitempty"`
+	// JWKSURI is where the issuer's keys are fetched (http or https, a
+	// host required), by the control plane or by Envoy.
+	JWKSURI string `json:"jwksUri,omitempty"`
+	// JWKS is the issuer's key set inline (JSON); it wins over jwksUri.
+	JWKS string `json:"jwks,omitempty"`
+	// FromHeaders are the headers a token is read from (default
+	// Authorization with prefix "Bearer ").
+	FromHeaders []JWTHeader `json:"fromHeaders,omitempty"`
+	// FromParams are query parameters a token is read from.
+	FromParams []string `json:"fromParams,omitempty"`
+	// FromCookies are cookies a token is read from.
+	FromCookies []string `json:"fromCookies,omitempty"`
+	// OutputPayloadToHeader names a header that receives the verified
+	// payload (base64url JSON).
+	OutputPayloadToHeader string `json:"outputPayloadToHeader,omitempty"`
+	// ForwardOriginalToken keeps the token in the request forwarded
+	// upstream.
+	ForwardOriginalToken bool `json:"forwardOriginalToken,omitempty"`
+	// OutputClaimToHeaders copy claims of a verified token into headers.
+	OutputClaimToHeaders []ClaimToHeader `json:"outputClaimToHeaders,omitempty"`
+	// Timeout bounds a jwksUri fetch by Envoy (default 5s).
+	Timeout string `json:"timeout,omitempty"`
+	// SpaceDelimitedClaims are claims whose string value is a
+	// space-separated list. Accepted as Istio's field; kordon's compiler
+	// does not split them yet (a claim matches as written).
+	SpaceDelimitedClaims []string `json:"spaceDelimitedClaims,omitempty"`
 }
 
 // JWTHeader is a header a token is read from, with an optional prefix
