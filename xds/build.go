@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -89,6 +90,10 @@ type buildInput struct {
 	resolve   func(target string) *Service
 	endpoints func(*Service) []*workload.Workload
 	compiled  *policy.Compiled
+	// memo holds the node's last build (nil: build everything); clusters
+	// the clusters shared by the dialers of each service (nil: build them).
+	memo     *memo
+	clusters *clusterCache
 	// compileErr set means the policy failed to compile: fail closed.
 	compileErr error
 	opts       buildOptions
@@ -110,6 +115,8 @@ type built struct {
 	// version (a hash of its resources) in the snapshot.
 	version string
 	counts  map[string]int
+	// memo is what the next build of the node may reuse.
+	memo *memo
 	// policyNotes are the compiler's notes on the workload's rules
 	// (policy.Compiled.Notes), shown in the node's status.
 	policyNotes []string
@@ -131,11 +138,11 @@ func build(in *buildInput, version func(hash string) string) (*built, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap, hash, counts, err := makeSnapshot(rs, version)
+	snap, hash, counts, err := makeSnapshot(rs, in.memo, version)
 	if err != nil {
 		return nil, err
 	}
-	b := &built{snapshot: snap, hash: hash, version: version(hash), counts: counts}
+	b := &built{snapshot: snap, hash: hash, version: version(hash), counts: counts, memo: in.memo}
 	if in.compileErr == nil && in.compiled != nil {
 		b.policyNotes = in.compiled.Notes
 	}
@@ -187,8 +194,11 @@ var servedTypes = []resourcev3.Type{
 // makeSnapshot validates rs, checks its consistency and returns the
 // snapshot with per-type versions, a hash of the whole content and the
 // resource counts. version(hash) names the snapshot in status and logs.
-func makeSnapshot(rs resources, version func(hash string) string) (*cachev3.Snapshot, string, map[string]int, error) {
-	hash, typeHashes, counts, err := validateAndHash(rs)
+//
+// Resources m reused from an earlier build are not validated or
+// marshalled again: their hash is known (m may be nil).
+func makeSnapshot(rs resources, m *memo, version func(hash string) string) (*cachev3.Snapshot, string, map[string]int, error) {
+	hash, typeHashes, counts, err := validateAndHash(rs, m)
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -210,30 +220,27 @@ func makeSnapshot(rs resources, version func(hash string) string) (*cachev3.Snap
 }
 
 // validateAndHash validates every resource and hashes them in a stable
-// order, per type and as a whole.
-func validateAndHash(rs resources) (string, map[string]string, map[string]int, error) {
+// order, per type and as a whole: a type's hash covers the hashes of its
+// resources (resourceSum), those m knows taken from it, and m learns the
+// others.
+func validateAndHash(rs resources, m *memo) (string, map[string]string, map[string]int, error) {
 	h := sha256.New()
 	counts := map[string]int{}
 	typeHashes := map[string]string{}
-	mo := proto.MarshalOptions{Deterministic: true}
 	for _, t := range servedTypes {
 		th := sha256.New()
 		list := rs[t]
 		sort.Slice(list, func(i, j int) bool { return cachev3.GetResourceName(list[i]) < cachev3.GetResourceName(list[j]) })
 		for _, r := range list {
-			v, ok := r.(validator)
+			sum, ok := m.sum(r)
 			if !ok {
-				return "", nil, nil, fmt.Errorf("xds: %T has no validation", r)
+				var err error
+				if sum, err = resourceSum(t, r); err != nil {
+					return "", nil, nil, err
+				}
+				m.learn(r, sum)
 			}
-			if err := v.ValidateAll(); err != nil {
-				return "", nil, nil, fmt.Errorf("xds: invalid %s %q: %w", shortType(t), cachev3.GetResourceName(r), err)
-			}
-			b, err := mo.Marshal(r)
-			if err != nil {
-				return "", nil, nil, fmt.Errorf("xds: %w", err)
-			}
-			fmt.Fprintf(th, "%d\x00", len(b))
-			th.Write(b)
+			th.Write([]byte(sum))
 		}
 		sum := hex.EncodeToString(th.Sum(nil))[:12]
 		typeHashes[t] = sum
@@ -248,6 +255,24 @@ func validateAndHash(rs resources) (string, map[string]string, map[string]int, e
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], typeHashes, counts, nil
+}
+
+// resourceSum validates r (of type t) and returns the hash of its
+// deterministic encoding.
+func resourceSum(t resourcev3.Type, r types.Resource) (string, error) {
+	v, ok := r.(validator)
+	if !ok {
+		return "", fmt.Errorf("xds: %T has no validation", r)
+	}
+	if err := v.ValidateAll(); err != nil {
+		return "", fmt.Errorf("xds: invalid %s %q: %w", shortType(t), cachev3.GetResourceName(r), err)
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return "", fmt.Errorf("xds: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return string(sum[:16]), nil
 }
 
 func shortType(t string) string {
@@ -351,23 +376,38 @@ func buildProxyless(in *buildInput, rs resources) error {
 		if err != nil || !(addr.Addr().IsUnspecified() || ownsIP(w, addr.Addr())) {
 			continue
 		}
-		rs.add(resourcev3.ListenerType, serverListener(n, addr, in.opts))
+		rs.add(resourcev3.ListenerType, in.memo.res("L/"+n, "", func() types.Resource { return serverListener(n, addr, in.opts) }))
 		servers++
 	}
 	if servers > 0 {
-		rs.add(resourcev3.RouteType, inboundRoute(in))
+		// The inbound route depends on the compiled RBAC only, which the
+		// compile cache shares while its policies stay the same.
+		key := strconv.FormatUint(uint64(uintptr(unsafe.Pointer(in.compiled))), 16)
+		if in.compileErr != nil {
+			key = "error:" + in.compileErr.Error()
+		}
+		rs.add(resourcev3.RouteType, in.memo.res("R/"+InboundRouteName, key, func() types.Resource { return inboundRoute(in) }))
 	}
 	clusters := map[string]*Service{}
 	for n, s := range clients {
 		c := clusterName(s)
-		rs.add(resourcev3.ListenerType, clientListener(n))
-		rs.add(resourcev3.RouteType, clientRoute(n, c))
+		rs.add(resourcev3.ListenerType, in.memo.res("L/"+n, "", func() types.Resource { return clientListener(n) }))
+		rs.add(resourcev3.RouteType, in.memo.res("R/"+n, c, func() types.Resource { return clientRoute(n, c) }))
 		clusters[c] = s
 	}
 	for c, s := range clusters {
 		eps := in.endpoints(s)
-		rs.add(resourcev3.ClusterType, clientCluster(c, eps, in.opts))
-		rs.add(resourcev3.EndpointType, loadAssignment(c, s.Port, eps))
+		if in.clusters == nil {
+			rs.add(resourcev3.ClusterType, clientCluster(c, eps, in.opts))
+			rs.add(resourcev3.EndpointType, loadAssignment(c, s.Port, eps))
+			continue
+		}
+		cl, cla, err := in.clusters.get(c, s, eps, in.opts, in.memo)
+		if err != nil {
+			return err
+		}
+		rs.add(resourcev3.ClusterType, cl)
+		rs.add(resourcev3.EndpointType, cla)
 	}
 	return nil
 }
@@ -485,7 +525,7 @@ func resolveService(target string, services []*Service) *Service {
 }
 
 func clusterName(s *Service) string {
-	return fmt.Sprintf("outbound|%d||%s.%s.svc.%s", s.Port, s.Name, s.Namespace, ClusterDomain)
+	return "outbound|" + strconv.FormatUint(uint64(s.Port), 10) + "||" + s.Name + "." + s.Namespace + ".svc." + ClusterDomain
 }
 
 func clientListener(name string) *listenerv3.Listener {

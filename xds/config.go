@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -111,7 +112,9 @@ type Service struct {
 }
 
 // Key is namespace/name:port.
-func (s *Service) Key() string { return fmt.Sprintf("%s/%s:%d", s.Namespace, s.Name, s.Port) }
+func (s *Service) Key() string {
+	return s.Namespace + "/" + s.Name + ":" + strconv.FormatUint(uint64(s.Port), 10)
+}
 
 // Selects reports whether w is an endpoint of s.
 func (s *Service) Selects(w *workload.Workload) bool {

@@ -156,7 +156,7 @@ func reference(t *testing.T, reg *workload.Registry, services []Service, set *po
 	w, ok := reg.ByPod(n.ns, pod)
 	version := func(h string) string { return "ref" }
 	if !ok || w.ServiceAccount != n.serviceAccount {
-		_, hash, _, err := makeSnapshot(resources{}, version)
+		_, hash, _, err := makeSnapshot(resources{}, nil, version)
 		if err != nil {
 			t.Fatal(err)
 		}

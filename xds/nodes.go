@@ -33,6 +33,7 @@ type node struct {
 	// guarded by mu:
 	gen  uint64
 	hash string
+	memo *memo
 }
 
 type sent struct{ typeURL, version string }

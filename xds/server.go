@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,7 @@ type Server struct {
 	debounce *debouncer
 	svids    *svidCache
 	status   *statusBook
+	clusters *clusterCache
 
 	served      atomic.Bool
 	builderPool chan struct{}
@@ -111,6 +113,7 @@ func New(cfg Config) (*Server, error) {
 		debounce:    newDebouncer(cfg.DebounceQuiet, cfg.DebounceMax),
 		svids:       newSVIDCache(cfg.Identities, cfg.Now),
 		status:      newStatusBook(),
+		clusters:    newClusterCache(),
 		builderPool: make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
 	lg := cfg.Logger
@@ -214,6 +217,11 @@ func (s *Server) SetServices(services []Service) error {
 		return err
 	}
 	changed := s.services.setServices(checked)
+	keep := map[string]bool{}
+	for _, svc := range checked {
+		keep[clusterName(svc)] = true
+	}
+	s.clusters.forget(keep)
 	dialed := map[string]bool{}
 	var ids []string
 	for _, svc := range changed {
@@ -259,6 +267,7 @@ func (s *Server) rebuild(ctx context.Context, id string) {
 		s.status.update(id, func(st *NodeStatus) { st.LastBuildError = err.Error() })
 		return
 	}
+	n.memo = b.memo
 	if b.hash == n.hash {
 		s.metrics.builds.WithLabelValues("unchanged").Inc()
 		s.status.update(id, func(st *NodeStatus) { st.PolicyNotes = b.policyNotes })
@@ -320,6 +329,8 @@ func (s *Server) input(ctx context.Context, n *node, requested []string) (*build
 		endpoints:  s.services.endpoints,
 		compiled:   cr.c,
 		compileErr: cr.err,
+		memo:       newMemo(n.memo),
+		clusters:   s.clusters,
 		opts:       buildOptions{trustDomain: s.cfg.TrustDomain, certProvider: s.cfg.CertProviderInstance},
 	}
 	if n.kind == KindEnvoy && s.cfg.Identities != nil {
@@ -340,11 +351,11 @@ func (s *Server) buildNode(ctx context.Context, n *node, requested []string) (*b
 		return nil, err
 	}
 	gen := n.gen
-	version := func(hash string) string { return fmt.Sprintf("%d-%s", gen+1, hash[:8]) }
+	version := func(hash string) string { return strconv.FormatUint(gen+1, 10) + "-" + hash[:8] }
 	if in == nil {
 		// The workload is gone: serve nothing (a proxyless server goes
 		// NOT_SERVING) rather than its stale policy.
-		snap, hash, counts, err := makeSnapshot(resources{}, version)
+		snap, hash, counts, err := makeSnapshot(resources{}, nil, version)
 		if err != nil {
 			return nil, err
 		}
