@@ -272,6 +272,7 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 				if res != nil {
 					outs[j] = res
 					b.queue(i, res)
+					evs[j].tap = tapWire{query: pkt, reply: res, peer: ap}
 					if s.cfg.Firewall != nil {
 						if g, ok := grantOf(&evs[j], q.lower[:len(q.lower)-1]); ok {
 							grants = append(grants, g)
@@ -302,6 +303,7 @@ func (s *Server) batchLoop(pc, group net.PacketConn) (bool, error) {
 					pkt, _ := b.packet(ref.pkt)
 					outs[ref.reply] = appendFirewallFailed(outs[ref.reply][:0], pkt, ref.qEnd, ref.edns, ref.do)
 					b.requeue(ref.reply, outs[ref.reply])
+					evs[ref.reply].tap.reply = outs[ref.reply]
 					failAnswer(&evs[ref.reply])
 				}
 			}

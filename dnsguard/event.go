@@ -67,6 +67,8 @@ type QueryEvent struct {
 	Answers   []netip.Addr `json:"answers,omitempty"`
 	// Detection carries the applicable policy's detector settings; not logged.
 	Detection DetectionSettings `json:"-"`
+	// tap is what dnstap records besides (see tapWire).
+	tap tapWire
 	// ttl is the smallest TTL of the A/AAAA records in Answers as sent
 	// (the firewall's Grant.TTL).
 	ttl uint32

@@ -350,6 +350,7 @@ func (s *Server) answerFast(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, q *f
 		clear(grants[:cap(grants)])
 	}
 	s.countFast(ev[:])
+	ev[0].tap = tapWire{query: pkt, reply: out, peer: ua.AddrPort()}
 	if _, err := pc.WriteTo(out, ua); err != nil {
 		s.log.Debug("write failed", "client_ip", ev[0].Client.IP, "error", err)
 	}
@@ -467,13 +468,14 @@ func (s *Server) serveSlow(pc net.PacketConn, ua *net.UDPAddr, pkt []byte, ho *h
 		}
 		return
 	}
-	s.serveDNS(&udpWriter{pc: pc, addr: ua}, m, ho)
+	s.serveDNS(&udpWriter{pc: pc, addr: ua, pkt: pkt}, m, ho)
 }
 
 // udpWriter is the dns.ResponseWriter of the full path on the fast socket.
 type udpWriter struct {
 	pc   net.PacketConn
 	addr *net.UDPAddr
+	pkt  []byte // the query as read (for dnstap)
 }
 
 func (w *udpWriter) LocalAddr() net.Addr  { return w.pc.LocalAddr() }

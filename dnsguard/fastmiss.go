@@ -180,8 +180,9 @@ func (s *Server) missReplies(done []*fastMiss, rb *replyBatch) {
 		rb.grants = grants[:0]
 	}
 	evs := rb.evs[:0]
-	for _, fm := range done {
+	for k, fm := range done {
 		evs = append(evs, fm.ev)
+		evs[k].tap = tapWire{query: fm.pkt, reply: rb.reply(k), peer: fm.client}
 	}
 	s.countFast(evs)
 	rb.flush()

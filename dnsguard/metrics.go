@@ -17,6 +17,9 @@ type metrics struct {
 	upstreamHealthy  *prometheus.GaugeVec
 	upstreamRequests *prometheus.CounterVec
 	logDropped       prometheus.Counter
+	tapDropped       prometheus.Counter
+	tapMessages      prometheus.Counter
+	tapConnected     prometheus.Gauge
 	rateLimited      prometheus.Counter
 	fastAnswers      prometheus.Counter
 	fastMisses       prometheus.Counter
@@ -72,9 +75,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "1 if the upstream is in service, 0 after consecutive failures."}, []string{"upstream"}),
 		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "upstream_requests_total",
 			Help: "Queries sent upstream, by upstream and result (ok, error)."}, []string{"upstream", "result"}),
-		logDropped:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "querylog_dropped_total", Help: "Query log records dropped because the writer fell behind."}),
-		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimited_total", Help: "Queries refused by the per-client rate limit."}),
-		fastAnswers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fast_path_answers_total", Help: "UDP cache hits answered from wire bytes without a full parse."}),
+		logDropped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "querylog_dropped_total", Help: "Query log records dropped because the writer fell behind."}),
+		tapDropped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dnstap_dropped_total",
+			Help: "Queries whose dnstap messages were dropped: the queue was full or the collector unreachable."}),
+		tapMessages:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dnstap_messages_total", Help: "dnstap messages written to the collector."}),
+		tapConnected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dnstap_connected", Help: "1 while a dnstap Frame Streams session is up."}),
+		rateLimited:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimited_total", Help: "Queries refused by the per-client rate limit."}),
+		fastAnswers:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fast_path_answers_total", Help: "UDP cache hits answered from wire bytes without a full parse."}),
 		fastMisses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fast_path_forwarded_total",
 			Help: "UDP cache misses forwarded and answered from wire bytes (the rest of the misses went through the full path)."}),
 		admitErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "firewall_admit_errors_total",
@@ -85,7 +92,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.rateLimited, m.fastAnswers, m.fastMisses, m.admitErrors, m.admitSeconds} {
+	for _, c := range []prometheus.Collector{m.queries, m.duration, m.cacheHits, m.cacheMisses, m.cacheStale, m.upstreamHealthy, m.upstreamRequests, m.logDropped, m.tapDropped, m.tapMessages, m.tapConnected, m.rateLimited, m.fastAnswers, m.fastMisses, m.admitErrors, m.admitSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -8,16 +8,18 @@ import (
 	"time"
 )
 
-// queryLog writes QueryEvents as JSON lines without ever blocking the
-// query path. Answering goroutines encode their records themselves (in
-// parallel) and hand them over in chunks, one per batch of answers, to
-// one goroutine that writes them through a 64 KiB buffer. When more than
-// limit records are queued, new ones are dropped and counted
-// (kordon_dnsguard_querylog_dropped_total) rather than slowing DNS down.
+// queryLog writes QueryEvents without ever blocking the query path: as
+// JSON lines (the query log) or as dnstap frames. Answering goroutines
+// encode their records themselves (in parallel, with encode) and hand
+// them over in chunks, one per batch of answers, to one goroutine that
+// writes them to a chunkSink. When more than limit records are queued,
+// new ones are dropped and counted (kordon_dnsguard_querylog_dropped_total,
+// kordon_dnsguard_dnstap_dropped_total) rather than slowing DNS down.
 type queryLog struct {
 	ch      chan *logChunk
 	done    chan struct{}
-	w       io.Writer
+	sink    chunkSink
+	encode  func(b []byte, ev *QueryEvent) []byte
 	dropped func(n int)
 	queued  atomic.Int64
 	limit   int64
@@ -38,8 +40,30 @@ var chunkPool = sync.Pool{New: func() any { return &logChunk{b: make([]byte, 0, 
 // maxPooledChunk bounds the chunk buffers kept for reuse.
 const maxPooledChunk = 64 << 10
 
+// chunkSink is where queryLog's writer goroutine puts chunks; it is
+// called from that goroutine only.
+type chunkSink interface {
+	// write takes a chunk's records (b, n of them); it keeps nothing of b.
+	write(b []byte, n int)
+	// flush pushes out what write buffered (every 200 ms); close flushes
+	// and releases the sink.
+	flush()
+	close()
+}
+
+// jsonSink writes JSON lines through a 64 KiB buffer.
+type jsonSink struct{ bw *bufio.Writer }
+
+func (j jsonSink) write(b []byte, _ int) { _, _ = j.bw.Write(b) }
+func (j jsonSink) flush()                { _ = j.bw.Flush() }
+func (j jsonSink) close()                { _ = j.bw.Flush() }
+
 func newQueryLog(w io.Writer, limit int, dropped func(n int)) *queryLog {
-	l := &queryLog{ch: make(chan *logChunk, limit), done: make(chan struct{}), w: w, dropped: dropped, limit: int64(limit), flushEv: 200 * time.Millisecond}
+	return newChunkLog(jsonSink{bufio.NewWriterSize(w, 64<<10)}, appendEvent, limit, dropped)
+}
+
+func newChunkLog(sink chunkSink, encode func([]byte, *QueryEvent) []byte, limit int, dropped func(n int)) *queryLog {
+	l := &queryLog{ch: make(chan *logChunk, limit), done: make(chan struct{}), sink: sink, encode: encode, dropped: dropped, limit: int64(limit), flushEv: 200 * time.Millisecond}
 	go l.run()
 	return l
 }
@@ -47,7 +71,7 @@ func newQueryLog(w io.Writer, limit int, dropped func(n int)) *queryLog {
 // log queues one record.
 func (l *queryLog) log(ev *QueryEvent) {
 	c := chunkPool.Get().(*logChunk)
-	c.b, c.n = appendEvent(c.b[:0], ev), 1
+	c.b, c.n = l.encode(c.b[:0], ev), 1
 	l.send(c)
 }
 
@@ -59,7 +83,7 @@ func (l *queryLog) logAll(evs []QueryEvent) {
 	c := chunkPool.Get().(*logChunk)
 	c.b, c.n = c.b[:0], len(evs)
 	for i := range evs {
-		c.b = appendEvent(c.b, &evs[i])
+		c.b = l.encode(c.b, &evs[i])
 	}
 	l.send(c)
 }
@@ -97,9 +121,8 @@ func putChunk(c *logChunk) {
 
 func (l *queryLog) run() {
 	defer close(l.done)
-	bw := bufio.NewWriterSize(l.w, 64<<10)
 	write := func(c *logChunk) {
-		_, _ = bw.Write(c.b)
+		l.sink.write(c.b, c.n)
 		l.queued.Add(-int64(c.n))
 		putChunk(c)
 	}
@@ -109,7 +132,7 @@ func (l *queryLog) run() {
 		select {
 		case c, ok := <-l.ch:
 			if !ok {
-				_ = bw.Flush()
+				l.sink.close()
 				return
 			}
 			write(c)
@@ -118,7 +141,7 @@ func (l *queryLog) run() {
 				select {
 				case c, ok = <-l.ch:
 					if !ok {
-						_ = bw.Flush()
+						l.sink.close()
 						return
 					}
 					write(c)
@@ -128,7 +151,7 @@ func (l *queryLog) run() {
 				break
 			}
 		case <-t.C:
-			_ = bw.Flush()
+			l.sink.flush()
 		}
 	}
 }

@@ -77,6 +77,15 @@ type Config struct {
 	QueryLog io.Writer
 	// QueryLogBuffer bounds queued log records (default 65536).
 	QueryLogBuffer int
+	// Dnstap, if set, sends every query and its reply as dnstap
+	// CLIENT_QUERY and CLIENT_RESPONSE messages over Frame Streams to
+	// "unix:/path.sock" or "tcp:host:port" (ParseDnstapAddress), without
+	// ever blocking a query: at most QueryLogBuffer queries are queued,
+	// the rest dropped and counted; a lost collector is redialled every
+	// second.
+	Dnstap string
+	// DnstapIdentity is the dnstap identity field (default Node).
+	DnstapIdentity string
 	// Timeout per upstream attempt (default 2s).
 	Timeout time.Duration
 	// CacheSize is the maximum number of cached answers (default 100000).
@@ -114,6 +123,7 @@ type Server struct {
 	clusterFw *forwarder
 	cache     *cache
 	qlog      *queryLog
+	tap       *queryLog
 	limiter   *rateLimiter
 	ids       *idCache
 	doh       *Blocklist
@@ -230,6 +240,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.QueryLog != nil {
 		s.qlog = newQueryLog(cfg.QueryLog, cfg.QueryLogBuffer, func(n int) { m.logDropped.Add(float64(n)) })
 	}
+	if cfg.Dnstap != "" {
+		network, address, err := ParseDnstapAddress(cfg.Dnstap)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.DnstapIdentity == "" {
+			cfg.DnstapIdentity = cfg.Node
+		}
+		enc := &tapEncoder{identity: []byte(cfg.DnstapIdentity), version: []byte("kordon")}
+		sink := &tapSink{network: network, address: address, timeout: 2 * time.Second, retry: time.Second, log: cfg.Logger, m: m}
+		s.tap = newChunkLog(sink, enc.appendEvent, cfg.QueryLogBuffer, func(n int) { m.tapDropped.Add(float64(n)) })
+	}
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
 	s.ids = newIDCache(cfg.TrustDomain)
 	if cfg.Blocklist != nil {
@@ -338,7 +360,7 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg, ho *handover) {
 			failAnswer(&ev)
 		}
 	}
-	if err := w.WriteMsg(resp); err != nil {
+	if err := s.writeMsg(w, r, resp, &ev); err != nil {
 		s.log.Debug("write failed", "client_ip", ev.Client.IP, "error", err)
 	}
 	ev.RCode = dns.RcodeToString[resp.Rcode]
@@ -346,10 +368,35 @@ func (s *Server) serveDNS(w dns.ResponseWriter, r *dns.Msg, ho *handover) {
 	s.observe(&ev)
 }
 
+// writeMsg writes the full path's reply; with dnstap on, it packs it
+// itself to keep the wire bytes for the tap (with the query's).
+func (s *Server) writeMsg(w dns.ResponseWriter, r, resp *dns.Msg, ev *QueryEvent) error {
+	if s.tap == nil {
+		return w.WriteMsg(resp)
+	}
+	b, err := resp.Pack()
+	if err != nil {
+		return err
+	}
+	if uw, ok := w.(*udpWriter); ok && uw.pkt != nil {
+		ev.tap.query = uw.pkt
+	} else if ev.tap.query, err = r.Pack(); err != nil {
+		ev.tap.query = nil
+	}
+	ev.tap.reply = b
+	ev.tap.peer = addrPortOf(w.RemoteAddr())
+	ev.tap.tcp = !isUDP(w)
+	_, err = w.Write(b)
+	return err
+}
+
 // observe records a completed query: metrics, the detector, the query log.
 func (s *Server) observe(ev *QueryEvent) {
 	s.metrics.countQuery(ev.Verdict, ev.RCode)
 	s.metrics.duration.Observe(ev.Latency)
+	if s.tap != nil {
+		s.tap.log(ev)
+	}
 	if ev.QName == "" {
 		return
 	}
@@ -411,6 +458,9 @@ func (s *Server) observeAll(evs []QueryEvent, now time.Time) {
 
 	if s.qlog != nil {
 		s.qlog.logAll(evs)
+	}
+	if s.tap != nil {
+		s.tap.logAll(evs)
 	}
 }
 
@@ -600,6 +650,16 @@ func addrOf(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
+func addrPortOf(a net.Addr) netip.AddrPort {
+	switch v := a.(type) {
+	case *net.UDPAddr:
+		return v.AddrPort()
+	case *net.TCPAddr:
+		return v.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
 func isUDP(w dns.ResponseWriter) bool {
 	_, ok := w.RemoteAddr().(*net.UDPAddr)
 	return ok
@@ -774,6 +834,9 @@ func (s *Server) Close() error {
 	}
 	if s.qlog != nil {
 		s.qlog.close()
+	}
+	if s.tap != nil {
+		s.tap.close()
 	}
 	return nil
 }

@@ -14,6 +14,12 @@ command -v ip >/dev/null || need+=(iproute2)
 # test needs it and the well-known types it ships (libprotobuf-dev).
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
+# dnsguard's dnstap test: libfstrm's receiver writes the stream, dnstap-ldns decodes it.
+command -v fstrm_capture >/dev/null || need+=(fstrm-bin)
+command -v dnstap-ldns >/dev/null || need+=(dnstap-ldns)
+# The alert feed's syslog sink is tested against rsyslog (TLS through its gtls driver).
+command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
