@@ -49,6 +49,7 @@ type devOptions struct {
 	caTTL         time.Duration
 	svidTTL       time.Duration
 	egress        egressFlags
+	dnstap        dnstapFlag
 }
 
 func newDevCmd() *cobra.Command {
@@ -89,6 +90,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	f.DurationVar(&o.pollInterval, "poll-interval", devconfig.DefaultInterval, "how often --config is checked for changes")
 	registerTTLFlags(f, &o.caTTL, &o.svidTTL)
 	o.egress.register(f, false)
+	o.dnstap.register(f)
 	_ = cmd.MarkFlagRequired("config")
 	cmd.AddCommand(newDevUpstreamCmd(), newDevExfilSimCmd(), newDevGRPCServeCmd(), newDevGRPCCallCmd(), newDevSinkCmd())
 	return cmd
@@ -353,6 +355,7 @@ func (d *devServer) newDNS() error {
 		Node:      "dev",
 		Inspector: insp,
 		QueryLog:  qlog,
+		Dnstap:    string(d.opts.dnstap),
 		Metrics:   d.reg,
 		Logger:    d.log,
 	}

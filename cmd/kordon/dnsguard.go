@@ -39,6 +39,7 @@ type dnsguardFlags struct {
 	rateBurst     int
 	cacheSize     int
 	node          string
+	dnstap        dnstapFlag
 }
 
 func (f *dnsguardFlags) register(cmd *cobra.Command) {
@@ -54,6 +55,7 @@ func (f *dnsguardFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.rateBurst, "rate-burst", 0, "rate-limit burst (default: the rate)")
 	fl.IntVar(&f.cacheSize, "cache-size", 100000, "maximum cached answers")
 	fl.StringVar(&f.node, "node", "", "node name recorded in query logs")
+	f.dnstap.register(fl)
 }
 
 // config builds a dnsguard.Config; the caller sets Registry, QueryLog,
@@ -62,7 +64,7 @@ func (f *dnsguardFlags) config() (dnsguard.Config, error) {
 	cfg := dnsguard.Config{
 		Upstreams: f.upstreams, ClusterDNS: f.clusterDNS, ClusterDomain: f.clusterDomain,
 		UnknownClients: dnsguard.UnknownClientPolicy(f.unknown), RateLimit: f.rateLimit, RateBurst: f.rateBurst,
-		CacheSize: f.cacheSize, Node: f.node,
+		CacheSize: f.cacheSize, Node: f.node, Dnstap: string(f.dnstap),
 	}
 	switch f.blockRcode {
 	case "NXDOMAIN":
