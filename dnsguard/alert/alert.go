@@ -123,7 +123,7 @@ type Feed struct {
 	dirty    bool
 	closed   bool
 
-	hooks   []*webhook
+	sinks   []*durableSink
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	metrics feedMetrics
@@ -196,7 +196,7 @@ func NewFeed(cfg Config) (*Feed, error) {
 			f.seg.Close()
 			return nil, err
 		}
-		f.hooks = append(f.hooks, h)
+		f.sinks = append(f.sinks, h)
 		f.wg.Add(1)
 		go func() { defer f.wg.Done(); h.run(ctx) }()
 	}

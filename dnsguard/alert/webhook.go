@@ -11,8 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -50,60 +48,31 @@ type Sink interface {
 	Deliver(ctx context.Context, a Alert) error
 }
 
-// webhook delivers alerts in ID order, at least once: the cursor (the last
-// ID the receiver acknowledged with a 2xx) is kept in a file, so alerts
-// raised while the receiver is down, or while kordon restarts, are sent
-// later. Receivers deduplicate by the webhook-id header (WebhookID).
+// webhook is the HTTP POST of one WebhookConfig, delivered through a
+// durableSink (cursor file webhook-<name>.cursor). Receivers deduplicate
+// by the webhook-id header (WebhookID).
 type webhook struct {
-	feed   *Feed
-	cfg    WebhookConfig
-	cursor uint64
-	path   string
+	feed *Feed
+	cfg  WebhookConfig
 }
 
-func newWebhook(f *Feed, cfg WebhookConfig) (*webhook, error) {
-	if cfg.Name == "" || strings.Trim(cfg.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
-		return nil, fmt.Errorf("alert: webhook name %q must be letters, digits and '-'", cfg.Name)
+func newWebhook(f *Feed, cfg WebhookConfig) (*durableSink, error) {
+	if err := checkSinkName("webhook", cfg.Name); err != nil {
+		return nil, err
 	}
 	if cfg.URL == "" && cfg.Sink == nil {
 		return nil, fmt.Errorf("alert: webhook %s has no URL", cfg.Name)
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 5 * time.Second
-	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 500 * time.Millisecond
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = time.Minute
-	}
+	retry := Retry{Timeout: cfg.Timeout, MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff, After: cfg.After}
+	retry.defaults()
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: cfg.Timeout}
+		cfg.Client = &http.Client{Timeout: retry.Timeout}
 	}
-	if cfg.After == nil {
-		cfg.After = time.After
+	deliver := (&webhook{feed: f, cfg: cfg}).deliver
+	if cfg.Sink != nil {
+		deliver = cfg.Sink.Deliver
 	}
-	w := &webhook{feed: f, cfg: cfg, path: filepath.Join(f.cfg.Dir, "webhook-"+cfg.Name+".cursor")}
-	if b, err := os.ReadFile(w.path); err == nil {
-		w.cursor, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("alert: %w", err)
-	} else {
-		// A new webhook starts from now, not from the whole history.
-		w.cursor = f.lastID
-		if err := w.saveCursor(); err != nil {
-			return nil, err
-		}
-	}
-	return w, nil
-}
-
-func (w *webhook) saveCursor() error {
-	tmp := w.path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(w.cursor, 10)+"\n"), 0o640); err != nil {
-		return err
-	}
-	return os.Rename(tmp, w.path)
+	return newDurableSink(f, cfg.Name, "webhook-"+cfg.Name+".cursor", retry, deliver)
 }
 
 // WebhookID is the webhook-id of a's deliveries, the receivers'
@@ -176,54 +145,7 @@ func VerifyWebhook(secret string, h http.Header, body []byte, now time.Time, tol
 	return ErrWebhookSignature
 }
 
-func (w *webhook) run(ctx context.Context) {
-	wake, cancel := w.feed.subscribe()
-	defer cancel()
-	backoff := w.cfg.MinBackoff
-	for {
-		pending := w.feed.List(Filter{After: w.cursor})
-		w.feed.metrics.pending.WithLabelValues(w.cfg.Name).Set(float64(len(pending)))
-		failed := false
-		for _, a := range pending {
-			if err := w.deliver(ctx, a); err != nil {
-				w.feed.metrics.delivered.WithLabelValues(w.cfg.Name, "error").Inc()
-				w.feed.log.Debug("webhook delivery failed", "webhook", w.cfg.Name, "alert_id", a.ID, "error", err)
-				failed = true
-				break
-			}
-			w.feed.metrics.delivered.WithLabelValues(w.cfg.Name, "ok").Inc()
-			w.cursor = a.ID
-			if err := w.saveCursor(); err != nil {
-				w.feed.log.Warn("webhook cursor not saved", "webhook", w.cfg.Name, "error", err)
-			}
-			backoff = w.cfg.MinBackoff
-		}
-		if failed {
-			select {
-			case <-ctx.Done():
-				return
-			case <-w.cfg.After(backoff):
-			}
-			backoff = min(backoff*2, w.cfg.MaxBackoff)
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-wake:
-			if !ok {
-				return
-			}
-		}
-	}
-}
-
 func (w *webhook) deliver(ctx context.Context, a Alert) error {
-	if w.cfg.Sink != nil {
-		ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
-		defer cancel()
-		return w.cfg.Sink.Deliver(ctx, a)
-	}
 	return Post(ctx, w.cfg, a, w.feed.cfg.Now())
 }
 
