@@ -16,57 +16,22 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/dns/lib.sh
 . bench/dns/lib.sh
-DURATION=${DURATION:-10}
-RUNS=${RUNS:-3}
-CLIENTS=${CLIENTS:-8}
-OUTSTANDING=${OUTSTANDING:-100}
 
-need=()
-command -v dnsperf >/dev/null || need+=(dnsperf)
-command -v nsd >/dev/null || [ -x /usr/sbin/nsd ] || need+=(nsd)
-command -v fstrm_capture >/dev/null || need+=(fstrm-bin)
-if [ ${#need[@]} -gt 0 ]; then
-	echo "installing ${need[*]}"
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_missing dnsperf:dnsperf nsd:nsd fstrm_capture:fstrm-bin
 make -s build >/dev/null
 KORDON=$PWD/bin/kordon
 
-WORK=$(mktemp -d /tmp/kordon-bench-dnstap.XXXXXX)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_work dnstap
+GEN=()
 
-freeport() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NSD_PORT=$(freeport)
 
-cat >"$WORK/bench.test.zone" <<ZONE
-\$ORIGIN bench.test.
-\$TTL 3600
-@ IN SOA ns.bench.test. h.bench.test. 1 3600 600 86400 3600
-@ IN NS ns.bench.test.
-ns IN A 127.0.0.1
-* IN A 192.0.2.1
-ZONE
+bench_zone "$WORK"
 nsd_conf "$WORK" "$NSD_PORT"
 /usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 &
 PIDS+=($!)
 
-mkdir -p "$WORK/policies"
-cat >"$WORK/workloads.yaml" <<W
-- {name: bench-client, namespace: bench, serviceAccount: bench, labels: {app: bench}, ips: [127.0.0.1]}
-W
-{
-	for i in $(seq 0 99); do
-		printf -- '---\napiVersion: security.kordon.dev/v1\nkind: EgressPolicy\nmetadata: {name: p%d, namespace: bench}\nspec:\n  selector: {matchLabels: {app: bench}}\n  allow:\n' "$i"
-		for j in $(seq 0 8); do printf '  - "*.svc%d-%d.example"\n' "$i" "$j"; done
-		printf '  - "*.bench.test"\n'
-	done
-} >"$WORK/policies/egress.yaml"
+bench_policies "$WORK"
 
 fstrm_capture -t protobuf:dnstap.Dnstap -u "$WORK/tap.sock" -w "$WORK/tap.fstrm" >"$WORK/fstrm.log" 2>&1 &
 PIDS+=($!)
@@ -89,27 +54,9 @@ for name in "${NAMES[@]}"; do
 	PIDS+=($!)
 done
 
-wait_ready() { # name port
-	for _ in $(seq 1 100); do
-		if dig +short +tries=1 +time=1 @127.0.0.1 -p "$2" ready.bench.test A 2>/dev/null | grep -q 192.0.2.1; then return 0; fi
-		sleep 0.2
-	done
-	echo "$1 on port $2 did not become ready"
-	tail -5 "$WORK"/*.out
-	exit 1
-}
-wait_ready nsd "$NSD_PORT"
-for name in "${NAMES[@]}"; do wait_ready "$name" "${PORT[$name]}"; done
+wait_dns nsd "$NSD_PORT"
+for name in "${NAMES[@]}"; do wait_dns "$name" "${PORT[$name]}"; done
 
-run_load() { # PORT PID DATAFILE -> "qps us_per_query"
-	local before after out qps completed
-	before=$(cpu_ticks "$2")
-	out=$(dnsperf -s 127.0.0.1 -p "$1" -d "$3" -c "$CLIENTS" -q "$OUTSTANDING" -l "$DURATION" -t 2 2>&1)
-	after=$(cpu_ticks "$2")
-	qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
-	completed=$(echo "$out" | awk '/Queries completed/ {print $3}')
-	awk -v q="$qps" -v c="$completed" -v d=$((after - before)) -v t="$TCK" 'BEGIN { printf "%.0f %.1f\n", q, (c>0 ? d/t/c*1e6 : 0) }'
-}
 for i in $(seq 1 100); do echo "hit$i.bench.test A"; done >"$WORK/hit.txt"
 gen_miss() { awk -v p="$1" 'BEGIN { for (i = 0; i < 1500000; i++) printf "%s%d.bench.test A\n", p, i }' >"$2"; }
 
@@ -118,22 +65,19 @@ for run in $(seq 1 "$RUNS"); do
 	for name in "${NAMES[@]}"; do
 		port=${PORT[$name]} pid=${PID[$name]}
 		[ "$run" = 1 ] && dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/hit.txt" -n 1 >/dev/null 2>&1
-		read -r q c < <(run_load "$port" "$pid" "$WORK/hit.txt")
+		read -r q c < <(dnsperf_load "$port" "$pid" "$WORK/hit.txt")
 		RQ[$name-hit]+=" $q"
 		RC[$name-hit]+=" $c"
 		hq=$q
 		gen_miss "m$run-$name-" "$WORK/miss.txt"
-		read -r q c < <(run_load "$port" "$pid" "$WORK/miss.txt")
+		read -r q c < <(dnsperf_load "$port" "$pid" "$WORK/miss.txt")
 		RQ[$name-miss]+=" $q"
 		RC[$name-miss]+=" $c"
 		rm -f "$WORK/miss.txt"
 		echo "round $run/$RUNS $name: hits $hq qps, misses $q qps" >&2
 	done
 done
-for k in "${!RQ[@]}"; do
-	QPS[$k]=$(echo "${RQ[$k]}" | median)
-	CPU[$k]=$(echo "${RC[$k]}" | median)
-done
+medians
 tapm=$(curl -s "127.0.0.1:$TAP_METRICS/metrics")
 sent=$(echo "$tapm" | awk '/^kordon_dnsguard_dnstap_messages_total/ {printf "%.0f", $2}')
 dropped=$(echo "$tapm" | awk '/^kordon_dnsguard_dnstap_dropped_total/ {printf "%.0f", $2}')

@@ -29,10 +29,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/dns/lib.sh
 . bench/dns/lib.sh
-DURATION=${DURATION:-10}
-RUNS=${RUNS:-3}
-CLIENTS=${CLIENTS:-8}
-OUTSTANDING=${OUTSTANDING:-100}
 SOURCES=${SOURCES:-16}
 # Distinct miss names in the zone: enough for every server and round (a
 # round that runs out of names ends early, its QPS still right).
@@ -46,14 +42,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "bench/dns/egress.sh: needs root (network namespace, nftables)" >&2
 	exit 1
 fi
-need=()
-command -v dnsperf >/dev/null || need+=(dnsperf)
-command -v nsd >/dev/null || [ -x /usr/sbin/nsd ] || need+=(nsd)
-command -v dig >/dev/null || need+=(bind9-dnsutils)
-if [ ${#need[@]} -gt 0 ]; then
-	echo "installing ${need[*]}"
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_missing dnsperf:dnsperf nsd:nsd dig:bind9-dnsutils
 make -s build >/dev/null
 KORDON=$PWD/bin/kordon
 

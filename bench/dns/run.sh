@@ -22,27 +22,16 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/dns/lib.sh
 . bench/dns/lib.sh
-DURATION=${DURATION:-10}
-RUNS=${RUNS:-3}
 # PIN=1 gives the servers CPU 1 and dnsperf + NSD CPU 0 (taskset), so the
 # server under test never competes with the load generator for a core.
 PIN=${PIN:-0}
 SRV=() GEN=()
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then SRV=(taskset -c 1); GEN=(taskset -c 0); fi
 RATE=${RATE:-2000}
-CLIENTS=${CLIENTS:-8}
-OUTSTANDING=${OUTSTANDING:-100}
 CACHE=$(go env GOPATH)/kordon-cache
 COREDNS=$CACHE/coredns-v1.12.1/coredns
 
-need=()
-command -v dnsperf >/dev/null || need+=(dnsperf)
-command -v nsd >/dev/null || [ -x /usr/sbin/nsd ] || need+=(nsd)
-command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need+=(unbound)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_missing dnsperf:dnsperf nsd:nsd unbound:unbound
 if [ ! -x "$COREDNS" ]; then
   echo "installing CoreDNS v1.12.1 into $CACHE (one time, ~5 min)"
   mkdir -p "$(dirname "$COREDNS")"
@@ -51,42 +40,17 @@ fi
 make -s build >/dev/null
 KORDON=$PWD/bin/kordon
 
-WORK=$(mktemp -d /tmp/kordon-bench-dns.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_work dns
 
-freeport() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NSD_PORT=$(freeport); DG_PORT=$(freeport); CD_PORT=$(freeport); UB_PORT=$(freeport)
 
 # --- NSD upstream: a wildcard zone, response rate limiting off.
-cat > "$WORK/bench.test.zone" <<ZONE
-\$ORIGIN bench.test.
-\$TTL 3600
-@ IN SOA ns.bench.test. h.bench.test. 1 3600 600 86400 3600
-@ IN NS ns.bench.test.
-ns IN A 127.0.0.1
-* IN A 192.0.2.1
-ZONE
+bench_zone "$WORK"
 nsd_conf "$WORK" "$NSD_PORT"
 "${GEN[@]}" /usr/sbin/nsd -d -c "$WORK/nsd.conf" >"$WORK/nsd.log" 2>&1 & PIDS+=($!)
 
 # --- dnsguard: 1,000 rules (100 policies x 10 patterns), logging on.
-mkdir -p "$WORK/policies"
-cat > "$WORK/workloads.yaml" <<W
-- {name: bench-client, namespace: bench, serviceAccount: bench, labels: {app: bench}, ips: [127.0.0.1]}
-W
-{
-  for i in $(seq 0 99); do
-    printf -- '---\napiVersion: security.kordon.dev/v1\nkind: EgressPolicy\nmetadata: {name: p%d, namespace: bench}\nspec:\n  selector: {matchLabels: {app: bench}}\n  allow:\n' "$i"
-    for j in $(seq 0 8); do printf '  - "*.svc%d-%d.example"\n' "$i" "$j"; done
-    printf '  - "*.bench.test"\n'
-  done
-} > "$WORK/policies/egress.yaml"
+bench_policies "$WORK"
 "${SRV[@]}" "$KORDON" dnsguard --listen 127.0.0.1:$DG_PORT --upstream 127.0.0.1:$NSD_PORT \
   --workloads "$WORK/workloads.yaml" --policies "$WORK/policies" --log "$WORK/query.log" \
   --cache-size 2000000 >"$WORK/dnsguard.out" 2>&1 & DG_PID=$!; PIDS+=($DG_PID)
@@ -127,30 +91,9 @@ forward-zone:
 U
 "${SRV[@]}" /usr/sbin/unbound -d -c "$WORK/unbound.conf" >"$WORK/unbound.log" 2>&1 & UB_PID=$!; PIDS+=($UB_PID)
 
-wait_ready() { # name port
-  for _ in $(seq 1 100); do
-    if dig +short +tries=1 +time=1 @127.0.0.1 -p "$2" ready.bench.test A 2>/dev/null | grep -q 192.0.2.1; then return 0; fi
-    sleep 0.2
-  done
-  echo "$1 on port $2 did not become ready; last answer:"
-  dig +tries=1 +time=2 @127.0.0.1 -p "$2" ready.bench.test A || true
-  echo "logs:"
-  for f in "$WORK"/*.log "$WORK"/*.out; do echo "== $f"; tail -5 "$f"; done
-  exit 1
-}
-wait_ready nsd $NSD_PORT; wait_ready dnsguard $DG_PORT; wait_ready coredns $CD_PORT; wait_ready unbound $UB_PORT
+wait_dns nsd $NSD_PORT; wait_dns dnsguard $DG_PORT; wait_dns coredns $CD_PORT; wait_dns unbound $UB_PORT
 
 
-# run NAME PORT PID DATAFILE -> "qps us_per_query"
-run_load() {
-  local port=$2 pid=$3 data=$4 before after out qps completed
-  before=$(cpu_ticks "$pid")
-  out=$("${GEN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$data" -c "$CLIENTS" -q "$OUTSTANDING" -l "$DURATION" -t 2 2>&1)
-  after=$(cpu_ticks "$pid")
-  qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
-  completed=$(echo "$out" | awk '/Queries completed/ {print $3}')
-  awk -v q="$qps" -v c="$completed" -v d=$((after-before)) -v t="$TCK" 'BEGIN { printf "%.0f %.1f\n", q, (c>0 ? d/t/c*1e6 : 0) }'
-}
 # latency PORT DATAFILE -> "p50_ms p99_ms" at a fixed rate
 run_latency() {
   "${GEN[@]}" dnsperf -s 127.0.0.1 -p "$1" -d "$2" -c 4 -Q "$RATE" -l 5 -t 2 -v 2>/dev/null |
@@ -169,10 +112,10 @@ for run in $(seq 1 "$RUNS"); do
   for name in dnsguard coredns unbound; do
     case $name in dnsguard) port=$DG_PORT pid=$DG_PID ;; coredns) port=$CD_PORT pid=$CD_PID ;; unbound) port=$UB_PORT pid=$UB_PID ;; esac
     [ "$run" = 1 ] && dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/hit.txt" -n 1 >/dev/null 2>&1 # warm
-    read -r q c < <(run_load "$name" "$port" "$pid" "$WORK/hit.txt")
+    read -r q c < <(dnsperf_load "$port" "$pid" "$WORK/hit.txt")
     RQ[$name-hit]+=" $q"; RC[$name-hit]+=" $c"; hq=$q
     gen_miss "m$run-$name-" "$WORK/miss-$name.txt"
-    read -r q c < <(run_load "$name" "$port" "$pid" "$WORK/miss-$name.txt")
+    read -r q c < <(dnsperf_load "$port" "$pid" "$WORK/miss-$name.txt")
     RQ[$name-miss]+=" $q"; RC[$name-miss]+=" $c"
     if [ "$run" = 1 ]; then
       read -r P50[$name-hit] P99[$name-hit] < <(run_latency "$port" "$WORK/hit.txt")
@@ -183,10 +126,7 @@ for run in $(seq 1 "$RUNS"); do
     echo "round $run/$RUNS $name: hits $hq qps, misses $q qps" >&2
   done
 done
-for k in "${!RQ[@]}"; do
-  QPS[$k]=$(echo "${RQ[$k]}" | median)
-  CPU[$k]=$(echo "${RC[$k]}" | median)
-done
+medians
 
 echo
 echo "DNS benchmark: dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION, median of $RUNS rounds; latency at $RATE qps; upstream NSD; $(nproc) cores${SRV:+; servers pinned to CPU 1, dnsperf and NSD to CPU 0}"

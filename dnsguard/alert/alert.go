@@ -102,6 +102,8 @@ type Config struct {
 	Memory int
 	// Webhooks receive every alert.
 	Webhooks []WebhookConfig
+	// Syslog receivers (SIEMs) receive every alert too.
+	Syslog []SyslogConfig
 	Logger   *slog.Logger
 	Now      func() time.Time
 	Metrics  prometheus.Registerer
@@ -197,6 +199,17 @@ func NewFeed(cfg Config) (*Feed, error) {
 			return nil, err
 		}
 		f.sinks = append(f.sinks, h)
+	}
+	for _, sc := range cfg.Syslog {
+		h, err := newSyslog(f, sc)
+		if err != nil {
+			cancel()
+			f.seg.Close()
+			return nil, err
+		}
+		f.sinks = append(f.sinks, h)
+	}
+	for _, h := range f.sinks {
 		f.wg.Add(1)
 		go func() { defer f.wg.Done(); h.run(ctx) }()
 	}

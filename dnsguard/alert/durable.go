@@ -49,6 +49,8 @@ type durableSink struct {
 	cursor  uint64
 	retry   Retry
 	deliver func(ctx context.Context, a Alert) error
+	// stop, if set, releases the receiver's resources when run returns.
+	stop func()
 }
 
 // checkSinkName validates a sink's name, which names its cursor file.
@@ -94,6 +96,9 @@ func (d *durableSink) attempt(ctx context.Context, a Alert) error {
 func (d *durableSink) run(ctx context.Context) {
 	wake, cancel := d.feed.subscribe()
 	defer cancel()
+	if d.stop != nil {
+		defer d.stop()
+	}
 	backoff := d.retry.MinBackoff
 	for {
 		pending := d.feed.List(Filter{After: d.cursor})
