@@ -103,10 +103,10 @@ type Config struct {
 	// Webhooks receive every alert.
 	Webhooks []WebhookConfig
 	// Syslog receivers (SIEMs) receive every alert too.
-	Syslog []SyslogConfig
-	Logger   *slog.Logger
-	Now      func() time.Time
-	Metrics  prometheus.Registerer
+	Syslog  []SyslogConfig
+	Logger  *slog.Logger
+	Now     func() time.Time
+	Metrics prometheus.Registerer
 }
 
 // Feed is the alert log. Safe for concurrent use.
