@@ -42,6 +42,7 @@ type controllerFlags struct {
 	// istioPolicies also watches Istio's security.istio.io/v1 objects.
 	istioPolicies bool
 	alerts        clusterAlertFlags
+	syslog        syslogFlags
 }
 
 // registerTTLFlags adds --ca-ttl and --svid-ttl (kordon controller and
@@ -93,6 +94,7 @@ it when the leader rotates.`,
 	registerTTLFlags(fl, &f.caTTL, &f.svidTTL)
 	fl.BoolVar(&f.istioPolicies, "istio-policies", false, "also watch Istio's AuthorizationPolicies and RequestAuthentications (security.istio.io/v1; their CRDs must be installed), as istiod would; kordon's own group is always watched")
 	f.alerts.register(fl)
+	f.syslog.register(fl)
 	return cmd
 }
 
@@ -211,7 +213,11 @@ func (c *controller) wireXDS(context.Context) error {
 // wireFeed opens the durable alert feed (served at /v1/alerts with
 // --alerts-from local: wireClusterAlerts).
 func (c *controller) wireFeed(context.Context) error {
-	feed, err := alert.NewFeed(alert.Config{Dir: c.f.alertsDir, Logger: c.log, Metrics: c.reg})
+	sl, err := c.f.syslog.configs(c.f.podName)
+	if err != nil {
+		return err
+	}
+	feed, err := alert.NewFeed(alert.Config{Dir: c.f.alertsDir, Syslog: sl, Logger: c.log, Metrics: c.reg})
 	if err != nil {
 		return err
 	}

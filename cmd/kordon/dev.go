@@ -50,6 +50,7 @@ type devOptions struct {
 	svidTTL       time.Duration
 	egress        egressFlags
 	dnstap        dnstapFlag
+	syslog        syslogFlags
 }
 
 func newDevCmd() *cobra.Command {
@@ -91,6 +92,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	registerTTLFlags(f, &o.caTTL, &o.svidTTL)
 	o.egress.register(f, false)
 	o.dnstap.register(f)
+	o.syslog.register(f)
 	_ = cmd.MarkFlagRequired("config")
 	cmd.AddCommand(newDevUpstreamCmd(), newDevExfilSimCmd(), newDevGRPCServeCmd(), newDevGRPCCallCmd(), newDevSinkCmd())
 	return cmd
@@ -373,7 +375,11 @@ func (d *devServer) newDNS() error {
 
 // newFeed opens the alert feed, durable in --state-dir/alerts.
 func (d *devServer) newFeed() error {
-	feed, err := alert.NewFeed(alert.Config{Dir: filepath.Join(d.stateDir, "alerts"), Logger: d.log, Metrics: d.reg})
+	sl, err := d.opts.syslog.configs("dev")
+	if err != nil {
+		return err
+	}
+	feed, err := alert.NewFeed(alert.Config{Dir: filepath.Join(d.stateDir, "alerts"), Syslog: sl, Logger: d.log, Metrics: d.reg})
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ type nodeFlags struct {
 	cleanup, prepareHost                                                  bool
 	clusterAlerts                                                         bool
 	alertCooldown                                                         time.Duration
+	syslog                                                                syslogFlags
 }
 
 func newNodeCmd() *cobra.Command {
@@ -79,6 +80,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&f.queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
 	fl.StringVar(&f.rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
 	f.ef.register(fl, false)
+	f.syslog.register(fl)
 	fl.BoolVar(&f.cleanup, "cleanup", false, "remove kordon's nftables table from this host and exit (uninstall)")
 	fl.BoolVar(&f.prepareHost, "prepare-host", false, "turn on conntrack accounting in this network namespace and exit (the DaemonSet's privileged init container)")
 	f.wl.register(cmd)
@@ -159,7 +161,11 @@ func (n *nodeAgent) wireFeed(context.Context) error {
 	if err != nil {
 		return err
 	}
-	feed, err := alert.NewFeed(alert.Config{Dir: n.f.stateDir + "/alerts", Webhooks: hooks, Cooldown: n.f.alertCooldown, Logger: n.log, Metrics: n.reg})
+	sl, err := n.f.syslog.configs(n.f.df.node)
+	if err != nil {
+		return err
+	}
+	feed, err := alert.NewFeed(alert.Config{Dir: n.f.stateDir + "/alerts", Webhooks: hooks, Syslog: sl, Cooldown: n.f.alertCooldown, Logger: n.log, Metrics: n.reg})
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,9 @@
 // Package alert is kordon's egress alert feed: a durable append-only log
 // of Alert records (JSON lines in rotated segments, recovered on start),
 // served over HTTP (list with filters, and a Server-Sent Events stream),
-// ingested from node agents, and delivered to webhooks at least once with
-// an on-disk cursor, retries with backoff and an HMAC signature.
+// ingested from node agents, and delivered to webhooks (HMAC-signed) and
+// syslog receivers at least once with an on-disk cursor and retries with
+// backoff.
 package alert
 
 import (
@@ -176,8 +177,8 @@ func NewFeed(cfg Config) (*Feed, error) {
 	f.metrics = feedMetrics{
 		published:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "published_total", Help: "Alerts written to the feed, by kind and severity."}, []string{"kind", "severity"}),
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "suppressed_total", Help: "Alerts dropped as repeats within the cooldown."}),
-		delivered:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "webhook_deliveries_total", Help: "Webhook delivery attempts, by webhook and result."}, []string{"webhook", "result"}),
-		pending:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "kordon", Subsystem: "alert", Name: "webhook_pending", Help: "Alerts not yet delivered to each webhook."}, []string{"webhook"}),
+		delivered:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "webhook_deliveries_total", Help: "Delivery attempts to each sink (webhooks, Kubernetes Events, syslog), by sink name and result."}, []string{"webhook", "result"}),
+		pending:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "kordon", Subsystem: "alert", Name: "webhook_pending", Help: "Alerts not yet delivered to each sink (webhooks, Kubernetes Events, syslog)."}, []string{"webhook"}),
 	}
 	if cfg.Metrics != nil {
 		for _, c := range []prometheus.Collector{f.metrics.published, f.metrics.suppressed, f.metrics.delivered, f.metrics.pending} {
