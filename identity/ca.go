@@ -151,7 +151,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	}
 	ca := &CA{cfg: cfg, td: td, log: cfg.Logger}
 	var err2 error
-	if ca.metrics, err2 = newCAMetrics(cfg.Metrics); err2 != nil {
+	if ca.metrics, err2 = newCAMetrics(cfg.Metrics, cfg.CATTL, cfg.SVIDTTL); err2 != nil {
 		return nil, err2
 	}
 	for attempt := 0; attempt < 3; attempt++ {

@@ -15,9 +15,13 @@ type caMetrics struct {
 	caExpiry   *prometheus.GaugeVec
 	svidExpiry prometheus.Gauge
 	rotations  *prometheus.CounterVec
+	// caTTL and svidTTL are the configured lifetimes, so that alerts can
+	// tell a stalled rotation or renewal from a short lifetime.
+	caTTL   prometheus.Gauge
+	svidTTL prometheus.Gauge
 }
 
-func newCAMetrics(reg prometheus.Registerer) (*caMetrics, error) {
+func newCAMetrics(reg prometheus.Registerer, caTTL, svidTTL time.Duration) (*caMetrics, error) {
 	m := &caMetrics{
 		signed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "kordon", Subsystem: "identity", Name: "svids_signed_total",
@@ -40,9 +44,19 @@ func newCAMetrics(reg prometheus.Registerer) (*caMetrics, error) {
 			Namespace: "kordon", Subsystem: "identity", Name: "ca_rotation_events_total",
 			Help: "CA rotation events: prepared (next root published), activated (next root signing), pruned (a retired root left the bundle).",
 		}, []string{"event"}),
+		caTTL: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "kordon", Subsystem: "identity", Name: "ca_ttl_seconds",
+			Help: "Configured lifetime of each root (or intermediate) the CA makes.",
+		}),
+		svidTTL: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "kordon", Subsystem: "identity", Name: "svid_ttl_seconds",
+			Help: "Configured default X.509-SVID lifetime.",
+		}),
 	}
+	m.caTTL.Set(caTTL.Seconds())
+	m.svidTTL.Set(svidTTL.Seconds())
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.signed, m.latency, m.caExpiry, m.svidExpiry, m.rotations} {
+		for _, c := range []prometheus.Collector{m.signed, m.latency, m.caExpiry, m.svidExpiry, m.rotations, m.caTTL, m.svidTTL} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

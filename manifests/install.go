@@ -306,5 +306,13 @@ func Generate(typesFile string) (map[string][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string][]byte{"crds.yaml": c, "install.yaml": all}, nil
+	files := map[string][]byte{"crds.yaml": c, "install.yaml": all}
+	chart, err := chartFiles(append(crds, installObjects()...))
+	if err != nil {
+		return nil, err
+	}
+	for name, data := range chart {
+		files[name] = data
+	}
+	return files, nil
 }

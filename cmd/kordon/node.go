@@ -28,6 +28,7 @@ import (
 type nodeFlags struct {
 	df                                                                    dnsguardFlags
 	kubeconfig, dnsListen, httpListen, stateDir, controllerHTTP, queryLog string
+	metricsListen                                                         string
 	rootNS                                                                string
 	wl                                                                    workloadAPIFlags
 	ef                                                                    egressFlags
@@ -75,6 +76,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig path (default: in-cluster service account)")
 	fl.StringVar(&f.dnsListen, "dns-listen", "169.254.20.10:53", "DNS address pods use (NodeLocal DNSCache style link-local IP)")
 	fl.StringVar(&f.httpListen, "http-listen", "127.0.0.1:9081", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/quarantines")
+	fl.StringVar(&f.metricsListen, "metrics-listen", "", "address for /metrics, /healthz and /readyz only, e.g. :9082 for Prometheus on the node's address (empty: off)")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/kordon", "durable state: alert log, webhook cursors, quarantines")
 	fl.StringVar(&f.controllerHTTP, "controller-http", "", "also forward every alert to this controller feed (POST /v1/alerts; for a controller with --alerts-from local)")
 	fl.StringVar(&f.queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
@@ -113,6 +115,8 @@ type nodeAgent struct {
 	readyAfter []<-chan struct{}
 	dnsAddr    net.Addr
 	state      *nodeClusterState
+	// metricsLn is --metrics-listen's listener (nil: off).
+	metricsLn net.Listener
 }
 
 // nodeWiring is the order in which kordon node is wired. All parts start
@@ -126,6 +130,7 @@ func (n *nodeAgent) nodeWiring() []func(context.Context) error {
 		n.wirePolicies,
 		n.wireWorkloadAPI,
 		n.wireHTTP,
+		n.wireMetrics,
 	}
 }
 
