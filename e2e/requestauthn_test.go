@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kordon-dev/kordon/internal/kube"
+	"github.com/kordon-dev/kordon/policy"
 	"github.com/kordon-dev/kordon/xds"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -56,7 +57,8 @@ func installIstioCRDs(t *testing.T) {
 // created through the API, in kordon's group and (with --istio-policies)
 // in Istio's, reach the controller's policy set and change what its xDS
 // server reports for the selected proxyless workload in /v1/xds/status
-// (the note that its tokens are not checked and JWT rules fail closed);
+// (the note that its tokens are not checked and JWT rules fail closed), and
+// so does an Istio AuthorizationPolicy;
 // a kordon and an Istio object of the same name are both kept; deleting
 // one takes its note away. kordon's object gets Compiled=True.
 func TestRequestAuthenticationFromAPIReachesXDS(t *testing.T) {
@@ -129,6 +131,21 @@ spec:
 			}
 		}
 		return false
+	})
+	// An Istio AuthorizationPolicy (same flag): its DENY rule on a JWT
+	// attribute is in force, denying more on this data plane, as its note says.
+	createPolicy(t, kube.IstioAuthorizationPolicyGVR, ns, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-banned, namespace: %s}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {requestPrincipals: ["*/banned"]}
+`, ns))
+	eventually(t, 30*time.Second, "the Istio AuthorizationPolicy's rule in /v1/xds/status", func() bool {
+		n, _ := notes()
+		return strings.Contains(n, policy.RuleName(ns, "deny-banned", 0)+": DENY rule needs")
 	})
 	// A kordon object with the Istio one's name: both stay in force, the
 	// Istio one under name.security.istio.io.
