@@ -105,9 +105,9 @@ func TestControllerAndNodeAgent(t *testing.T) {
 	bin := buildKordon(t)
 	kubeconfig := writeKubeconfig(t)
 	sysNS := newNamespace(t)
-	ctrlHTTP, ctrlIssuance := freeAddr(t), freeAddr(t)
+	ctrlHTTP, ctrlIssuance, ctrlFeed := freeAddr(t), freeAddr(t), freeAddr(t)
 	startProcess(t, bin, "controller", "--kubeconfig", kubeconfig, "--namespace", sysNS, "--root-namespace", sysNS,
-		"--xds-listen", "127.0.0.1:0", "--issuance-listen", ctrlIssuance, "--http-listen", ctrlHTTP,
+		"--xds-listen", "127.0.0.1:0", "--issuance-listen", ctrlIssuance, "--http-listen", ctrlHTTP, "--feed-listen", ctrlFeed,
 		"--alerts-dir", t.TempDir(), "--pod-name", "controller-0")
 	waitReady(t, "http://"+ctrlHTTP+"/readyz")
 
@@ -194,8 +194,12 @@ spec:
 		t.Fatalf("SVID from the node agent: %v %v", svid, err)
 	}
 
+	// Forwarded over mTLS with the agent's own SVID; read with a token.
+	feed := feedClient(t, sysNS, nil)
 	eventually(t, 30*time.Second, "the exfiltration alert forwarded to the controller", func() bool {
-		resp, err := http.Get("http://" + ctrlHTTP + "/v1/alerts?kind=exfiltration")
+		req, _ := http.NewRequest(http.MethodGet, "https://"+ctrlFeed+"/v1/alerts?kind=exfiltration", nil)
+		req.Header.Set("Authorization", "Bearer "+cluster.AdminToken)
+		resp, err := feed.Do(req)
 		if err != nil {
 			return false
 		}

@@ -24,7 +24,7 @@ func startController(t *testing.T, bin, kubeconfig, ns, name string, extra ...st
 	httpAddr, issuance := freeAddr(t), freeAddr(t)
 	args := append([]string{"controller", "--kubeconfig", kubeconfig, "--namespace", ns, "--root-namespace", ns,
 		"--xds-listen", "127.0.0.1:0", "--issuance-listen", issuance, "--http-listen", httpAddr,
-		"--alerts-dir", t.TempDir(), "--pod-name", name}, extra...)
+		"--alerts-dir", t.TempDir(), "--pod-name", name, "--feed-listen", "127.0.0.1:0"}, extra...)
 	out := startProcess(t, bin, args...)
 	waitReady(t, "http://"+httpAddr+"/readyz")
 	return out, issuance, httpAddr

@@ -17,7 +17,22 @@ const (
 	XDSPort      = 15010
 	IssuancePort = 15012
 	HTTPPort     = 9080
+	// FeedPort serves the alert feed over HTTPS: node agents with their
+	// SVID, people and tools with a bearer token (TokenReview and
+	// SubjectAccessReview on egressalerts.security.kordon.dev).
+	FeedPort = 9443
 )
+
+// NodeCIDR is the address range of the nodes (and the API server's
+// network): node agents run with hostNetwork, so their traffic to the
+// feed comes from node addresses, which no podSelector matches. Set it
+// to yours in the NetworkPolicy.
+const NodeCIDR = "172.18.0.0/16"
+
+// FeedAccessLabel on a namespace admits its pods to the controller's
+// feed port in the NetworkPolicy (a security team's tools); each request
+// still needs a token with RBAC on egressalerts.
+const FeedAccessLabel = "security.kordon.dev/alert-feed"
 
 // NodeLocalDNS is the link-local address the node agent serves DNS on,
 // the NodeLocal DNSCache convention: point kubelet's --cluster-dns (or a
@@ -80,6 +95,8 @@ func installObjects() []map[string]any {
 			rule([]any{"security.kordon.dev"}, stateResources, read),
 			rule([]any{"security.kordon.dev"}, []any{"egressalerts"}, []any{"delete"}),
 			rule([]any{"authentication.k8s.io"}, []any{"tokenreviews"}, []any{"create"}),
+			// The feed's callers: may this token's user list egressalerts?
+			rule([]any{"authorization.k8s.io"}, []any{"subjectaccessreviews"}, []any{"create"}),
 			rule([]any{"", "events.k8s.io"}, []any{"events"}, []any{"create", "patch"}),
 		}},
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta("kordon-controller", false, ctrl),
@@ -129,12 +146,13 @@ func installObjects() []map[string]any {
 						"name":  "controller",
 						"image": Image,
 						"args": []any{"controller", "--namespace=" + Namespace,
-							"--xds-listen=:15010", "--issuance-listen=:15012", "--http-listen=:9080"},
+							"--xds-listen=:15010", "--issuance-listen=:15012", "--http-listen=:9080", "--feed-listen=:9443"},
 						"env": []any{map[string]any{"name": "POD_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.name"}}}},
 						"ports": []any{
 							map[string]any{"name": "xds", "containerPort": XDSPort},
 							map[string]any{"name": "issuance", "containerPort": IssuancePort},
 							map[string]any{"name": "http", "containerPort": HTTPPort},
+							map[string]any{"name": "feed", "containerPort": FeedPort},
 						},
 						"readinessProbe":  map[string]any{"httpGet": map[string]any{"path": "/readyz", "port": "http"}},
 						"livenessProbe":   map[string]any{"httpGet": map[string]any{"path": "/healthz", "port": "http"}},
@@ -152,6 +170,7 @@ func installObjects() []map[string]any {
 				map[string]any{"name": "grpc-xds", "port": XDSPort, "targetPort": "xds"},
 				map[string]any{"name": "grpc-issuance", "port": IssuancePort, "targetPort": "issuance"},
 				map[string]any{"name": "http", "port": HTTPPort, "targetPort": "http"},
+				map[string]any{"name": "https-feed", "port": FeedPort, "targetPort": "feed"},
 			},
 		}},
 		{"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta("kordon-controller", true, ctrl), "spec": map[string]any{
@@ -240,18 +259,34 @@ func installObjects() []map[string]any {
 				},
 			},
 		}},
-		// Only the controller's ports are reachable, from inside the cluster.
+		// Only the controller's ports are reachable. xDS and issuance from
+		// every pod (workloads fetch their SVIDs and configuration; both
+		// authenticate each caller); metrics and probes from inside the
+		// cluster; the alert feed only from node agents (node addresses),
+		// the API server's network (kubectl port-forward and the service
+		// proxy arrive from there) and namespaces labelled
+		// security.kordon.dev/alert-feed=allowed. The feed authenticates
+		// every request as well: this is the second wall, not the first.
 		{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta("kordon-controller", true, ctrl), "spec": map[string]any{
 			"podSelector": map[string]any{"matchLabels": ctrl},
 			"policyTypes": []any{"Ingress"},
-			"ingress": []any{map[string]any{
-				"from": []any{map[string]any{"namespaceSelector": map[string]any{}}},
-				"ports": []any{
-					map[string]any{"port": XDSPort, "protocol": "TCP"},
-					map[string]any{"port": IssuancePort, "protocol": "TCP"},
-					map[string]any{"port": HTTPPort, "protocol": "TCP"},
+			"ingress": []any{
+				map[string]any{
+					"from": []any{map[string]any{"namespaceSelector": map[string]any{}}},
+					"ports": []any{
+						map[string]any{"port": XDSPort, "protocol": "TCP"},
+						map[string]any{"port": IssuancePort, "protocol": "TCP"},
+						map[string]any{"port": HTTPPort, "protocol": "TCP"},
+					},
 				},
-			}},
+				map[string]any{
+					"from": []any{
+						map[string]any{"ipBlock": map[string]any{"cidr": NodeCIDR}},
+						map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{FeedAccessLabel: "allowed"}}},
+					},
+					"ports": []any{map[string]any{"port": FeedPort, "protocol": "TCP"}},
+				},
+			},
 		}},
 	}, stateInstallObjects()...)
 }

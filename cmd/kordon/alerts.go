@@ -19,11 +19,14 @@ func newAlertsCmd() *cobra.Command {
 	var server, since, namespace, kind, severity, output string
 	var follow bool
 	var limit int
+	var auth feedClientFlags
 	cmd := &cobra.Command{
 		Use:   "alerts [--follow] [--since D] [--namespace NS] [-o json|table]",
 		Short: "Show the egress alert feed (exfiltration, tunneling, blocked, quarantine)",
 		Example: `  kordon alerts --server http://127.0.0.1:9080 --since 1h
-  kordon alerts --follow -o json | jq .`,
+  kordon alerts --follow -o json | jq .
+  # a cluster's controller: a token with list on egressalerts, the trust bundle
+  kordon alerts --server https://127.0.0.1:9443 --ca-file bundle.pem --token-file token -n shop`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
@@ -39,13 +42,21 @@ func newAlertsCmd() *cobra.Command {
 				q.Set("follow", "1")
 			}
 			u := strings.TrimSuffix(server, "/") + "/v1/alerts?" + q.Encode()
-			client := &http.Client{}
+			client, err := auth.httpClient()
+			if err != nil {
+				return err
+			}
 			if !follow {
 				client.Timeout = 30 * time.Second
 			}
 			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, u, nil)
 			if err != nil {
 				return err
+			}
+			if tok, err := auth.bearer(server); err != nil {
+				return err
+			} else if tok != "" {
+				req.Header.Set("Authorization", "Bearer "+tok)
 			}
 			resp, err := client.Do(req)
 			if err != nil {
@@ -133,6 +144,7 @@ func newAlertsCmd() *cobra.Command {
 	f.StringVar(&kind, "kind", "", "exfiltration, tunneling, blocked, quarantine, direct-egress, resolver-bypass or egress-volume")
 	f.StringVar(&severity, "severity", "", "low, medium, high or critical")
 	f.IntVar(&limit, "limit", 0, "at most this many (the newest)")
+	auth.register(f)
 	addOutputFlag(cmd, &output, "table", "json")
 	return cmd
 }

@@ -40,7 +40,7 @@ func (c *clusterAlertFlags) register(fl *pflag.FlagSet) {
 	fl.BoolVar(&c.events, "alert-events", true, "the leader records each cluster alert as a Warning Event on the offending pod")
 }
 
-// wireClusterAlerts serves /v1/alerts: the cluster's EgressAlerts on
+// wireClusterAlerts builds /v1/alerts (served by wireFeedAPI): the cluster's EgressAlerts on
 // every replica (the view is a part), delivered and collected by the
 // leader (a leader part); or, with --alerts-from local, this replica's
 // feed.
@@ -49,7 +49,7 @@ func (c *controller) wireClusterAlerts(context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.mux.Handle("/v1/alerts", h)
+	c.alerts = h
 	if ca != nil {
 		c.parts.AddFunc("egress alert view", ca.view.Run)
 		c.leaderParts.AddFunc("cluster alerts", func(lctx context.Context) error { ca.lead(lctx, c.log); return nil })
@@ -144,7 +144,7 @@ func (f *nodeFlags) registerClusterFlags(fl *pflag.FlagSet) {
 // alertHooks are the receivers of the node's local alert log: with
 // --cluster-alerts the sink writing EgressAlerts and Quarantines (the log
 // is its buffer), else Kubernetes Events; and --controller-http.
-func (n *nodeAgent) alertHooks() ([]alert.WebhookConfig, error) {
+func (n *nodeAgent) alertHooks(ctx context.Context) ([]alert.WebhookConfig, error) {
 	var hooks []alert.WebhookConfig
 	if n.f.clusterAlerts {
 		st, err := newNodeClusterState(n.clients, n.f.df.node, n.f.wl.namespace, n.reg, n.log)
@@ -157,7 +157,7 @@ func (n *nodeAgent) alertHooks() ([]alert.WebhookConfig, error) {
 		hooks = append(hooks, alert.WebhookConfig{Name: "events", Sink: &kube.EventSink{Client: n.clients.Kube, Node: n.f.df.node}})
 	}
 	if n.f.controllerHTTP != "" {
-		hooks = append(hooks, alert.WebhookConfig{Name: "controller", URL: strings.TrimSuffix(n.f.controllerHTTP, "/") + "/v1/alerts"})
+		hooks = append(hooks, n.f.wl.controllerHook(ctx, n.clients, n.f.controllerHTTP))
 	}
 	return hooks, nil
 }

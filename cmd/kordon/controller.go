@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -43,6 +44,7 @@ type controllerFlags struct {
 	istioPolicies bool
 	alerts        clusterAlertFlags
 	syslog        syslogFlags
+	feed          feedFlags
 }
 
 // registerTTLFlags adds --ca-ttl and --svid-ttl (kordon controller and
@@ -88,13 +90,14 @@ it when the leader rotates.`,
 	fl.StringVar(&f.trustDomain, "trust-domain", policy.DefaultTrustDomain, "SPIFFE trust domain")
 	fl.StringVar(&f.xdsListen, "xds-listen", ":15010", "xDS (ADS) gRPC address")
 	fl.StringVar(&f.issuanceListen, "issuance-listen", ":15012", "SVID issuance gRPC address (TLS)")
-	fl.StringVar(&f.httpListen, "http-listen", ":9080", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/xds/status")
+	fl.StringVar(&f.httpListen, "http-listen", ":9080", "HTTP address: /healthz /readyz /metrics /v1/xds/status (the feed is on --feed-listen)")
 	fl.StringVar(&f.alertsDir, "alerts-dir", "/var/lib/kordon/alerts", "durable alert log directory")
 	fl.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this replica's name (leader election identity)")
 	registerTTLFlags(fl, &f.caTTL, &f.svidTTL)
 	fl.BoolVar(&f.istioPolicies, "istio-policies", false, "also watch Istio's AuthorizationPolicies and RequestAuthentications (security.istio.io/v1; their CRDs must be installed), as istiod would; kordon's own group is always watched")
 	f.alerts.register(fl)
 	f.syslog.register(fl)
+	f.feed.register(fl)
 	return cmd
 }
 
@@ -115,6 +118,10 @@ type controller struct {
 	xds       *xds.Server
 	jwks      *xds.JWKSFetcher
 	feed      *alert.Feed
+	// alerts is the /v1/alerts handler (wireClusterAlerts), served only
+	// behind authentication on feedAPI (wireFeedAPI).
+	alerts  http.Handler
+	feedAPI *feedAPI
 	// leader is whether this replica holds the Lease; synced is closed
 	// when the policy informers synced.
 	leader atomic.Bool
@@ -133,6 +140,7 @@ func (c *controller) controllerWiring() []func(context.Context) error {
 		c.wireXDS,
 		c.wireFeed,
 		c.wireClusterAlerts,
+		c.wireFeedAPI,
 		c.wirePolicies,
 		c.wireIssuance,
 		c.wireLeader,
@@ -152,7 +160,7 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	}
 	c.parts.Add("ready", run.Ready(func() {
 		c.ready.Store(true)
-		fmt.Fprintf(c.stderr, "kordon controller ready: xds %s, issuance %s, http %s, trust domain %s\n", c.xdsLn.Addr(), c.issuanceLn.Addr(), c.httpLn.Addr(), f.trustDomain)
+		fmt.Fprintf(c.stderr, "kordon controller ready: xds %s, issuance %s, http %s, feed %s, trust domain %s\n", c.xdsLn.Addr(), c.issuanceLn.Addr(), c.httpLn.Addr(), c.feedAPI.ln.Addr(), f.trustDomain)
 	}, c.synced))
 	return c.parts.Run(ctx)
 }

@@ -78,7 +78,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&f.httpListen, "http-listen", "127.0.0.1:9081", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/quarantines")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "", "address for /metrics, /healthz and /readyz only, e.g. :9082 for Prometheus on the node's address (empty: off)")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/kordon", "durable state: alert log, webhook cursors, quarantines")
-	fl.StringVar(&f.controllerHTTP, "controller-http", "", "also forward every alert to this controller feed (POST /v1/alerts; for a controller with --alerts-from local)")
+	fl.StringVar(&f.controllerHTTP, "controller-http", "", "also forward every alert to this controller feed (POST /v1/alerts, https://...:9443 with this agent's SVID over mTLS; for a controller with --alerts-from local)")
 	fl.StringVar(&f.queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
 	fl.StringVar(&f.rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
 	f.ef.register(fl, false)
@@ -161,8 +161,8 @@ func runNode(ctx context.Context, f nodeFlags, stderr io.Writer) error {
 
 // wireFeed opens the local durable alert log, forwarded to Kubernetes
 // Events and to the controller's feed, and the detector that feeds it.
-func (n *nodeAgent) wireFeed(context.Context) error {
-	hooks, err := n.alertHooks()
+func (n *nodeAgent) wireFeed(ctx context.Context) error {
+	hooks, err := n.alertHooks(ctx)
 	if err != nil {
 		return err
 	}

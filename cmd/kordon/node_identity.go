@@ -16,6 +16,7 @@ import (
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // workloadAPIFlags configure the node agent's SPIFFE Workload API, which
@@ -31,6 +32,30 @@ func (w *workloadAPIFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&w.issuance, "controller-issuance", "kordon-controller.kordon-system.svc:15012", "controller issuance API address")
 	fl.StringVar(&w.namespace, "namespace", "kordon-system", "kordon's namespace (trust bundle ConfigMap, controller identity)")
 	fl.StringVar(&w.procRoot, "proc-root", "/proc", "procfs used to attest callers (PID -> cgroup -> pod); the DaemonSet runs with hostPID")
+}
+
+// dialIssuance connects to the controller's issuance API with this
+// agent's token, verifying the controller's SVID.
+func (w *workloadAPIFlags) dialIssuance(ctx context.Context, clients *kube.Clients, td spiffeid.TrustDomain) (*identity.IssuanceClient, error) {
+	ctrlID, err := identity.WorkloadID(td, w.namespace, "kordon-controller")
+	if err != nil {
+		return nil, err
+	}
+	// The roots are read at each handshake: the controller's certificate
+	// comes from the current CA root, which rotates.
+	roots := func() ([]*x509.Certificate, error) {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		b, err := kube.ReadBundle(rctx, clients.Kube, w.namespace)
+		if err != nil {
+			return nil, err
+		}
+		return b.X509Authorities(), nil
+	}
+	return identity.DialIssuanceRoots(w.issuance, roots, ctrlID, func() (string, error) {
+		b, err := os.ReadFile(w.tokenFile)
+		return strings.TrimSpace(string(b)), err
+	})
 }
 
 // nodeWorkloadAPI is the node agent's Workload API as a component: it
@@ -64,25 +89,7 @@ func (a *nodeWorkloadAPI) Run(ctx context.Context) error {
 		case <-time.After(time.Second): // waiting for the controller to publish, bounded
 		}
 	}
-	ctrlID, err := identity.WorkloadID(bundle.TrustDomain(), w.namespace, "kordon-controller")
-	if err != nil {
-		return err
-	}
-	// The roots are read at each handshake: the controller's certificate
-	// comes from the current CA root, which rotates.
-	roots := func() ([]*x509.Certificate, error) {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		b, err := kube.ReadBundle(rctx, clients.Kube, w.namespace)
-		if err != nil {
-			return nil, err
-		}
-		return b.X509Authorities(), nil
-	}
-	client, err := identity.DialIssuanceRoots(w.issuance, roots, ctrlID, func() (string, error) {
-		b, err := os.ReadFile(w.tokenFile)
-		return strings.TrimSpace(string(b)), err
-	})
+	client, err := w.dialIssuance(ctx, clients, bundle.TrustDomain())
 	if err != nil {
 		return err
 	}
