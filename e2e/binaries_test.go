@@ -194,8 +194,13 @@ spec:
 		t.Fatalf("SVID from the node agent: %v %v", svid, err)
 	}
 
-	// Forwarded over mTLS with the agent's own SVID; read with a token.
+	// The cluster feed is authenticated too: nothing without a token.
 	feed := feedClient(t, sysNS, nil)
+	if resp, err := feed.Get("https://" + ctrlFeed + "/v1/alerts"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("unauthenticated GET of the cluster feed: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	eventually(t, 30*time.Second, "the exfiltration alert forwarded to the controller", func() bool {
 		req, _ := http.NewRequest(http.MethodGet, "https://"+ctrlFeed+"/v1/alerts?kind=exfiltration", nil)
 		req.Header.Set("Authorization", "Bearer "+cluster.AdminToken)

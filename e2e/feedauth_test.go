@@ -126,7 +126,7 @@ func bindViewer(t *testing.T, ns, saNS, sa string) {
 }
 
 // TestAlertFeedAuthentication: the controller's feed on the real API
-// server. Unauthenticated reads get 401, a token without rights 403, a
+// server (--alerts-from local, where node agents post). Unauthenticated reads get 401, a token without rights 403, a
 // token bound to kordon-security-viewer in one namespace reads exactly
 // that namespace (and nothing cluster-wide), one bound cluster-wide reads
 // everything; a node agent's SVID posts alerts, a workload's SVID and a
@@ -136,7 +136,10 @@ func TestAlertFeedAuthentication(t *testing.T) {
 	kubeconfig := writeKubeconfig(t)
 	sysNS := newNamespace(t)
 	feedAddr := freeAddr(t)
-	_, issuance, ctrlHTTP := startController(t, bin, kubeconfig, sysNS, "controller-0", "--feed-listen", feedAddr)
+	// --alerts-from local: the feed node agents POST to (the default,
+	// cluster, serves EgressAlerts the agents write to the API, behind the
+	// same authentication: TestControllerAndNodeAgent reads it).
+	_, issuance, ctrlHTTP := startController(t, bin, kubeconfig, sysNS, "controller-0", "--feed-listen", feedAddr, "--alerts-from", "local")
 	eventually(t, 30*time.Second, "the trust bundle published", func() bool { return bundleConfigMapExists(t, sysNS) })
 	feed := "https://" + feedAddr + "/v1/alerts"
 	nsA, nsB := newNamespace(t), newNamespace(t)
