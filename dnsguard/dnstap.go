@@ -168,6 +168,7 @@ type tapSink struct {
 	conn     net.Conn
 	fs       *framestream.Writer // the session, for its handshake and STOP
 	bw       *bufio.Writer       // data frames, already framed, go here
+	buffered int                 // queries whose frames are in bw
 	nextDial time.Time
 }
 
@@ -213,22 +214,42 @@ func (t *tapSink) write(b []byte, n int) {
 		return
 	}
 	_ = t.conn.SetWriteDeadline(time.Now().Add(t.timeout))
+	if t.bw.Available() < len(b) {
+		// The buffer is written out within this Write: count it first.
+		t.flush()
+		if t.conn == nil {
+			t.m.tapDropped.Add(float64(n))
+			return
+		}
+	}
 	if _, err := t.bw.Write(b); err != nil {
-		t.m.tapDropped.Add(float64(n))
+		t.m.tapDropped.Add(float64(n + t.buffered))
+		t.buffered = 0
 		t.disconnect(err)
 		return
 	}
-	t.m.tapMessages.Add(float64(2 * n))
+	if t.bw.Buffered() == 0 {
+		t.m.tapMessages.Add(float64(2 * n)) // larger than the buffer: written through
+		return
+	}
+	t.buffered += n
 }
 
+// flush writes out the buffer; its records count as sent once the kernel
+// took them, as dropped if the connection failed.
 func (t *tapSink) flush() {
 	if t.conn == nil || t.bw.Buffered() == 0 {
 		return
 	}
 	_ = t.conn.SetWriteDeadline(time.Now().Add(t.timeout))
-	if err := t.bw.Flush(); err != nil {
+	err := t.bw.Flush()
+	if err != nil {
+		t.m.tapDropped.Add(float64(t.buffered))
 		t.disconnect(err)
+	} else {
+		t.m.tapMessages.Add(float64(2 * t.buffered))
 	}
+	t.buffered = 0
 }
 
 func (t *tapSink) close() {

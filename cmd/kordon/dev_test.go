@@ -88,8 +88,9 @@ func startDevHarness(t *testing.T) *devHarness {
 	return startDevHarnessWith(t, func(string) {})
 }
 
-// startDevHarnessWith lets edit change the copied dev folder before start.
-func startDevHarnessWith(t *testing.T, edit func(dir string)) *devHarness {
+// startDevHarnessWith lets edit change the copied dev folder before
+// start, and opts the flags.
+func startDevHarnessWith(t *testing.T, edit func(dir string), opts ...func(*devOptions)) *devHarness {
 	t.Helper()
 	h := &devHarness{dir: copyDir(t, "../../examples/dev"), stderr: &lockedBuffer{}, stdout: &lockedBuffer{}}
 	edit(h.dir)
@@ -104,6 +105,9 @@ func startDevHarnessWith(t *testing.T, edit func(dir string)) *devHarness {
 		addrFile:      filepath.Join(t.TempDir(), "addrs"),
 		logLevel:      "info",
 		pollInterval:  20 * time.Millisecond,
+	}
+	for _, opt := range opts {
+		opt(&o)
 	}
 	d, err := startDev(context.Background(), o, h.stdout, h.stderr)
 	if err != nil {
