@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+
+	"github.com/kordon-dev/kordon/identity"
 )
 
 // Authentication errors.
@@ -44,24 +48,34 @@ func (a SVIDAuthenticator) Authenticate(ctx context.Context) (Identity, error) {
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
 		return Identity{}, ErrNoCredentials
 	}
-	leaf := info.State.VerifiedChains[0][0]
-	if len(leaf.URIs) != 1 {
-		return Identity{}, fmt.Errorf("xds: client certificate has %d URI SANs, want 1", len(leaf.URIs))
+	// x509svid.IDFromCert insists on exactly one URI SAN, a valid
+	// SPIFFE ID.
+	id, err := x509svid.IDFromCert(info.State.VerifiedChains[0][0])
+	if err != nil {
+		return Identity{}, fmt.Errorf("xds: client certificate: %w", err)
 	}
-	return ParseSPIFFEID(leaf.URIs[0].String(), a.TrustDomain)
+	return identityOf(id, a.TrustDomain)
 }
 
-// ParseSPIFFEID parses spiffe://<trustDomain>/ns/<ns>/sa/<sa>.
+// ParseSPIFFEID parses spiffe://<trustDomain>/ns/<ns>/sa/<sa> with
+// go-spiffe (spiffeid.FromString, identity.ParseWorkloadID).
 func ParseSPIFFEID(id, trustDomain string) (Identity, error) {
-	rest, ok := strings.CutPrefix(id, "spiffe://"+trustDomain+"/")
-	if !ok {
+	sid, err := spiffeid.FromString(id)
+	if err != nil {
+		return Identity{}, fmt.Errorf("xds: SPIFFE ID %q: %w", id, err)
+	}
+	return identityOf(sid, trustDomain)
+}
+
+func identityOf(id spiffeid.ID, trustDomain string) (Identity, error) {
+	if id.TrustDomain().Name() != trustDomain {
 		return Identity{}, fmt.Errorf("xds: SPIFFE ID %q is not in trust domain %q", id, trustDomain)
 	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" || parts[1] == "" || parts[3] == "" {
-		return Identity{}, fmt.Errorf("xds: SPIFFE ID %q is not a workload ID (/ns/<ns>/sa/<sa>)", id)
+	ns, sa, err := identity.ParseWorkloadID(id)
+	if err != nil {
+		return Identity{}, fmt.Errorf("xds: SPIFFE ID %q is not a workload ID (/ns/<ns>/sa/<sa>): %w", id, err)
 	}
-	return Identity{SPIFFEID: id, Namespace: parts[1], ServiceAccount: parts[3]}, nil
+	return Identity{SPIFFEID: id.String(), Namespace: ns, ServiceAccount: sa}, nil
 }
 
 // TokenReviewer checks a service-account token (Kubernetes TokenReview or

@@ -4,6 +4,7 @@
 // the full recompute time and the process memory.
 //
 //	go run ./bench/xds [-nodes 1000] [-policies 5000] [-namespaces 100] [-changes 30]
+//	go run ./bench/xds -pods 150000 [-k8s-nodes 5000] [-xds-nodes 5000] [-events 5000]
 package main
 
 import (
@@ -37,6 +38,8 @@ import (
 type options struct {
 	nodes, policies, namespaces, changes, conns int
 	debounce                                    time.Duration
+	// scale run (-pods > 0)
+	pods, k8sNodes, xdsNodes, events int
 }
 
 func main() {
@@ -47,8 +50,16 @@ func main() {
 	flag.IntVar(&o.changes, "changes", 30, "policy changes to time (one namespace each)")
 	flag.IntVar(&o.conns, "conns", 20, "gRPC connections the streams share")
 	flag.DurationVar(&o.debounce, "debounce", xds.DefaultDebounceQuiet, "debounce quiet period")
+	flag.IntVar(&o.pods, "pods", 0, "scale run: pods in the registry (e.g. 150000); 0 runs the policy benchmark")
+	flag.IntVar(&o.k8sNodes, "k8s-nodes", 5000, "scale run: Kubernetes nodes the pods spread over")
+	flag.IntVar(&o.xdsNodes, "xds-nodes", 5000, "scale run: connected xDS nodes")
+	flag.IntVar(&o.events, "events", 5000, "scale run: pod events after the initial sync")
 	flag.Parse()
-	if err := run(o, os.Stdout); err != nil {
+	runFn := run
+	if o.pods > 0 {
+		runFn = runScale
+	}
+	if err := runFn(o, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -136,7 +147,7 @@ func run(o options, out io.Writer) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, o.nodes)
 	for i, w := range ws {
-		c, err := adsclient.Open(ctx, conns[i%len(conns)], &corev3.Node{Id: w.Key()})
+		c, err := adsOpen(ctx, conns[i%len(conns)], w.Key())
 		if err != nil {
 			return err
 		}
@@ -267,6 +278,10 @@ spec:
 	cancel()
 	wg.Wait()
 	return <-served
+}
+
+func adsOpen(ctx context.Context, conn *grpc.ClientConn, nodeID string) (*adsclient.Client, error) {
+	return adsclient.Open(ctx, conn, &corev3.Node{Id: nodeID})
 }
 
 func waitFor(d time.Duration, errs <-chan error, ok func() bool) error {

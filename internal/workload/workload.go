@@ -23,6 +23,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Workload is one pod or dev-mode workload.
@@ -51,9 +53,31 @@ func (w *Workload) Equal(o *Workload) bool {
 		w.Node == o.Node && w.UID == o.UID && maps.Equal(w.Labels, o.Labels) && slices.Equal(w.IPs, o.IPs)
 }
 
-// SPIFFEID is spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
+// ID is the workload's SPIFFE ID,
+// spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>, built by
+// go-spiffe, which refuses a trust domain or segment that is not valid.
+func (w *Workload) ID(trustDomain string) (spiffeid.ID, error) {
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("workload %s: %w", w.Key(), err)
+	}
+	id, err := spiffeid.FromSegments(td, "ns", w.Namespace, "sa", w.ServiceAccount)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("workload %s: %w", w.Key(), err)
+	}
+	return id, nil
+}
+
+// SPIFFEID is ID as a string, or "" when the trust domain, namespace or
+// service account cannot be part of a SPIFFE ID: an empty ID matches no
+// principal and no certificate, so such a workload is never mistaken for
+// another.
 func (w *Workload) SPIFFEID(trustDomain string) string {
-	return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", trustDomain, w.Namespace, w.ServiceAccount)
+	id, err := w.ID(trustDomain)
+	if err != nil {
+		return ""
+	}
+	return id.String()
 }
 
 // index is an immutable view of the registry. Each change makes a new one

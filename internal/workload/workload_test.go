@@ -538,3 +538,40 @@ func TestChangesMatchesModel(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkloadID: IDs come from go-spiffe; what cannot be one is refused
+// and renders as "", which matches no principal.
+func TestWorkloadID(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, td, ns, sa string
+		want, err        string
+	}{
+		{name: "workload", td: "cluster.local", ns: "shop", sa: "frontend", want: "spiffe://cluster.local/ns/shop/sa/frontend"},
+		{name: "bad trust domain", td: "Cluster.Local", ns: "shop", sa: "frontend",
+			err: "workload shop/w: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"},
+		{name: "slash in service account", td: "cluster.local", ns: "shop", sa: "a/b",
+			err: "workload shop/w: path segment characters are limited to letters, numbers, dots, dashes, and underscores"},
+		{name: "empty service account", td: "cluster.local", ns: "shop", sa: "",
+			err: "workload shop/w: path cannot contain empty segments"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w := &Workload{Namespace: tc.ns, Name: "w", ServiceAccount: tc.sa}
+			id, err := w.ID(tc.td)
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Fatalf("error %v, want %s", err, tc.err)
+				}
+				if s := w.SPIFFEID(tc.td); s != "" {
+					t.Fatalf("SPIFFEID %q, want empty", s)
+				}
+				return
+			}
+			if err != nil || id.String() != tc.want || w.SPIFFEID(tc.td) != tc.want {
+				t.Fatalf("got %v, %v; want %s", id, err, tc.want)
+			}
+		})
+	}
+}
