@@ -64,12 +64,7 @@ func scalePolicies(tb testing.TB) *policy.Set {
 			docs = append(docs, fmt.Sprintf(`apiVersion: security.kordon.dev/v1
 kind: AuthorizationPolicy
 metadata: {name: p-%d, namespace: ns-%d}
-spec:
-  selector: {matchLabels: {app: app-%d}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/ns-%d/sa/sa-%d"]}}]
-    to: [{operation: {paths: ["/pkg.Svc/Method", "/pkg.Other/*"]}}]
+spec: {selector: {matchLabels: {app: app-%d}}, action: ALLOW, rules: [{from: [{source: {principals: [cluster.local/ns/ns-%d/sa/sa-%d]}}], to: [{operation: {methods: [POST], paths: [/pkg.Svc/Method]}}]}]}
 `, a, ns, a, ns, (a+9)%scaleApps))
 		}
 	}
