@@ -28,8 +28,9 @@ func BenchmarkFastPathHit(b *testing.B) { benchFastPathHit(b, nil) }
 // that admits at once: the cost of the hook itself.
 func BenchmarkFastPathHitFirewall(b *testing.B) { benchFastPathHit(b, noopFirewall{}) }
 
-func benchFastPathHit(b *testing.B, fw Firewall) {
-	srv := firewallBenchServer(b, fw)
+func benchFastPathHit(b *testing.B, fw Firewall) { benchHit(b, firewallBenchServer(b, fw)) }
+
+func benchHit(b *testing.B, srv *Server) {
 	m := new(dns.Msg)
 	m.SetQuestion("bench.example.", dns.TypeA)
 	m.SetEdns0(1232, false)
@@ -74,3 +75,20 @@ type noopFirewall struct{}
 func (noopFirewall) Admit([]Grant) error { return nil }
 
 func first[A, B any](a A, _ B) A { return a }
+
+// BenchmarkFastPathHitDnstap is BenchmarkFastPathHit with dnstap instead
+// of the query log (its encoding and queueing; the sink discards).
+func BenchmarkFastPathHitDnstap(b *testing.B) {
+	srv := firewallBenchServer(b, nil)
+	srv.qlog.close()
+	enc := &tapEncoder{identity: []byte("node-1"), version: []byte("kordon")}
+	srv.qlog = nil
+	srv.tap = newChunkLog(discardSink{}, enc.appendEvent, 65536, func(int) {})
+	benchHit(b, srv)
+}
+
+type discardSink struct{}
+
+func (discardSink) write([]byte, int) {}
+func (discardSink) flush()            {}
+func (discardSink) close()            {}
