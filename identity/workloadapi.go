@@ -164,7 +164,7 @@ func (s *WorkloadAPI) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.S
 		return err
 	}
 	for {
-		resp, notAfter, err := s.x509Response(ctx, w)
+		resp, renewAt, err := s.x509Response(ctx, w)
 		if err != nil {
 			s.log.Warn("SVID issuance failed", "namespace", w.Namespace, "pod", w.Name, "error", err)
 			return status.Error(codes.Unavailable, "could not issue an SVID")
@@ -175,19 +175,22 @@ func (s *WorkloadAPI) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.S
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-s.cfg.After(s.renewIn(notAfter)):
+		case <-s.cfg.After(s.renewIn(renewAt)):
 		}
 	}
 }
 
-// renewIn is half the remaining lifetime, minus up to 10% jitter.
-func (s *WorkloadAPI) renewIn(notAfter time.Time) time.Duration {
-	left := notAfter.Sub(s.cfg.Now())
-	half := left / 2
-	jitter := time.Duration(mrand.Int64N(int64(half/10) + 1))
-	return max(half-jitter, 100*time.Millisecond)
+// renewIn is the time until renewAt (RenewAt of the SVID sent: half of
+// its life, the rule of every SVID holder of kordon), minus up to 10%
+// jitter so that pods started together do not renew together.
+func (s *WorkloadAPI) renewIn(renewAt time.Time) time.Duration {
+	left := max(renewAt.Sub(s.cfg.Now()), 0)
+	jitter := time.Duration(mrand.Int64N(int64(left/10) + 1))
+	return max(left-jitter, 100*time.Millisecond)
 }
 
+// x509Response issues an SVID for w and returns the response with the
+// time it is due for renewal.
 func (s *WorkloadAPI) x509Response(ctx context.Context, w *workload.Workload) (*workloadpb.X509SVIDResponse, time.Time, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -221,7 +224,7 @@ func (s *WorkloadAPI) x509Response(ctx context.Context, w *workload.Workload) (*
 	for _, b := range bundles[1:] {
 		resp.FederatedBundles[b.TrustDomain().IDString()] = concatDER(b.X509Authorities())
 	}
-	return resp, svid.NotAfter(), nil
+	return resp, RenewAt(svid.Chain[0]), nil
 }
 
 func concatDER(certs []*x509.Certificate) []byte {
