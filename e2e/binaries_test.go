@@ -160,6 +160,30 @@ spec:
 		"--http-listen", nodeHTTP, "--state-dir", t.TempDir(), "--root-namespace", sysNS, "--log", "",
 		"--workload-api-socket", socket, "--token-file", tokenFile, "--controller-issuance", ctrlIssuance, "--namespace", sysNS, "--proc-root", procRoot)
 	waitReady(t, "http://"+nodeHTTP+"/readyz")
+	// The agent's own alert and quarantine routes need a token too
+	// (hostNetwork pods share its loopback); probes stay open.
+	for _, tc := range []struct {
+		method, path, token string
+		want                int
+	}{
+		{http.MethodGet, "/v1/alerts", "", http.StatusUnauthorized},
+		{http.MethodDelete, "/v1/quarantines/x", "", http.StatusUnauthorized},
+		{http.MethodGet, "/v1/quarantines", cluster.AdminToken, http.StatusOK},
+		{http.MethodGet, "/healthz", "", http.StatusOK},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://"+nodeHTTP+tc.path, nil)
+		if tc.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Fatalf("node agent %s %s: %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
+	}
 
 	query := func(name string) *dns.Msg {
 		m := new(dns.Msg)

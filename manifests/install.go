@@ -115,6 +115,9 @@ func installObjects() []map[string]any {
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kordon-controller"},
 			"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "kordon-controller", "namespace": Namespace}}},
 		{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta("kordon-node", false, node), "rules": []any{
+			// kordon node --http-auth: who may read alerts or lift quarantines here.
+			rule([]any{"authentication.k8s.io"}, []any{"tokenreviews"}, []any{"create"}),
+			rule([]any{"authorization.k8s.io"}, []any{"subjectaccessreviews"}, []any{"create"}),
 			rule([]any{""}, []any{"pods", "namespaces"}, read),
 			rule([]any{"security.kordon.dev"}, []any{"egresspolicies"}, read),
 			rule([]any{"", "events.k8s.io"}, []any{"events"}, []any{"create", "patch"}),

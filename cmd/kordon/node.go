@@ -33,6 +33,7 @@ type nodeFlags struct {
 	wl                                                                    workloadAPIFlags
 	ef                                                                    egressFlags
 	cleanup, prepareHost                                                  bool
+	httpAuth                                                              bool
 	clusterAlerts                                                         bool
 	alertCooldown                                                         time.Duration
 	syslog                                                                syslogFlags
@@ -82,6 +83,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&f.queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
 	fl.StringVar(&f.rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
 	f.ef.register(fl, false)
+	registerNodeAuthFlag(fl, &f.httpAuth)
 	f.syslog.register(fl)
 	fl.BoolVar(&f.cleanup, "cleanup", false, "remove kordon's nftables table from this host and exit (uninstall)")
 	fl.BoolVar(&f.prepareHost, "prepare-host", false, "turn on conntrack accounting in this network namespace and exit (the DaemonSet's privileged init container)")
@@ -129,6 +131,7 @@ func (n *nodeAgent) nodeWiring() []func(context.Context) error {
 		n.wireDNS,
 		n.wirePolicies,
 		n.wireWorkloadAPI,
+		n.wireAPIAuth,
 		n.wireHTTP,
 		n.wireMetrics,
 	}
