@@ -70,6 +70,10 @@ type DetectionInspector struct {
 	nq          atomic.Int32
 	cluster     map[string]string // workload|domain -> Quarantine object (ns/name)
 	ncluster    atomic.Int32
+	// lifted are the (workload, domain) pairs whose quarantine was lifted
+	// and that the detector goroutine has yet to forget.
+	lifted  [][2]string
+	nLifted atomic.Int32
 
 	detections *prometheus.CounterVec
 	dropCount  prometheus.CounterFunc
@@ -188,17 +192,42 @@ func (in *DetectionInspector) run() {
 	for {
 		select {
 		case ev := <-in.ch:
+			in.forgetLifted()
 			in.handle(&ev)
 		case <-in.quit:
 			for {
 				select {
 				case ev := <-in.ch:
+					in.forgetLifted()
 					in.handle(&ev)
 				default:
 					return
 				}
 			}
 		}
+	}
+}
+
+// forgetLocked queues (workload, domain) for the detector to forget:
+// their quarantine was lifted. in.mu is held.
+func (in *DetectionInspector) forgetLocked(workload, domain string) {
+	in.lifted = append(in.lifted, [2]string{workload, domain})
+	in.nLifted.Store(int32(len(in.lifted)))
+}
+
+// forgetLifted makes the detector forget the pairs lifted since the last
+// event; it runs on the detector goroutine, which owns the detector.
+func (in *DetectionInspector) forgetLifted() {
+	if in.nLifted.Load() == 0 {
+		return
+	}
+	in.mu.Lock()
+	lifted := in.lifted
+	in.lifted = nil
+	in.nLifted.Store(0)
+	in.mu.Unlock()
+	for _, p := range lifted {
+		in.det.Forget(p[0], p[1])
 	}
 }
 
@@ -372,7 +401,9 @@ func (in *DetectionInspector) Quarantines() []Quarantine {
 	return out
 }
 
-// Lift removes a quarantine by ID; it reports whether it existed.
+// Lift removes a quarantine by ID and has the detector forget what it
+// scored for the pair (before it scores their next query); it reports
+// whether the quarantine existed.
 func (in *DetectionInspector) Lift(id string) (bool, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -380,6 +411,7 @@ func (in *DetectionInspector) Lift(id string) (bool, error) {
 		if q.ID == id {
 			delete(in.quarantines, k)
 			in.nq.Store(int32(len(in.quarantines)))
+			in.forgetLocked(q.Workload, q.Domain)
 			return true, in.saveLocked()
 		}
 	}

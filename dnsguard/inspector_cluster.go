@@ -37,6 +37,10 @@ func (in *DetectionInspector) SetClusterQuarantines(qs []ClusterQuarantine) erro
 			delete(in.quarantines, k)
 			lifted = true
 		}
+		// The detector forgets the pair either way, as Lift has it do.
+		if i := strings.LastIndexByte(k, '|'); i >= 0 {
+			in.forgetLocked(k[:i], k[i+1:])
+		}
 	}
 	in.cluster = next
 	in.ncluster.Store(int32(len(next)))

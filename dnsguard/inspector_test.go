@@ -101,6 +101,19 @@ func TestExfiltrationThroughResolverRaisesAlertAndQuarantines(t *testing.T) {
 	if r := h.query(t, "127.0.0.11", "api.example.", dns.TypeA, "udp"); r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("lifted quarantine still blocks: %s", dns.RcodeToString[r.Rcode])
 	}
+	// Lifting makes the detector forget what it scored for the pair: the
+	// workload's next ordinary queries do not quarantine it again at once.
+	for _, name := range []string{"www.api.example.", "static.api.example."} {
+		if r := h.query(t, "127.0.0.11", name, dns.TypeA, "udp"); r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("%s after lift: %s", name, dns.RcodeToString[r.Rcode])
+		}
+	}
+	if err := insp.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if qs := insp.Quarantines(); len(qs) != 0 {
+		t.Fatalf("quarantined again right after the lift: %+v", qs)
+	}
 }
 
 func mustSet(t *testing.T, docs string) *policy.Set {

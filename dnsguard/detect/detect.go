@@ -169,6 +169,17 @@ func New(cfg Config) *Detector {
 // Tracked is the number of (client, domain) pairs held.
 func (d *Detector) Tracked() int { return len(d.keys) }
 
+// Forget drops what was scored for client and domain (an operator lifted
+// their quarantine: without this the next query, scored on the state that
+// caused it, would quarantine them again at once).
+func (d *Detector) Forget(client, domain string) {
+	key := client + "\x00" + domain
+	if el, ok := d.keys[key]; ok {
+		d.lru.Remove(el)
+		delete(d.keys, key)
+	}
+}
+
 const (
 	maxUnique  = 512 // unique subdomain hashes kept per key
 	maxSamples = 5
