@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use (real DNS clients and
-# tunneling tools, protoc). Idempotent: does nothing when they are present.
+# tunneling tools, protoc, chromium). Idempotent: does nothing when they are present.
 set -euo pipefail
 need=()
 command -v dig >/dev/null || need+=(bind9-dnsutils)
@@ -20,6 +20,8 @@ command -v dnstap-ldns >/dev/null || need+=(dnstap-ldns)
 # The alert feed's syslog sink is tested against rsyslog (TLS through its gtls driver).
 command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
+# The web console's test drives a headless Chromium (chromedp).
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -122,6 +122,7 @@ type controller struct {
 	// behind authentication on feedAPI (wireFeedAPI).
 	alerts  http.Handler
 	feedAPI *feedAPI
+	console *webConsole
 	// leader is whether this replica holds the Lease; synced is closed
 	// when the policy informers synced.
 	leader atomic.Bool
@@ -141,6 +142,7 @@ func (c *controller) controllerWiring() []func(context.Context) error {
 		c.wireFeed,
 		c.wireClusterAlerts,
 		c.wireFeedAPI,
+		c.wireConsole,
 		c.wirePolicies,
 		c.wireIssuance,
 		c.wireLeader,
@@ -240,7 +242,7 @@ func (c *controller) wirePolicies(context.Context) error {
 	src := &kube.PolicySource{Clients: c.clients, RootNamespace: c.f.rootNamespace, Logger: c.log, Istio: c.f.istioPolicies,
 		// The fetcher learns first which jwksUris are still named, so
 		// the build SetPolicies starts finds new ones being fetched.
-		OnChange:    func(s *policy.Set) { c.jwks.SetPolicies(s); c.xds.SetPolicies(s) },
+		OnChange:    func(s *policy.Set) { c.jwks.SetPolicies(s); c.xds.SetPolicies(s); c.console.setPolicies(s) },
 		WriteStatus: c.leader.Load}
 	c.parts.AddFunc("policy source", func(ctx context.Context) error { return src.Run(ctx, c.synced) })
 	return nil

@@ -137,6 +137,7 @@ type devServer struct {
 	dnsAddr      net.Addr
 	ident        *devIdentity
 	egress       *egressStack
+	console      *webConsole
 	// stdoutLines share stdout between the query log and the flow log.
 	stdoutLines []*lineWriter
 	sockets     *devSockets
@@ -200,6 +201,9 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.newFeed(); err != nil {
 		return d, err
 	}
+	if d.console, err = newWebConsole("dev", true, policy.CompileOptions{TrustDomain: xdsTrustDomain}, d.reg); err != nil {
+		return d, err
+	}
 	if err := d.startEgress(ctx); err != nil {
 		return d, err
 	}
@@ -257,6 +261,7 @@ func (d *devServer) apply(s *devconfig.Snapshot) error {
 		return err
 	}
 	d.applied = s
+	d.console.setPolicies(s.Policies)
 	return nil
 }
 
@@ -337,6 +342,7 @@ func (d *devServer) newDNS() error {
 		// flushes the log.
 		d.closers = append(d.closers, func(context.Context) error { return f.Close() })
 	}
+	qlog = d.console.queryLog(qlog)
 	// The exfiltration detector feeds the alert feed; quarantines persist
 	// in --state-dir/quarantine.
 	insp, err := dnsguard.NewInspector(dnsguard.InspectorConfig{
@@ -408,7 +414,7 @@ func (d *devServer) startEgress(ctx context.Context) error {
 	}
 	st, err := startEgress(ctx, &d.opts.egress, egressDeps{
 		Registry: d.registry, Feed: d.feed, Node: "dev", TrustDomain: xdsTrustDomain,
-		DNS: ap, StateDir: d.stateDir, FlowOut: d.stdoutLines[1], Metrics: d.reg, Logger: d.log,
+		DNS: ap, StateDir: d.stateDir, FlowOut: d.stdoutLines[1], FlowSummary: d.console.flowSummary(), Metrics: d.reg, Logger: d.log,
 	})
 	if err != nil {
 		return err
@@ -524,6 +530,7 @@ func (d *devServer) startHTTP() error {
 	if d.egress != nil {
 		d.egress.handle(mux)
 	}
+	d.console.mount(mux, nil) // loopback only: dev mode is unauthenticated
 	d.httpAddr = l.Addr()
 	d.parts.Add("http", run.HTTPServer(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, l, devShutdownTimeout))
 	return nil
@@ -624,6 +631,7 @@ func (d *devServer) printSummary(w io.Writer) {
 			"egress", d.dnsAddr, d.opts.egress.ttlGrace, flowLogName(d.opts.egress.flowLog))
 	}
 	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/alerts /v1/quarantines /v1/config /v1/xds/status)\n", "http", d.httpAddr)
+	fmt.Fprintf(w, "  %-12s http://%s/ui/ (web console)\n", "console", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
 	fmt.Fprintf(w, "  %-12s %s/<namespace>_<name>.sock (SPIFFE Workload API, one socket per workload)\n", "workload API", d.sockets.dir)
 	fmt.Fprintf(w, "identity: CA for %s (root kept in %s, rotated every %s), SVIDs of %s in %s/<namespace>/<name>/\n",

@@ -76,8 +76,10 @@ type egressDeps struct {
 	DNS      netip.AddrPort
 	StateDir string
 	FlowOut  io.Writer // used when --flow-log is "-"
-	Metrics  prometheus.Registerer
-	Logger   *slog.Logger
+	// FlowSummary (optional) also reads the flow log (the web console's).
+	FlowSummary io.Writer
+	Metrics     prometheus.Registerer
+	Logger      *slog.Logger
 }
 
 // egressStack is the running firewall and flow log.
@@ -145,6 +147,9 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 	}
 	if f.flowLog == "-" {
 		out = d.FlowOut
+	}
+	if d.FlowSummary != nil {
+		out = tee(out, d.FlowSummary)
 	}
 	flows, err := flowlog.New(flowlog.Config{
 		Registry: d.Registry, TrustDomain: d.TrustDomain, Node: d.Node,
