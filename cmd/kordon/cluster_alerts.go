@@ -45,7 +45,11 @@ func (c *clusterAlertFlags) register(fl *pflag.FlagSet) {
 // leader (a leader part); or, with --alerts-from local, this replica's
 // feed.
 func (c *controller) wireClusterAlerts(context.Context) error {
-	h, ca, err := c.f.alerts.start(c.clients, c.f.namespace, c.feed, c.reg, c.log)
+	syslogs, err := c.f.syslog.deliverySinks(c.f.podName, &c.closers)
+	if err != nil {
+		return err
+	}
+	h, ca, err := c.f.alerts.start(c.clients, c.f.namespace, c.feed, c.reg, c.log, syslogs...)
 	if err != nil {
 		return err
 	}
@@ -67,7 +71,7 @@ type clusterAlerts struct {
 
 // start builds the EgressAlert view (when --alerts-from cluster) and
 // returns the /v1/alerts handler; the clusterAlerts is nil in local mode.
-func (c *clusterAlertFlags) start(clients *kube.Clients, namespace string, feed *alert.Feed, reg prometheus.Registerer, log *slog.Logger) (http.Handler, *clusterAlerts, error) {
+func (c *clusterAlertFlags) start(clients *kube.Clients, namespace string, feed *alert.Feed, reg prometheus.Registerer, log *slog.Logger, extra ...kube.DeliverySink) (http.Handler, *clusterAlerts, error) {
 	switch c.source {
 	case "local":
 		return feed.Handler(), nil, nil
@@ -94,6 +98,7 @@ func (c *clusterAlertFlags) start(clients *kube.Clients, namespace string, feed 
 			return alert.Post(ctx, cfg, a, time.Now())
 		}})
 	}
+	sinks = append(sinks, extra...)
 	if c.events {
 		ev := &kube.EventSink{Client: clients.Kube, Component: "kordon-controller"}
 		sinks = append(sinks, kube.DeliverySink{Name: "events", Deliver: ev.Deliver})

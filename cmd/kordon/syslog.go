@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/kordon-dev/kordon/internal/kube"
 	"github.com/spf13/pflag"
 )
 
@@ -62,4 +63,24 @@ func (f *syslogFlags) configs(hostname string) ([]alert.SyslogConfig, error) {
 		out = append(out, alert.SyslogConfig{Name: name, Address: a, TLS: tc, Format: f.format, Facility: f.facility, Hostname: hostname})
 	}
 	return out, nil
+}
+
+// deliverySinks are the --syslog receivers as sinks of the controller
+// leader's cluster alert delivery (--alerts-from cluster: the local feed
+// then receives nothing); their connections close with closers.
+func (f *syslogFlags) deliverySinks(hostname string, closers *[]func() error) ([]kube.DeliverySink, error) {
+	cfgs, err := f.configs(hostname)
+	if err != nil {
+		return nil, err
+	}
+	var sinks []kube.DeliverySink
+	for _, c := range cfgs {
+		s, err := alert.NewSyslogSender(c)
+		if err != nil {
+			return nil, err
+		}
+		*closers = append(*closers, func() error { s.Close(); return nil })
+		sinks = append(sinks, kube.DeliverySink{Name: "syslog." + c.Name, Deliver: s.Deliver})
+	}
+	return sinks, nil
 }

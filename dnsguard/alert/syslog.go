@@ -67,16 +67,19 @@ func ParseSyslogAddress(s string) (scheme, hostport string, err error) {
 	return "", "", fmt.Errorf("alert: syslog address %q: want tcp://host:port or tls://host:port", s)
 }
 
-// syslogSink is one connection to the receiver, redialled when it fails.
+// SyslogSender sends alerts to one syslog receiver over one connection,
+// redialled when it fails; the feed delivers through one (with its
+// cursor and retries), and so can another delivery loop (the
+// controller's cluster alerts). Safe for concurrent use.
 //
-// TCP syslog has no acknowledgement. An alert counts as delivered once
-// the receiver's TCP stack acknowledged every byte written (the socket's
+// TCP syslog has no acknowledgement. Deliver returns nil once the
+// receiver's TCP stack acknowledged every byte written (the socket's
 // send queue, SIOCOUTQ, is empty) and the connection is still open (a
 // reader goroutine sees the receiver's close or reset at once); otherwise
-// the delivery fails and the alert is sent again on a new connection. A
+// it fails and the alert is to be sent again on a new connection. A
 // receiver that dies after acknowledging but before storing can still
 // lose what it held (RELP would be needed to close that gap).
-type syslogSink struct {
+type SyslogSender struct {
 	cfg      SyslogConfig
 	scheme   string
 	hostport string
@@ -87,7 +90,9 @@ type syslogSink struct {
 	dead chan struct{}   // closed when the receiver closed or reset conn
 }
 
-func newSyslog(f *Feed, cfg SyslogConfig) (*durableSink, error) {
+// NewSyslogSender checks cfg and fills its defaults; it dials on the
+// first Deliver.
+func NewSyslogSender(cfg SyslogConfig) (*SyslogSender, error) {
 	if cfg.Name == "" {
 		cfg.Name = "syslog"
 	}
@@ -117,16 +122,25 @@ func newSyslog(f *Feed, cfg SyslogConfig) (*durableSink, error) {
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{}
 	}
-	s := &syslogSink{cfg: cfg, scheme: scheme, hostport: hostport}
-	d, err := newDurableSink(f, cfg.Name, "syslog-"+cfg.Name+".cursor", cfg.Retry, s.deliver)
+	return &SyslogSender{cfg: cfg, scheme: scheme, hostport: hostport}, nil
+}
+
+func newSyslog(f *Feed, cfg SyslogConfig) (*durableSink, error) {
+	s, err := NewSyslogSender(cfg)
 	if err != nil {
 		return nil, err
 	}
-	d.stop = s.close
+	d, err := newDurableSink(f, s.cfg.Name, "syslog-"+s.cfg.Name+".cursor", cfg.Retry, s.Deliver)
+	if err != nil {
+		return nil, err
+	}
+	d.stop = s.Close
 	return d, nil
 }
 
-func (s *syslogSink) deliver(ctx context.Context, a Alert) error {
+// Deliver sends a, bounded by ctx (see SyslogSender for when it counts
+// as delivered).
+func (s *SyslogSender) Deliver(ctx context.Context, a Alert) error {
 	frame, err := SyslogFrame(a, s.cfg.Format, s.cfg.Facility, s.cfg.Hostname)
 	if err != nil {
 		return err
@@ -168,7 +182,7 @@ func (s *syslogSink) deliver(ctx context.Context, a Alert) error {
 	return nil
 }
 
-func (s *syslogSink) dial(ctx context.Context) error {
+func (s *SyslogSender) dial(ctx context.Context) error {
 	c, err := s.cfg.Dialer.DialContext(ctx, "tcp", s.hostport)
 	if err != nil {
 		return err
@@ -209,7 +223,7 @@ func (s *syslogSink) dial(ctx context.Context) error {
 	return nil
 }
 
-func (s *syslogSink) closedByPeer() bool {
+func (s *SyslogSender) closedByPeer() bool {
 	select {
 	case <-s.dead:
 		return true
@@ -219,7 +233,7 @@ func (s *syslogSink) closedByPeer() bool {
 }
 
 // unacked is the number of bytes written and not yet acknowledged.
-func (s *syslogSink) unacked() (int, error) {
+func (s *SyslogSender) unacked() (int, error) {
 	if s.raw == nil {
 		return 0, errors.ErrUnsupported
 	}
@@ -231,14 +245,15 @@ func (s *syslogSink) unacked() (int, error) {
 	return n, ierr
 }
 
-func (s *syslogSink) drop() {
+func (s *SyslogSender) drop() {
 	if s.conn != nil {
 		s.conn.Close()
 		s.conn, s.raw = nil, nil
 	}
 }
 
-func (s *syslogSink) close() {
+// Close closes the connection (a later Deliver dials again).
+func (s *SyslogSender) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.drop()
