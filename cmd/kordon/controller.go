@@ -202,8 +202,9 @@ func (c *controller) wireXDS(context.Context) error {
 		Identities:    &xds.CAIdentities{CA: c.ca},
 		SVIDRefresh:   svidRefresh(c.f.svidTTL),
 		Authenticator: xds.AnyAuthenticator{xds.SVIDAuthenticator{TrustDomain: c.f.trustDomain}, xds.TokenAuthenticator{Reviewer: xdsReviewer{c.reviewer}}},
-		TLS:           identity.ServerTLS(c.ca, c.ctrlID),
-		Logger:        c.log, Metrics: c.reg,
+		// Client SVIDs verified when sent: SVIDAuthenticator sees them.
+		TLS:    identity.ServerMTLS(c.ca, c.ctrlID),
+		Logger: c.log, Metrics: c.reg,
 		JWKS: jwks,
 	})
 	if err != nil {
