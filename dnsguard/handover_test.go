@@ -269,7 +269,7 @@ type dnsguardProc struct {
 func startDNSGuard(t *testing.T, bin, listen, upstream string) *dnsguardProc {
 	t.Helper()
 	p := &dnsguardProc{metrics: freeTCPAddr(t), done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "dnsguard", "--listen", listen, "--upstream", upstream, "--metrics-listen", p.metrics)
+	p.cmd = exec.Command(bin, "dnsguard", "--dns-listen", listen, "--upstream", upstream, "--metrics-listen", p.metrics)
 	p.cmd.Stdout, p.cmd.Stderr = os.Stderr, os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

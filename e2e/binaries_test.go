@@ -157,7 +157,7 @@ spec:
 	upstream := startUpstream(t)
 	dnsAddr, nodeHTTP := freeAddr(t), freeAddr(t)
 	startProcess(t, bin, "node", "--kubeconfig", kubeconfig, "--node", "node-e2e", "--dns-listen", dnsAddr, "--upstream", upstream,
-		"--http-listen", nodeHTTP, "--state-dir", t.TempDir(), "--root-namespace", sysNS, "--log", "",
+		"--http-listen", nodeHTTP, "--state-dir", t.TempDir(), "--root-namespace", sysNS, "--query-log", "",
 		"--workload-api-socket", socket, "--token-file", tokenFile, "--controller-issuance", ctrlIssuance, "--namespace", sysNS, "--proc-root", procRoot)
 	waitReady(t, "http://"+nodeHTTP+"/readyz")
 	// The agent's own alert and quarantine routes need a token too

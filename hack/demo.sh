@@ -61,7 +61,7 @@ ask() {
 }
 
 step "Starting the loopback upstream (the project's own authoritative DNS server)"
-"$KORDON" dev upstream --zones "$ZONES" --listen 127.0.0.1:0 --addr-file "$work/upstream.addr" >"$work/upstream.out" 2>"$work/upstream.err" &
+"$KORDON" dev upstream --zones "$ZONES" --dns-listen 127.0.0.1:0 --addr-file "$work/upstream.addr" >"$work/upstream.out" 2>"$work/upstream.err" &
 pids+=($!)
 wait_for test -s "$work/upstream.addr"
 UPSTREAM=$(addr_of "$work/upstream.addr" dns)

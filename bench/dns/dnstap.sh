@@ -44,10 +44,10 @@ for name in "${NAMES[@]}"; do
 	PORT[$name]=$(freeport)
 	extra=()
 	case $name in
-	querylog) extra=(--log "$WORK/query.log") ;;
+	querylog) extra=(--query-log "$WORK/query.log") ;;
 	dnstap) extra=(--dnstap "unix:$WORK/tap.sock" --metrics-listen 127.0.0.1:$TAP_METRICS) ;;
 	esac
-	"$KORDON" dnsguard --listen 127.0.0.1:${PORT[$name]} --upstream 127.0.0.1:$NSD_PORT --node bench \
+	"$KORDON" dnsguard --dns-listen 127.0.0.1:${PORT[$name]} --upstream 127.0.0.1:$NSD_PORT --node bench \
 		--workloads "$WORK/workloads.yaml" --policies "$WORK/policies" --cache-size 2000000 \
 		"${extra[@]}" >"$WORK/$name.out" 2>&1 &
 	PID[$name]=$!

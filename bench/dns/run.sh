@@ -51,8 +51,8 @@ nsd_conf "$WORK" "$NSD_PORT"
 
 # --- dnsguard: 1,000 rules (100 policies x 10 patterns), logging on.
 bench_policies "$WORK"
-"${SRV[@]}" "$KORDON" dnsguard --listen 127.0.0.1:$DG_PORT --upstream 127.0.0.1:$NSD_PORT \
-  --workloads "$WORK/workloads.yaml" --policies "$WORK/policies" --log "$WORK/query.log" \
+"${SRV[@]}" "$KORDON" dnsguard --dns-listen 127.0.0.1:$DG_PORT --upstream 127.0.0.1:$NSD_PORT \
+  --workloads "$WORK/workloads.yaml" --policies "$WORK/policies" --query-log "$WORK/query.log" \
   --cache-size 2000000 >"$WORK/dnsguard.out" 2>&1 & DG_PID=$!; PIDS+=($DG_PID)
 
 # --- CoreDNS: forward + cache.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -45,6 +46,7 @@ type controllerFlags struct {
 	alerts        clusterAlertFlags
 	syslog        syslogFlags
 	feed          feedFlags
+	logs          logFlags
 }
 
 // registerTTLFlags adds --ca-ttl and --svid-ttl (kordon controller and
@@ -98,6 +100,7 @@ it when the leader rotates.`,
 	f.alerts.register(fl)
 	f.syslog.register(fl)
 	f.feed.register(fl)
+	f.logs.register(fl)
 	return cmd
 }
 
@@ -151,9 +154,13 @@ func (c *controller) controllerWiring() []func(context.Context) error {
 }
 
 func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) error {
-	c := &controller{service: newService(cmd.ErrOrStderr()), f: f, stderr: cmd.ErrOrStderr(), workloads: workload.NewRegistry(), synced: make(chan struct{})}
+	log, err := f.logs.logger(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	c := &controller{service: newService(log), f: f, stderr: cmd.ErrOrStderr(), workloads: workload.NewRegistry(), synced: make(chan struct{})}
 	defer c.close()
-	var err error
 	if c.clients, err = kube.NewClients(f.kubeconfig); err != nil {
 		return err
 	}

@@ -45,6 +45,7 @@ type devOptions struct {
 	addrFile      string
 	queryLog      string
 	logLevel      string
+	logFormat     string
 	pollInterval  time.Duration
 	caTTL         time.Duration
 	svidTTL       time.Duration
@@ -87,7 +88,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	f.StringVar(&o.stateDir, "state-dir", "", "folder for state kept across restarts (alert log, CA); default: a temporary folder removed at exit")
 	f.StringVar(&o.addrFile, "addr-file", "", "write the addresses in use (dns=, http=, ...) to this file once ready")
 	f.StringVar(&o.queryLog, "query-log", "-", `query log destination: a file, or "-" for stdout`)
-	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	registerLogFlags(f, &o.logLevel, &o.logFormat)
 	f.DurationVar(&o.pollInterval, "poll-interval", devconfig.DefaultInterval, "how often --config is checked for changes")
 	registerTTLFlags(f, &o.caTTL, &o.svidTTL)
 	o.egress.register(f, false)
@@ -162,13 +163,13 @@ type devServer struct {
 // startDev starts every component and returns once all listen and the
 // config is applied. On error everything already started is stopped.
 func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *devServer, err error) {
-	level := new(slog.LevelVar)
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+	log, err := newLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return nil, err
 	}
 	d := &devServer{
 		opts:     o,
-		log:      slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})),
+		log:      log,
 		reg:      prometheus.NewRegistry(),
 		registry: workload.NewRegistry(),
 	}

@@ -21,7 +21,7 @@ import (
 func newDevUpstreamCmd() *cobra.Command {
 	var zonesFile, listen, addrFile string
 	cmd := &cobra.Command{
-		Use:   "upstream --zones FILE [--listen 127.0.0.1:5300]",
+		Use:   "upstream --zones FILE [--dns-listen 127.0.0.1:5300]",
 		Short: "Serve zones from a YAML file as a tiny authoritative DNS server on loopback",
 		Long: `Serve the zones of a YAML file (see internal/demo/authdns/README.md) over UDP and
 TCP, as the upstream of kordon dev, so that no query leaves the machine.
@@ -59,7 +59,8 @@ Port 0 picks a free port; the address is printed (and written to --addr-file).`,
 		},
 	}
 	cmd.Flags().StringVar(&zonesFile, "zones", "", "zone config YAML (required)")
-	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:5300", "address for UDP and TCP (port 0: pick one)")
+	cmd.Flags().StringVar(&listen, "dns-listen", "127.0.0.1:5300", "address for UDP and TCP (port 0: pick one)")
+	deprecatedAlias(cmd.Flags(), "listen", "dns-listen")
 	cmd.Flags().StringVar(&addrFile, "addr-file", "", "write dns=ADDR to this file once listening")
 	_ = cmd.MarkFlagRequired("zones")
 	return cmd

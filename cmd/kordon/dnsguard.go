@@ -60,7 +60,7 @@ func (f *dnsguardFlags) register(cmd *cobra.Command) {
 
 // config builds a dnsguard.Config; the caller sets Registry, QueryLog,
 // Metrics, Logger and Inspector.
-func (f *dnsguardFlags) config() (dnsguard.Config, error) {
+func (f *dnsguardFlags) config(log *slog.Logger) (dnsguard.Config, error) {
 	cfg := dnsguard.Config{
 		Upstreams: f.upstreams, ClusterDNS: f.clusterDNS, ClusterDomain: f.clusterDomain,
 		UnknownClients: dnsguard.UnknownClientPolicy(f.unknown), RateLimit: f.rateLimit, RateBurst: f.rateBurst,
@@ -83,7 +83,7 @@ func (f *dnsguardFlags) config() (dnsguard.Config, error) {
 		if err != nil {
 			return cfg, err
 		}
-		slog.Info("blocklist loaded", "exact", st.Exact, "subtree", st.Subtree, "skipped", st.Skipped, "seconds", time.Since(start).Seconds())
+		log.Info("blocklist loaded", "exact", st.Exact, "subtree", st.Subtree, "skipped", st.Skipped, "seconds", time.Since(start).Seconds())
 		cfg.Blocklist = bl
 	}
 	if f.dohList != "" {
@@ -91,7 +91,7 @@ func (f *dnsguardFlags) config() (dnsguard.Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("--doh-list: %w", err)
 		}
-		slog.Info("doh list loaded", "exact", st.Exact, "subtree", st.Subtree, "skipped", st.Skipped)
+		log.Info("doh list loaded", "exact", st.Exact, "subtree", st.Subtree, "skipped", st.Skipped)
 		cfg.DoHList = dl
 	}
 	return cfg, nil
@@ -117,14 +117,20 @@ func newDNSGuardCmd() *cobra.Command {
 	var listen, workloadsFile, logPath, metricsListen string
 	var policyPaths []string
 	var pprofOn bool
+	var logs logFlags
 	cmd := &cobra.Command{
-		Use:   "dnsguard --listen ADDR --upstream IP:PORT --workloads FILE --policies DIR",
+		Use:   "dnsguard --dns-listen ADDR --upstream IP:PORT --workloads FILE --policies DIR",
 		Short: "Run the filtering DNS resolver on its own",
-		Example: `  kordon dnsguard --listen 127.0.0.1:5353 --upstream 127.0.0.1:5300 \
-    --workloads examples/dev/workloads.yaml --policies examples/dev --log -`,
+		Example: `  kordon dnsguard --dns-listen 127.0.0.1:5353 --upstream 127.0.0.1:5300 \
+    --workloads examples/dev/workloads.yaml --policies examples/dev --query-log -`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := df.config()
+			log, err := logs.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			slog.SetDefault(log)
+			cfg, err := df.config(log)
 			if err != nil {
 				return err
 			}
@@ -149,7 +155,7 @@ func newDNSGuardCmd() *cobra.Command {
 			defer closeLog()
 			promReg := prometheus.NewRegistry()
 			promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			cfg.Registry, cfg.QueryLog, cfg.Metrics = reg, w, promReg
+			cfg.Registry, cfg.QueryLog, cfg.Metrics, cfg.Logger = reg, w, promReg, log
 			srv, err := dnsguard.New(cfg)
 			if err != nil {
 				return err
@@ -205,11 +211,14 @@ func newDNSGuardCmd() *cobra.Command {
 	}
 	df.register(cmd)
 	fl := cmd.Flags()
-	fl.StringVar(&listen, "listen", "127.0.0.1:5353", "address to serve DNS on (udp and tcp)")
+	fl.StringVar(&listen, "dns-listen", "127.0.0.1:5353", "address to serve DNS on (udp and tcp)")
+	deprecatedAlias(fl, "listen", "dns-listen")
 	fl.StringVar(&workloadsFile, "workloads", "", "workloads.yaml: the registry mapping source IPs to workloads")
 	fl.StringArrayVar(&policyPaths, "policies", nil, "EgressPolicy files or directories (repeatable)")
-	fl.StringVar(&logPath, "log", "", "query log: a file, - for stdout, empty for none")
-	fl.StringVar(&metricsListen, "metrics-listen", "", "address for /metrics, /healthz and /readyz (empty: off)")
+	fl.StringVar(&logPath, "query-log", "", "query log: a file, - for stdout, empty for none")
+	deprecatedAlias(fl, "log", "query-log")
+	fl.StringVar(&metricsListen, "metrics-listen", "", "address for /metrics, /healthz and /readyz (empty: off; as kordon node --metrics-listen)")
 	fl.BoolVar(&pprofOn, "pprof", false, "also serve Go profiles under /debug/pprof/ on --metrics-listen (as CoreDNS's pprof plugin)")
+	logs.register(fl)
 	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -37,6 +38,7 @@ type nodeFlags struct {
 	clusterAlerts                                                         bool
 	alertCooldown                                                         time.Duration
 	syslog                                                                syslogFlags
+	logs                                                                  logFlags
 }
 
 func newNodeCmd() *cobra.Command {
@@ -80,7 +82,8 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.StringVar(&f.metricsListen, "metrics-listen", "", "address for /metrics, /healthz and /readyz only, e.g. :9082 for Prometheus on the node's address (empty: off)")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/kordon", "durable state: alert log, webhook cursors, quarantines")
 	fl.StringVar(&f.controllerHTTP, "controller-http", "", "also forward every alert to this controller feed (POST /v1/alerts, https://...:9443 with this agent's SVID over mTLS; for a controller with --alerts-from local)")
-	fl.StringVar(&f.queryLog, "log", "-", "query log: a file, - for stdout, empty for none")
+	fl.StringVar(&f.queryLog, "query-log", "-", "query log: a file, - for stdout, empty for none")
+	deprecatedAlias(fl, "log", "query-log")
 	fl.StringVar(&f.rootNS, "root-namespace", policy.DefaultRootNamespace, "namespace whose EgressPolicies are mesh-wide")
 	f.ef.register(fl, false)
 	registerNodeAuthFlag(fl, &f.httpAuth)
@@ -89,6 +92,7 @@ controller's feed (at least once, buffered on disk while the controller is down)
 	fl.BoolVar(&f.prepareHost, "prepare-host", false, "turn on conntrack accounting in this network namespace and exit (the DaemonSet's privileged init container)")
 	f.wl.register(cmd)
 	f.registerClusterFlags(fl)
+	f.logs.register(fl)
 	return cmd
 }
 
@@ -138,11 +142,15 @@ func (n *nodeAgent) nodeWiring() []func(context.Context) error {
 }
 
 func runNode(ctx context.Context, f nodeFlags, stderr io.Writer) error {
-	n := &nodeAgent{service: newService(stderr), f: f, stderr: stderr,
+	log, err := f.logs.logger(stderr)
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	n := &nodeAgent{service: newService(log), f: f, stderr: stderr,
 		workloads: workload.NewRegistry(), stdout: sharedLines(os.Stdout, 2), synced: make(chan struct{})}
 	defer n.close()
-	var err error
-	if n.cfg, err = f.df.config(); err != nil {
+	if n.cfg, err = f.df.config(log); err != nil {
 		return err
 	}
 	if n.clients, err = kube.NewClients(f.kubeconfig); err != nil {

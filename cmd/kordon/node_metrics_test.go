@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,7 +16,7 @@ import (
 // registry, health and readiness, and none of the agent's other APIs.
 func TestNodeMetricsListen(t *testing.T) {
 	t.Parallel()
-	n := &nodeAgent{service: newService(io.Discard), f: nodeFlags{metricsListen: "127.0.0.1:0"}}
+	n := &nodeAgent{service: newService(slog.New(slog.DiscardHandler)), f: nodeFlags{metricsListen: "127.0.0.1:0"}}
 	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kordon", Name: "test_total", Help: "A test counter."})
 	n.reg.MustRegister(c)
 	c.Add(7)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// service is what kordon controller and kordon node share: a JSON
-// logger, the metrics registry, the HTTP mux (/healthz, /readyz once
+// service is what kordon controller and kordon node share: the logger
+// (--log-level, --log-format), the metrics registry, the HTTP mux (/healthz, /readyz once
 // ready is set, /metrics, and what the wiring mounts), the parts that run
 // together (internal/run) and the closers that release what they used.
 type service struct {
@@ -32,8 +31,8 @@ type service struct {
 	closers []func() error
 }
 
-func newService(stderr io.Writer) *service {
-	s := &service{log: slog.New(slog.NewJSONHandler(stderr, nil)), reg: prometheus.NewRegistry()}
+func newService(log *slog.Logger) *service {
+	s := &service{log: log, reg: prometheus.NewRegistry()}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.mux = serviceMux(s.reg, &s.ready)
 	return s
