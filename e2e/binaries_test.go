@@ -61,6 +61,14 @@ func freeAddr(t *testing.T) string {
 // startProcess runs the binary and stops it at the end of the test.
 func startProcess(t *testing.T, bin string, args ...string) *syncBuffer {
 	t.Helper()
+	_, out := startProcessCmd(t, bin, args...)
+	return out
+}
+
+// startProcessCmd is startProcess that also returns the command (to kill
+// it before the end of the test).
+func startProcessCmd(t *testing.T, bin string, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
 	var out syncBuffer
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -81,7 +89,7 @@ func startProcess(t *testing.T, bin string, args ...string) *syncBuffer {
 			t.Logf("%s output:\n%s", args[0], out.String())
 		}
 	})
-	return &out
+	return cmd, &out
 }
 
 func waitReady(t *testing.T, url string) {

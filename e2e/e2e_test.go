@@ -170,6 +170,24 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// installGVRs maps the kinds of install.yaml to their resources.
+var installGVRs = map[string]schema.GroupVersionResource{
+	"Namespace":                        {Version: "v1", Resource: "namespaces"},
+	"ServiceAccount":                   {Version: "v1", Resource: "serviceaccounts"},
+	"Service":                          {Version: "v1", Resource: "services"},
+	"ClusterRole":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	"ClusterRoleBinding":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+	"Role":                             {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+	"RoleBinding":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+	"Deployment":                       {Group: "apps", Version: "v1", Resource: "deployments"},
+	"DaemonSet":                        {Group: "apps", Version: "v1", Resource: "daemonsets"},
+	"PodDisruptionBudget":              {Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"},
+	"NetworkPolicy":                    {Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"},
+	"CustomResourceDefinition":         {Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"},
+	"ValidatingAdmissionPolicy":        {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"},
+	"ValidatingAdmissionPolicyBinding": {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"},
+}
+
 // TestInstallManifests: every object of install.yaml passes server-side
 // validation (a dry-run create) on a real API server.
 func TestInstallManifests(t *testing.T) {
@@ -178,22 +196,6 @@ func TestInstallManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	mapping := map[string]schema.GroupVersionResource{
-		"Namespace":                        {Version: "v1", Resource: "namespaces"},
-		"ServiceAccount":                   {Version: "v1", Resource: "serviceaccounts"},
-		"Service":                          {Version: "v1", Resource: "services"},
-		"ClusterRole":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
-		"ClusterRoleBinding":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-		"Role":                             {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
-		"RoleBinding":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
-		"Deployment":                       {Group: "apps", Version: "v1", Resource: "deployments"},
-		"DaemonSet":                        {Group: "apps", Version: "v1", Resource: "daemonsets"},
-		"PodDisruptionBudget":              {Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"},
-		"NetworkPolicy":                    {Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"},
-		"CustomResourceDefinition":         {Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"},
-		"ValidatingAdmissionPolicy":        {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"},
-		"ValidatingAdmissionPolicyBinding": {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"},
-	}
 	// The namespace must exist for namespaced dry-runs.
 	_, err = clients.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: manifests.Namespace}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
@@ -201,7 +203,7 @@ func TestInstallManifests(t *testing.T) {
 	}
 	for _, o := range objs {
 		u := &unstructured.Unstructured{Object: o}
-		gvr, ok := mapping[u.GetKind()]
+		gvr, ok := installGVRs[u.GetKind()]
 		if !ok {
 			t.Fatalf("no mapping for %s", u.GetKind())
 		}

@@ -21,13 +21,20 @@ import (
 // returns its output, its issuance address and its HTTP address.
 func startController(t *testing.T, bin, kubeconfig, ns, name string, extra ...string) (*syncBuffer, string, string) {
 	t.Helper()
-	httpAddr, issuance := freeAddr(t), freeAddr(t)
-	args := append([]string{"controller", "--kubeconfig", kubeconfig, "--namespace", ns, "--root-namespace", ns,
-		"--xds-listen", "127.0.0.1:0", "--issuance-listen", issuance, "--http-listen", httpAddr,
-		"--alerts-dir", t.TempDir(), "--pod-name", name, "--feed-listen", "127.0.0.1:0"}, extra...)
+	args, issuance, httpAddr, _ := controllerArgs(t, kubeconfig, ns, name, extra...)
 	out := startProcess(t, bin, args...)
 	waitReady(t, "http://"+httpAddr+"/readyz")
 	return out, issuance, httpAddr
+}
+
+// controllerArgs are the arguments of one controller replica in ns, with
+// its issuance, HTTP and feed addresses.
+func controllerArgs(t *testing.T, kubeconfig, ns, name string, extra ...string) (args []string, issuance, httpAddr, feed string) {
+	httpAddr, issuance, feed = freeAddr(t), freeAddr(t), freeAddr(t)
+	args = append([]string{"controller", "--kubeconfig", kubeconfig, "--namespace", ns, "--root-namespace", ns,
+		"--xds-listen", "127.0.0.1:0", "--issuance-listen", issuance, "--http-listen", httpAddr,
+		"--alerts-dir", t.TempDir(), "--pod-name", name, "--feed-listen", feed}, extra...)
+	return args, issuance, httpAddr, feed
 }
 
 func leaseHolder(t *testing.T, ns string) string {
