@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -31,6 +32,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 var (
@@ -207,14 +209,21 @@ func TestInstallManifests(t *testing.T) {
 		if !ok {
 			t.Fatalf("no mapping for %s", u.GetKind())
 		}
-		ri := clients.Dynamic.Resource(gvr)
-		var err error
-		if u.GetNamespace() != "" {
-			_, err = ri.Namespace(u.GetNamespace()).Create(ctx, u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
-		} else {
-			_, err = ri.Create(ctx, u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
+		// A server-side apply dry-run (kubectl apply --server-side
+		// --dry-run=server) validates whether or not another test created
+		// the object already.
+		body, err := json.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if err != nil && !(apierrors.IsAlreadyExists(err) && (u.GetKind() == "Namespace" || u.GetKind() == "CustomResourceDefinition")) {
+		force := true
+		opts := metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict", FieldManager: "kordon-e2e", Force: &force}
+		if u.GetNamespace() != "" {
+			_, err = clients.Dynamic.Resource(gvr).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
+		} else {
+			_, err = clients.Dynamic.Resource(gvr).Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
+		}
+		if err != nil {
 			t.Errorf("%s %s: %v", u.GetKind(), u.GetName(), err)
 		}
 	}
