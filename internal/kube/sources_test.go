@@ -53,7 +53,10 @@ func TestWorkloadFromPod(t *testing.T) {
 		{name: "PodIP only (older kubelets)", pod: testPod(func(p *corev1.Pod) { p.Status.PodIPs = nil }),
 			want: &workload.Workload{Namespace: "shop", Name: "echo-0", ServiceAccount: "echo", Labels: map[string]string{"app": "echo"},
 				IPs: addrs("10.0.0.5"), Node: "node-a", UID: "uid-1"}},
-		{name: "unparseable address ignored", pod: testPod(func(p *corev1.Pod) { p.Status.PodIPs = []corev1.PodIP{{IP: "10.0.0.5/24"}, {IP: "fd00::5"}}; p.Status.PodIP = "" }),
+		{name: "unparseable address ignored", pod: testPod(func(p *corev1.Pod) {
+			p.Status.PodIPs = []corev1.PodIP{{IP: "10.0.0.5/24"}, {IP: "fd00::5"}}
+			p.Status.PodIP = ""
+		}),
 			want: &workload.Workload{Namespace: "shop", Name: "echo-0", ServiceAccount: "echo", Labels: map[string]string{"app": "echo"},
 				IPs: addrs("fd00::5"), Node: "node-a", UID: "uid-1"}},
 		{name: "pending, no address yet", pod: testPod(func(p *corev1.Pod) { p.Status = corev1.PodStatus{Phase: corev1.PodPending} }),
