@@ -114,9 +114,10 @@ func TestControllerAndNodeAgent(t *testing.T) {
 	kubeconfig := writeKubeconfig(t)
 	sysNS := newNamespace(t)
 	ctrlHTTP, ctrlIssuance, ctrlFeed := freeAddr(t), freeAddr(t), freeAddr(t)
+	ctrlSIEM, nodeSIEM := startSyslogReceiver(t), startSyslogReceiver(t)
 	startProcess(t, bin, "controller", "--kubeconfig", kubeconfig, "--namespace", sysNS, "--root-namespace", sysNS,
 		"--xds-listen", "127.0.0.1:0", "--issuance-listen", ctrlIssuance, "--http-listen", ctrlHTTP, "--feed-listen", ctrlFeed,
-		"--alerts-dir", t.TempDir(), "--pod-name", "controller-0")
+		"--alerts-dir", t.TempDir(), "--pod-name", "controller-0", "--syslog", "tcp://"+ctrlSIEM.addr)
 	waitReady(t, "http://"+ctrlHTTP+"/readyz")
 
 	ns := newNamespace(t)
@@ -166,7 +167,8 @@ spec:
 	dnsAddr, nodeHTTP := freeAddr(t), freeAddr(t)
 	startProcess(t, bin, "node", "--kubeconfig", kubeconfig, "--node", "node-e2e", "--dns-listen", dnsAddr, "--upstream", upstream,
 		"--http-listen", nodeHTTP, "--state-dir", t.TempDir(), "--root-namespace", sysNS, "--query-log", "",
-		"--workload-api-socket", socket, "--token-file", tokenFile, "--controller-issuance", ctrlIssuance, "--namespace", sysNS, "--proc-root", procRoot)
+		"--workload-api-socket", socket, "--token-file", tokenFile, "--controller-issuance", ctrlIssuance, "--namespace", sysNS, "--proc-root", procRoot,
+		"--syslog", "tcp://"+nodeSIEM.addr)
 	waitReady(t, "http://"+nodeHTTP+"/readyz")
 	// The agent's own alert and quarantine routes need a token too
 	// (hostNetwork pods share its loopback); probes stay open.
@@ -252,6 +254,11 @@ spec:
 		}
 		return false
 	})
+	// Both the node agent's feed and the controller's leader (cluster
+	// alerts) send it to their SIEM as RFC 5424 syslog.
+	for _, r := range []*syslogReceiver{nodeSIEM, ctrlSIEM} {
+		r.waitFor(t, "the alert over syslog", " kordon - exfiltration [kordon@32473 ", `namespace="`+ns+`"`, `pod="worker-1"`, `domain="reports.example"`)
+	}
 	eventually(t, 30*time.Second, "a Warning Event on the offending pod", func() bool {
 		for _, r := range podEventReasons(t, ns, "worker-1") {
 			if r == "DNSExfiltration" {

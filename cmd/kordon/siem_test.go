@@ -2,15 +2,14 @@ package main
 
 import (
 	"bufio"
-	"io"
 	"net"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	dnstap "github.com/dnstap/golang-dnstap"
+	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/miekg/dns"
 	"google.golang.org/protobuf/proto"
 )
@@ -55,20 +54,11 @@ func TestDevDnstapAndSyslogFlags(t *testing.T) {
 		defer conn.Close()
 		r := bufio.NewReader(conn)
 		for {
-			n, err := r.ReadString(' ')
+			m, err := alert.ReadSyslogFrame(r)
 			if err != nil {
 				return
 			}
-			l, err := strconv.Atoi(strings.TrimSpace(n))
-			if err != nil {
-				t.Errorf("octet count %q", n)
-				return
-			}
-			b := make([]byte, l)
-			if _, err := io.ReadFull(r, b); err != nil {
-				return
-			}
-			msgs <- string(b)
+			msgs <- m
 		}
 	}()
 	h := startDevHarnessWith(t, func(string) {}, func(o *devOptions) {

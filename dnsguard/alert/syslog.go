@@ -1,11 +1,13 @@
 package alert
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strconv"
@@ -367,4 +369,32 @@ func appendHeaderField(b []byte, v string, limit int) []byte {
 		b = append(b, '-')
 	}
 	return b
+}
+
+// ReadSyslogFrame reads one RFC 6587 octet-counted frame ("<length>
+// <message>") from r and returns the message: what a receiver of
+// SyslogFrame does. Lengths above 1 MiB are rejected.
+func ReadSyslogFrame(r *bufio.Reader) (string, error) {
+	n := 0
+	for digits := 0; ; digits++ {
+		c, err := r.ReadByte()
+		if err != nil {
+			return "", err
+		}
+		if c == ' ' && digits > 0 {
+			break
+		}
+		if c < '0' || c > '9' || digits == 7 || (digits == 0 && c == '0') {
+			return "", fmt.Errorf("alert: syslog frame: bad octet count at byte %d", digits)
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n > 1<<20 {
+		return "", fmt.Errorf("alert: syslog frame: %d octets is more than 1 MiB", n)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", err
+	}
+	return string(b), nil
 }

@@ -1,6 +1,7 @@
 package alert
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -338,4 +339,48 @@ func TestSyslogTLSToRsyslog(t *testing.T) {
 	if n := testutil.ToFloat64(f.metrics.delivered.WithLabelValues("wrong-ca", "ok")); n != 0 {
 		t.Errorf("wrong CA delivered %v alerts", n)
 	}
+}
+
+func TestReadSyslogFrame(t *testing.T) {
+	t.Parallel()
+	a := Alert{ID: 3, Kind: KindBlocked, Severity: "low", Domain: "x.example", Time: time.Unix(0, 0)}
+	f1, _ := SyslogFrame(a, SyslogSDJSON, 13, "-")
+	a.ID = 4
+	f2, _ := SyslogFrame(a, SyslogSD, 13, "-")
+	r := bufio.NewReader(bytes.NewReader(append(f1, f2...)))
+	for _, want := range [][]byte{f1, f2} {
+		m, err := ReadSyslogFrame(r)
+		if err != nil || m == "" || !bytes.HasSuffix(want, []byte(m)) || len(want) != len(m)+len(strconv.Itoa(len(m)))+1 {
+			t.Fatalf("read %q, %v", m, err)
+		}
+	}
+	for _, tc := range []struct{ in, err string }{
+		{"12x", "alert: syslog frame: bad octet count at byte 2"},
+		{" 1 a", "alert: syslog frame: bad octet count at byte 0"},
+		{"012 a", "alert: syslog frame: bad octet count at byte 0"},
+		{"99999999 a", "alert: syslog frame: bad octet count at byte 7"},
+		{"2000000 a", "alert: syslog frame: 2000000 octets is more than 1 MiB"},
+		{"5 abc", "unexpected EOF"},
+	} {
+		if _, err := ReadSyslogFrame(bufio.NewReader(strings.NewReader(tc.in))); err == nil || err.Error() != tc.err {
+			t.Errorf("%q: %v, want %s", tc.in, err, tc.err)
+		}
+	}
+}
+
+func FuzzReadSyslogFrame(f *testing.F) {
+	f.Add([]byte("5 hello3 abc"))
+	f.Add([]byte("0 "))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bufio.NewReader(bytes.NewReader(b))
+		for i := 0; i < 100; i++ {
+			m, err := ReadSyslogFrame(r)
+			if err != nil {
+				return
+			}
+			if len(m) > len(b) {
+				t.Fatalf("message of %d bytes from %d", len(m), len(b))
+			}
+		}
+	})
 }
