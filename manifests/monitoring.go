@@ -2,7 +2,9 @@ package manifests
 
 import (
 	_ "embed"
+	"encoding/json"
 	"fmt"
+	"strings"
 
 	"sigs.k8s.io/yaml"
 )
@@ -53,4 +55,78 @@ func monitoringObjects() ([]map[string]any, error) {
 		{"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("kordon-grafana-dashboard", true, map[string]any{"grafana_dashboard": "1"}),
 			"data": map[string]any{"kordon.json": string(Dashboard)}},
 	}, nil
+}
+
+// DashboardQueries returns every PromQL expression of the Grafana
+// dashboard (panel targets and template variable queries), with Grafana's
+// variables replaced so that each is plain PromQL.
+func DashboardQueries(dashboard []byte) ([]string, error) {
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+		Templating struct {
+			List []struct {
+				Type  string `json:"type"`
+				Query any    `json:"query"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(dashboard, &d); err != nil {
+		return nil, fmt.Errorf("dashboard: %w", err)
+	}
+	grafana := strings.NewReplacer("$__rate_interval", "5m", "$__interval", "1m", "$__range", "1h", "$instance", ".*")
+	var out []string
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			if tg.Expr == "" {
+				return nil, fmt.Errorf("dashboard: panel %q: a target without expr", p.Title)
+			}
+			out = append(out, grafana.Replace(tg.Expr))
+		}
+	}
+	for _, v := range d.Templating.List {
+		if v.Type != "query" {
+			continue
+		}
+		q, _ := v.Query.(map[string]any)
+		s, _ := q["query"].(string)
+		// label_values(metric, label) is Grafana's, not PromQL: the
+		// metric is the query.
+		if m, ok := strings.CutPrefix(s, "label_values("); ok {
+			s, _, _ = strings.Cut(m, ",")
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// RuleQueries returns the expression of every rule of PrometheusRule.
+func RuleQueries() ([]string, error) {
+	var pr struct {
+		Spec struct {
+			Groups []struct {
+				Rules []struct {
+					Alert string `json:"alert"`
+					Expr  string `json:"expr"`
+				} `json:"rules"`
+			} `json:"groups"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(PrometheusRule, &pr); err != nil {
+		return nil, fmt.Errorf("manifests: monitoring/prometheusrule.yaml: %w", err)
+	}
+	var out []string
+	for _, g := range pr.Spec.Groups {
+		for _, r := range g.Rules {
+			if r.Expr == "" {
+				return nil, fmt.Errorf("manifests: monitoring/prometheusrule.yaml: rule %s has no expr", r.Alert)
+			}
+			out = append(out, r.Expr)
+		}
+	}
+	return out, nil
 }
