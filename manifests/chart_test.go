@@ -190,6 +190,7 @@ func TestChartValues(t *testing.T) {
 			"dns":            map[string]any{"address": "169.254.0.53", "upstream": "10.0.0.10:53", "blockRcode": "REFUSED"},
 			"egressFirewall": map[string]any{"podCIDR": "10.1.0.0/16", "serviceCIDR": "10.2.0.0/16", "extraInternalCIDRs": []any{"192.0.2.0/24"}, "ttlGrace": "2m"},
 			"metricsPort":    9082,
+			"detection":      map[string]any{"alertCooldown": "30m"},
 		},
 		"monitoring": map[string]any{
 			"serviceMonitor": map[string]any{"enabled": true, "labels": map[string]any{"release": "prom"}},
@@ -215,7 +216,7 @@ func TestChartValues(t *testing.T) {
 	}
 	node := container(t, objs[ds], "node")
 	args := strings.Join(strs(node["args"]), " ")
-	for _, want := range []string{"--dns-listen=169.254.0.53:53", "--block-rcode=REFUSED", "--egress-firewall", "--internal-cidr=$(POD_CIDR) --internal-cidr=$(SERVICE_CIDR)", "--egress-ttl-grace=2m", "--internal-cidr=192.0.2.0/24", "--metrics-listen=:9082"} {
+	for _, want := range []string{"--dns-listen=169.254.0.53:53", "--block-rcode=REFUSED", "--egress-firewall", "--internal-cidr=$(POD_CIDR) --internal-cidr=$(SERVICE_CIDR)", "--egress-ttl-grace=2m", "--internal-cidr=192.0.2.0/24", "--metrics-listen=:9082", "--alert-cooldown=30m"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("node args %q lack %q", args, want)
 		}
