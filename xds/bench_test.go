@@ -92,9 +92,13 @@ func newScaleWorld(b *testing.B) *scaleWorld {
 		b.Fatal(err)
 	}
 	w := &scaleWorld{reg: reg, srv: srv, gens: make([]int, scalePods), rng: rand.New(rand.NewPCG(1, 2))}
+	pods := make([]*workload.Workload, scalePods)
+	for i := range pods {
+		pods[i] = scalePod(i, 0)
+	}
 	start, cpu := time.Now(), cpuTime()
-	for i := range scalePods {
-		reg.Upsert(scalePod(i, 0))
+	for _, p := range pods {
+		reg.Upsert(p)
 	}
 	srv.onRegistryChange()
 	b.Logf("registry sync of %d pods, applied to xDS's endpoint index: %.2f s (%.2f CPU-s)", scalePods, time.Since(start).Seconds(), (cpuTime() - cpu).Seconds())

@@ -7,7 +7,9 @@
 // API (internal/kube). Lookups take no lock: they read an immutable index
 // swapped atomically on every change. A change builds the next index from
 // the last with persistent hash tries (O(log n) a pod event) rather than
-// rebuilding it.
+// rebuilding it. Consumers that derive state from the registry (xDS's
+// endpoint index) ask Changes for what changed since their last Cursor,
+// in O(changes).
 package workload
 
 import (
