@@ -6,23 +6,15 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"syscall"
 
+	agents "github.com/kordon-dev/kordon/internal/handover"
 	"golang.org/x/sys/unix"
 )
 
 // reusePortConfig binds UDP sockets and TCP listeners with SO_REUSEPORT,
 // so a second resolver process (the next version, during a rolling
 // update) can bind the same address beside this one.
-var reusePortConfig = net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-	var serr error
-	if err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	}); err != nil {
-		return err
-	}
-	return serr
-}}
+var reusePortConfig = agents.ReusePort
 
 // reusePortSiblings opens up to n more UDP sockets on pc's address when
 // pc has SO_REUSEPORT; none otherwise (a socket a caller bound without it

@@ -23,6 +23,7 @@ import (
 	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/internal/demo/authdns"
 	"github.com/kordon-dev/kordon/internal/devconfig"
+	"github.com/kordon-dev/kordon/internal/handover"
 	"github.com/kordon-dev/kordon/internal/run"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
@@ -149,6 +150,10 @@ type devServer struct {
 	applied *devconfig.Snapshot
 
 	ready atomic.Bool
+	// member is this process among the kordon dev processes of its
+	// network namespace (internal/handover): superseded, it answers
+	// /readyz 503 and leaves the nftables table to its successor.
+	member *handover.Member
 	// parts run from the end of startDev until Shutdown cancels runCtx
 	// (or one fails); done is closed, and runErr set, when all returned.
 	parts  run.Group
@@ -186,6 +191,9 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	}()
 
 	if err := d.openStateDir(); err != nil {
+		return d, err
+	}
+	if err := d.joinHandover(); err != nil {
 		return d, err
 	}
 	if err := d.startUpstream(); err != nil {
@@ -271,6 +279,11 @@ func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 	if err := d.dns.SetPolicies(s.Policies); err != nil {
 		return fmt.Errorf("dnsguard: %w", err)
 	}
+	// The workloads before the firewall's policies: evaluated against an
+	// empty registry (the first snapshot), the policies would take every
+	// workload out of a table adopted from a predecessor still enforcing
+	// it (a handover), and their learned grants with them.
+	d.registry.Replace(s.Workloads)
 	if d.egress != nil {
 		if err := d.egress.SetPolicies(s.Policies, policy.DefaultRootNamespace, ""); err != nil {
 			return fmt.Errorf("egress firewall: %w", err)
@@ -283,7 +296,6 @@ func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 		return err
 	}
 	d.xds.SetPolicies(s.Policies)
-	d.registry.Replace(s.Workloads)
 	if err := d.sockets.sync(d.runCtx, s.Workloads); err != nil {
 		return err
 	}
@@ -313,7 +325,7 @@ func (d *devServer) newXDS() error {
 }
 
 func (d *devServer) startXDS() error {
-	l, err := listenLoopback("tcp", d.opts.xdsListen)
+	l, err := listenLoopback(d.opts.xdsListen)
 	if err != nil {
 		return fmt.Errorf("--xds-listen: %w", err)
 	}
@@ -421,8 +433,9 @@ func (d *devServer) startEgress(ctx context.Context) error {
 		return err
 	}
 	d.egress = st
-	// kordon dev leaves nothing behind: the table goes at exit.
-	d.closers = append(d.closers, func(context.Context) error { return st.Stop(true) })
+	// kordon dev leaves nothing behind: the table goes at exit, unless a
+	// successor (or predecessor) beside this process still uses it.
+	d.closers = append(d.closers, func(context.Context) error { return st.Stop(d.member.Alone()) })
 	return nil
 }
 
@@ -458,11 +471,13 @@ func checkLoopback(addr string) error {
 
 // listenLoopback listens on addr, which must be a loopback address: dev
 // mode serves without authentication.
-func listenLoopback(network, addr string) (net.Listener, error) {
+func listenLoopback(addr string) (net.Listener, error) {
 	if err := checkLoopback(addr); err != nil {
 		return nil, err
 	}
-	return net.Listen(network, addr)
+	// SO_REUSEPORT: a successor binds the same fixed ports beside this
+	// process (internal/handover).
+	return handover.ListenTCP(addr)
 }
 
 func (d *devServer) openStateDir() error {
@@ -507,7 +522,7 @@ func (d *devServer) startUpstream() error {
 }
 
 func (d *devServer) startHTTP() error {
-	l, err := listenLoopback("tcp", d.opts.httpListen)
+	l, err := listenLoopback(d.opts.httpListen)
 	if err != nil {
 		return fmt.Errorf("--http-listen: %w", err)
 	}
@@ -516,8 +531,8 @@ func (d *devServer) startHTTP() error {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !d.ready.Load() {
-			http.Error(w, "starting", http.StatusServiceUnavailable)
+		if !d.ready.Load() || d.member.Superseded() {
+			http.Error(w, "starting or superseded", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ok\n")

@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kordon-dev/kordon/identity"
+	"github.com/kordon-dev/kordon/internal/handover"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -258,8 +258,7 @@ func (s *devSockets) sync(ctx context.Context, ws []*workload.Workload) error {
 	for key, sock := range s.serving {
 		if !keep[key] {
 			sock.cancel()
-			<-sock.done
-			_ = os.Remove(sock.path)
+			<-sock.done // Serve closed the listener, which removed its path
 			delete(s.serving, key)
 		}
 	}
@@ -284,8 +283,9 @@ func (s *devSockets) open(ctx context.Context, namespace, name string) error {
 		return err
 	}
 	path := s.socketPath(namespace, name)
-	_ = os.Remove(path) // a socket left by a killed run
-	ln, err := net.Listen("unix", path)
+	// Bound beside a predecessor's socket and renamed over it (a socket
+	// left by a killed run is replaced the same way).
+	ln, err := handover.ListenUnix(path, 0o777)
 	if err != nil {
 		return fmt.Errorf("workload API socket for %s: %w", key, err)
 	}
@@ -307,8 +307,9 @@ func (s *devSockets) close(context.Context) error {
 	defer s.mu.Unlock()
 	for key, sock := range s.serving {
 		sock.cancel()
+		// Serve closed the listener, which removed its path unless a
+		// successor's socket replaced it.
 		<-sock.done
-		_ = os.Remove(sock.path)
 		delete(s.serving, key)
 	}
 	return nil

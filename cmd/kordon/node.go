@@ -129,6 +129,7 @@ type nodeAgent struct {
 // together once every step is done.
 func (n *nodeAgent) nodeWiring() []func(context.Context) error {
 	return []func(context.Context) error{
+		n.wireHandover,
 		n.wireFeed,
 		n.wireEgress,
 		n.wireQuarantines,

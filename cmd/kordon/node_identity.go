@@ -5,13 +5,13 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/kordon-dev/kordon/identity"
+	"github.com/kordon-dev/kordon/internal/handover"
 	"github.com/kordon-dev/kordon/internal/kube"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/spf13/cobra"
@@ -108,14 +108,12 @@ func (a *nodeWorkloadAPI) Run(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(w.socket), 0o755); err != nil {
 		return err
 	}
-	_ = os.Remove(w.socket) // a stale socket from a previous run
-	ln, err := net.Listen("unix", w.socket)
+	// Bound on a temporary name and renamed over the socket of the agent
+	// it succeeds (or a stale one): pods connecting meanwhile find one of
+	// the two. Pods mount the directory; the API itself attests every
+	// caller.
+	ln, err := handover.ListenUnix(w.socket, 0o777)
 	if err != nil {
-		return err
-	}
-	// Pods mount the directory; the API itself attests every caller.
-	if err := os.Chmod(w.socket, 0o777); err != nil {
-		ln.Close()
 		return err
 	}
 	close(a.listening)

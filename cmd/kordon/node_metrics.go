@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"time"
 
@@ -17,11 +16,11 @@ func (n *nodeAgent) wireMetrics(context.Context) error {
 	if n.f.metricsListen == "" {
 		return nil
 	}
-	ln, err := net.Listen("tcp", n.f.metricsListen)
+	ln, err := n.listen(n.f.metricsListen)
 	if err != nil {
 		return err
 	}
 	n.metricsLn = ln
-	n.parts.Add("metrics http", run.HTTPServer(&http.Server{Handler: serviceMux(n.reg, &n.ready), ReadHeaderTimeout: 5 * time.Second}, ln, 0))
+	n.parts.Add("metrics http", run.HTTPServer(&http.Server{Handler: serviceMux(n.reg, n.isReady), ReadHeaderTimeout: 5 * time.Second}, ln, 0))
 	return nil
 }

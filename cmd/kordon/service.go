@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kordon-dev/kordon/internal/handover"
 	"github.com/kordon-dev/kordon/internal/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -25,6 +26,10 @@ type service struct {
 	mux    *http.ServeMux
 	ready  atomic.Bool
 	httpLn net.Listener
+	// member is set by a process that hands over to a successor beside
+	// it (kordon node): its listeners bind with SO_REUSEPORT and /readyz
+	// answers 503 once a newer generation runs (internal/handover).
+	member *handover.Member
 
 	parts run.Group
 	// closers run in reverse order after every part has returned.
@@ -34,7 +39,7 @@ type service struct {
 func newService(log *slog.Logger) *service {
 	s := &service{log: log, reg: prometheus.NewRegistry()}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s.mux = serviceMux(s.reg, &s.ready)
+	s.mux = serviceMux(s.reg, s.isReady)
 	return s
 }
 
@@ -50,7 +55,7 @@ func (s *service) wire(ctx context.Context, steps []func(context.Context) error)
 
 // listenHTTP binds addr and adds the HTTP server of mux to the parts.
 func (s *service) listenHTTP(addr string) error {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := s.listen(addr)
 	if err != nil {
 		return err
 	}
@@ -58,6 +63,20 @@ func (s *service) listenHTTP(addr string) error {
 	s.parts.Add("http", run.HTTPServer(&http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second}, ln, 0))
 	return nil
 }
+
+// listen binds a TCP address, with SO_REUSEPORT when the process hands
+// over to a successor.
+func (s *service) listen(addr string) (net.Listener, error) {
+	if s.member != nil {
+		return handover.ListenTCP(addr)
+	}
+	return net.Listen("tcp", addr)
+}
+
+// isReady is what /readyz answers: ready is set and no newer generation
+// of this agent runs beside it (with SO_REUSEPORT either may answer a
+// probe, so a 200 must mean the newest agent is ready).
+func (s *service) isReady() bool { return s.ready.Load() && !s.member.Superseded() }
 
 // close runs the closers, last added first.
 func (s *service) close() {
@@ -68,14 +87,14 @@ func (s *service) close() {
 	}
 }
 
-// serviceMux serves /metrics from reg, /healthz, and /readyz once ready
-// is set; callers add their own APIs.
-func serviceMux(reg *prometheus.Registry, ready *atomic.Bool) *http.ServeMux {
+// serviceMux serves /metrics from reg, /healthz, and /readyz while ready
+// reports true; callers add their own APIs.
+func serviceMux(reg *prometheus.Registry, ready func() bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
+		if !ready() {
 			http.Error(w, "starting", http.StatusServiceUnavailable)
 			return
 		}

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -214,7 +215,10 @@ type Logger struct {
 
 	events *eventConn // conntrack events
 	dump   *dumpConn  // Dump and Get
-	nflog  *nflogConn
+	// nflog is the NFLOG group's socket; nil while another process (the
+	// agent this one succeeds) holds the group: readNFLOG binds it once
+	// that one lets go.
+	nflog atomic.Pointer[nflogConn]
 
 	ownTable bool // New added table inet kordon-flowlog
 
@@ -255,10 +259,19 @@ func New(cfg Config) (*Logger, error) {
 		l.events.Close()
 		return nil, err
 	}
-	if l.nflog, err = dialNFLOG(cfg.NetNSFd, nflogGroup); err != nil {
+	nfl, err := dialNFLOG(cfg.NetNSFd, nflogGroup)
+	switch {
+	case errors.Is(err, errGroupBusy):
+		// Why not fail: during a rolling update the previous agent runs
+		// beside this one and logs the blocked attempts until it exits
+		// (one group has one listener); readNFLOG takes over then.
+		l.log.Info("nflog group held by another process; blocked attempts are logged by it until it exits", "group", nflogGroup)
+	case err != nil:
 		l.events.Close()
 		l.dump.Close()
 		return nil, err
+	default:
+		l.nflog.Store(nfl)
 	}
 	if !cfg.NoConntrackTable {
 		// After the event socket exists: the first connections tracked
@@ -339,7 +352,9 @@ func (l *Logger) Close() error {
 func (l *Logger) closeSockets() {
 	l.events.Close()
 	l.dump.Close()
-	l.nflog.Close()
+	if n := l.nflog.Load(); n != nil {
+		n.Close()
+	}
 	if l.ownTable {
 		if err := removeConntrackTable(l.cfg.NetNSFd); err != nil {
 			l.log.Warn("cannot remove conntrack table", "table", "inet "+conntrackTable, "error", err)

@@ -35,6 +35,9 @@ const (
 	nfulaPrefix    = 10
 )
 
+// errGroupBusy: another socket (another agent) holds the NFLOG group.
+var errGroupBusy = errors.New("group held by another process")
+
 // nflogGroup is kordon's log group.
 const nflogGroup = egress.LogGroup
 
@@ -71,6 +74,11 @@ func dialNFLOG(nsfd int, group uint16) (*nflogConn, error) {
 	}
 	if err := n.config(netfilter.ProtoUnspec, group, cmdAttr(nfulnlCfgCmdBind)); err != nil {
 		c.Close()
+		if errors.Is(err, unix.EPERM) {
+			// nfnetlink_log answers EPERM when another socket owns the
+			// group (we hold CAP_NET_ADMIN, or PF_BIND had failed).
+			return nil, fmt.Errorf("flowlog: nflog: bind group %d: %w", group, errGroupBusy)
+		}
 		return nil, fmt.Errorf("flowlog: nflog: bind group %d: %w", group, err)
 	}
 	mode := make([]byte, 6) // struct nfulnl_msg_config_mode

@@ -2,6 +2,7 @@ package flowlog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -227,10 +228,17 @@ func (l *Logger) readEvents(ctx context.Context, out chan<- []conntrack.Event, o
 	}
 }
 
-// readNFLOG receives logged packets until the socket is closed.
+// readNFLOG receives logged packets until the socket is closed, first
+// binding the group if another process held it at New.
 func (l *Logger) readNFLOG(ctx context.Context, out chan<- []logPacket, fatal chan<- error) {
+	n := l.nflog.Load()
+	if n == nil {
+		if n = l.waitNFLOG(ctx, fatal); n == nil {
+			return
+		}
+	}
 	for {
-		pkts, err := l.nflog.receive(nil)
+		pkts, err := n.receive(nil)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -252,6 +260,41 @@ func (l *Logger) readNFLOG(ctx context.Context, out chan<- []logPacket, fatal ch
 		case <-ctx.Done():
 			return
 		}
+	}
+}
+
+// nflogRetry is how often a group held by another process is tried again.
+const nflogRetry = 250 * time.Millisecond
+
+// waitNFLOG binds the NFLOG group once the process holding it (the agent
+// this one succeeds) let go; nil when ctx ends first or binding fails
+// otherwise (reported on fatal).
+func (l *Logger) waitNFLOG(ctx context.Context, fatal chan<- error) *nflogConn {
+	t := time.NewTicker(nflogRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		n, err := dialNFLOG(l.cfg.NetNSFd, nflogGroup)
+		if errors.Is(err, errGroupBusy) {
+			continue
+		}
+		if err != nil {
+			fatal <- err
+			return nil
+		}
+		// Stored before ctx is checked: Run cancels ctx before
+		// closeSockets, so either this closes n or closeSockets does.
+		l.nflog.Store(n)
+		if ctx.Err() != nil {
+			n.Close()
+			return nil
+		}
+		l.log.Info("nflog group bound", "group", nflogGroup)
+		return n
 	}
 }
 
