@@ -67,6 +67,28 @@ func WriteBundleFile(dir string, bundlePEM []byte) error {
 	return nil
 }
 
+// ReadSVIDFiles reads the chain and then the bundle of a file set written
+// by WriteSVIDFiles (the order in which a reader that checks one against
+// the other would).
+func ReadSVIDFiles(dir string) (*SVID, []byte, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, CertFile))
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity: %w", err)
+	}
+	bundle, err := os.ReadFile(filepath.Join(dir, BundleFile))
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity: %w", err)
+	}
+	chain, err := parsePEMCerts(certPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity: %s: %w", CertFile, err)
+	}
+	if len(chain) == 0 {
+		return nil, nil, fmt.Errorf("identity: no certificate in %s", CertFile)
+	}
+	return &SVID{Chain: chain}, bundle, nil
+}
+
 // VerifySVIDWithBundle checks svid against a PEM bundle of trustDomain at
 // time now, with go-spiffe's verifier.
 func VerifySVIDWithBundle(svid *SVID, bundlePEM []byte, trustDomain spiffeid.TrustDomain, now time.Time) error {

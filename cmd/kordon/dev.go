@@ -199,7 +199,7 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if err := d.startUpstream(); err != nil {
 		return d, err
 	}
-	if d.ident, err = newDevIdentity(ctx, devIdentityConfig{StateDir: d.stateDir, CATTL: o.caTTL, SVIDTTL: o.svidTTL, Logger: d.log, Metrics: d.reg}); err != nil {
+	if d.ident, err = newDevIdentity(ctx, devIdentityConfig{StateDir: d.stateDir, CATTL: o.caTTL, SVIDTTL: o.svidTTL, Workloads: d.registry.List, Logger: d.log, Metrics: d.reg}); err != nil {
 		return d, err
 	}
 	d.sockets = newDevSockets(d.stateDir, d.registry, d.ident.ca, d.log)
@@ -239,7 +239,7 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 		return d, err
 	}
 	d.parts.Add("config watcher", d.watcher)
-	d.parts.AddFunc("identity", func(ctx context.Context) error { d.ident.run(ctx, d.registry); return nil })
+	d.parts.Add("identity", d.ident.files)
 	if d.egress != nil {
 		d.parts.Add("egress", d.egress)
 	}
@@ -292,7 +292,7 @@ func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 	if err := d.xds.SetServices(s.Services); err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
-	if err := d.ident.sync(s.Workloads); err != nil {
+	if err := d.ident.files.Sync(s.Workloads); err != nil {
 		return err
 	}
 	d.xds.SetPolicies(s.Policies)

@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,28 +17,18 @@ import (
 
 // devIdentity is dev mode's identity wiring: the CA (state in
 // --state-dir/ca.json, so a restart keeps the root), rotated on SPIRE's
-// schedule (--ca-ttl), and an SVID file set per workload under
-// --state-dir/svids/<namespace>/<name>/, renewed at half-life (--svid-ttl)
-// and given each new bundle as soon as the CA publishes it, which proxyless
-// gRPC workloads read through the file_watcher certificate provider (see
+// schedule (--ca-ttl) with dev mode as its own leader, and an SVID file
+// set per workload under --state-dir/svids/<namespace>/<name>/
+// (identity.SVIDFiles: renewed at half-life, --svid-ttl, and given each
+// new bundle as soon as the CA publishes it), which proxyless gRPC
+// workloads read through the file_watcher certificate provider (see
 // kordon xds bootstrap).
 type devIdentity struct {
 	ca      *identity.CA
+	files   *identity.SVIDFiles
 	dir     string
-	log     *slog.Logger
-	now     func() time.Time
 	caTTL   time.Duration
 	svidTTL time.Duration
-
-	mu     sync.Mutex
-	issued map[string]issuedSVID // by workload key
-}
-
-// issuedSVID is what was last written for one workload.
-type issuedSVID struct {
-	id      string
-	renewAt time.Time
-	bundle  []byte
 }
 
 // devIdentityConfig configures newDevIdentity.
@@ -51,8 +36,10 @@ type devIdentityConfig struct {
 	StateDir string
 	// CATTL and SVIDTTL are the lifetimes (0: identity's defaults).
 	CATTL, SVIDTTL time.Duration
-	Logger         *slog.Logger
-	Metrics        prometheus.Registerer
+	// Workloads lists the workloads whose files the renewal loop keeps.
+	Workloads func() []*workload.Workload
+	Logger    *slog.Logger
+	Metrics   prometheus.Registerer
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -79,8 +66,16 @@ func newDevIdentity(ctx context.Context, cfg devIdentityConfig) (*devIdentity, e
 	if err != nil {
 		return nil, err
 	}
-	return &devIdentity{ca: ca, dir: filepath.Join(cfg.StateDir, "svids"), log: cfg.Logger, now: cfg.Now,
-		caTTL: cfg.CATTL, svidTTL: cfg.SVIDTTL, issued: map[string]issuedSVID{}}, nil
+	dir := filepath.Join(cfg.StateDir, "svids")
+	files, err := identity.NewSVIDFiles(identity.SVIDFilesConfig{CA: ca, Dir: dir, Workloads: cfg.Workloads, Rotate: true,
+		// The CA's check interval, or the xDS server's SVID refresh (a
+		// tenth of a short SVID TTL) if that is shorter.
+		Interval: min(ca.CheckInterval(), svidRefresh(cfg.SVIDTTL)),
+		Logger:   cfg.Logger, Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
+	return &devIdentity{ca: ca, files: files, dir: dir, caTTL: cfg.CATTL, svidTTL: cfg.SVIDTTL}, nil
 }
 
 // xdsTrustDomain is dev mode's trust domain.
@@ -88,118 +83,7 @@ const xdsTrustDomain = "cluster.local"
 
 // svidDir is where the files of workload namespace/name are written.
 func (di *devIdentity) svidDir(namespace, name string) string {
-	return filepath.Join(di.dir, namespace, name)
-}
-
-// sync issues SVID files for workloads that have none, whose identity
-// changed, or whose SVID is past half of its life; rewrites the bundle of
-// the others when the CA's bundle changed; and removes the files of
-// workloads that are gone.
-func (di *devIdentity) sync(ws []*workload.Workload) error {
-	di.mu.Lock()
-	defer di.mu.Unlock()
-	now := di.now()
-	bundle := di.ca.BundlePEM()
-	keep := map[string]bool{}
-	for _, w := range ws {
-		keep[w.Key()] = true
-		id := w.SPIFFEID(xdsTrustDomain)
-		dir := di.svidDir(w.Namespace, w.Name)
-		prev, ok := di.issued[w.Key()]
-		if ok && prev.id == id && now.Before(prev.renewAt) {
-			if !bytes.Equal(prev.bundle, bundle) {
-				// A root was published or pruned: the workload must
-				// trust a new root before any peer presents an SVID from
-				// it. The SVID on disk keeps verifying (see
-				// identity.WriteSVIDFiles).
-				if err := identity.WriteBundleFile(dir, bundle); err != nil {
-					return err
-				}
-				prev.bundle = bundle
-				di.issued[w.Key()] = prev
-				di.log.Info("trust bundle updated", "workload", w.Key())
-			}
-			continue
-		}
-		svid, key, err := di.sign(w.Namespace, w.ServiceAccount)
-		if err != nil {
-			return fmt.Errorf("identity for %s: %w", w.Key(), err)
-		}
-		// Read after signing, so that it holds the signing root.
-		b := di.ca.BundlePEM()
-		// Why: fail closed. A workload must never be handed an SVID that
-		// the bundle beside it does not verify.
-		if err := identity.VerifySVIDWithBundle(svid, b, di.ca.TrustDomain(), now); err != nil {
-			return fmt.Errorf("identity for %s: signed SVID does not verify with the bundle: %w", w.Key(), err)
-		}
-		if err := identity.WriteSVIDFiles(dir, svid, key, b); err != nil {
-			return err
-		}
-		leaf := svid.Chain[0]
-		di.issued[w.Key()] = issuedSVID{id: id, renewAt: identity.RenewAt(leaf), bundle: b}
-		di.log.Info("svid issued", "workload", w.Key(), "spiffe_id", id, "not_after", leaf.NotAfter)
-	}
-	for key := range di.issued {
-		if keep[key] {
-			continue
-		}
-		delete(di.issued, key)
-		ns, name, _ := strings.Cut(key, "/")
-		// A workload that left the folder loses its identity.
-		if err := os.RemoveAll(di.svidDir(ns, name)); err != nil {
-			return err
-		}
-		di.log.Info("svid removed", "workload", key)
-	}
-	return nil
-}
-
-// sign makes a key pair and an SVID for namespace/serviceAccount.
-func (di *devIdentity) sign(namespace, serviceAccount string) (*identity.SVID, *ecdsa.PrivateKey, error) {
-	id, err := identity.WorkloadID(di.ca.TrustDomain(), namespace, serviceAccount)
-	if err != nil {
-		return nil, nil, err
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	svid, err := di.ca.SignPublicKey(key.Public(), id, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	return svid, key, nil
-}
-
-// interval is how often run steps the rotation schedule and the files:
-// the CA's check interval, or the xDS server's SVID refresh (a tenth of a
-// short SVID TTL) if that is shorter.
-func (di *devIdentity) interval() time.Duration {
-	return min(di.ca.CheckInterval(), svidRefresh(di.svidTTL))
-}
-
-// step rotates the CA if due (dev mode is its own leader) and syncs the files.
-func (di *devIdentity) step(ctx context.Context, ws []*workload.Workload) error {
-	if _, err := di.ca.RotateIfDue(ctx); err != nil {
-		return err
-	}
-	return di.sync(ws)
-}
-
-// run rotates the CA and renews SVIDs until ctx is done.
-func (di *devIdentity) run(ctx context.Context, reg *workload.Registry) {
-	t := time.NewTicker(di.interval())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := di.step(ctx, reg.List()); err != nil && ctx.Err() == nil {
-				di.log.Error("svid renewal failed", "err", err.Error())
-			}
-		}
-	}
+	return di.files.WorkloadDir(namespace, name)
 }
 
 // devSockets serves the SPIFFE Workload API on one Unix socket per workload,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -36,14 +35,14 @@ func readLeaf(t *testing.T, dir string) *x509.Certificate {
 
 func TestDevIdentityRenewsAtHalfLifeAndFollowsTheFolder(t *testing.T) {
 	state := t.TempDir()
-	di, err := newDevIdentity(context.Background(), devIdentityConfig{StateDir: state, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	now := time.Now()
+	di, err := newDevIdentity(context.Background(), devIdentityConfig{StateDir: state, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	di.now = func() time.Time { return now }
 	web := &workload.Workload{Name: "web", Namespace: "shop", ServiceAccount: "web", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.10")}}
-	if err := di.sync([]*workload.Workload{web}); err != nil {
+	if err := di.files.Sync([]*workload.Workload{web}); err != nil {
 		t.Fatal(err)
 	}
 	dir := di.svidDir("shop", "web")
@@ -54,14 +53,14 @@ func TestDevIdentityRenewsAtHalfLifeAndFollowsTheFolder(t *testing.T) {
 	life := first.NotAfter.Sub(first.NotBefore)
 
 	now = first.NotBefore.Add(life/2 - time.Minute)
-	if err := di.sync([]*workload.Workload{web}); err != nil {
+	if err := di.files.Sync([]*workload.Workload{web}); err != nil {
 		t.Fatal(err)
 	}
 	if readLeaf(t, dir).SerialNumber.Cmp(first.SerialNumber) != 0 {
 		t.Error("re-issued before half life")
 	}
 	now = first.NotBefore.Add(life/2 + time.Minute)
-	if err := di.sync([]*workload.Workload{web}); err != nil {
+	if err := di.files.Sync([]*workload.Workload{web}); err != nil {
 		t.Fatal(err)
 	}
 	if readLeaf(t, dir).SerialNumber.Cmp(first.SerialNumber) == 0 {
@@ -71,14 +70,14 @@ func TestDevIdentityRenewsAtHalfLifeAndFollowsTheFolder(t *testing.T) {
 	// A new service account is a new identity, issued at once.
 	moved := *web
 	moved.ServiceAccount = "web-v2"
-	if err := di.sync([]*workload.Workload{&moved}); err != nil {
+	if err := di.files.Sync([]*workload.Workload{&moved}); err != nil {
 		t.Fatal(err)
 	}
 	if got := readLeaf(t, dir).URIs[0].String(); got != "spiffe://cluster.local/ns/shop/sa/web-v2" {
 		t.Errorf("after the service account changed: %s", got)
 	}
 	// A workload that leaves the folder loses its files.
-	if err := di.sync(nil); err != nil {
+	if err := di.files.Sync(nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
@@ -93,35 +92,6 @@ func TestDevIdentityRenewsAtHalfLifeAndFollowsTheFolder(t *testing.T) {
 	if !again.ca.ActiveCertificate().Equal(di.ca.ActiveCertificate()) {
 		t.Error("a restart created a new root")
 	}
-}
-
-// readFiles reads a workload's SVID chain, then its bundle (the order in
-// which a reader that checks one against the other would).
-func readFiles(dir string) (*identity.SVID, []byte, error) {
-	certPEM, err := os.ReadFile(filepath.Join(dir, identity.CertFile))
-	if err != nil {
-		return nil, nil, err
-	}
-	bundle, err := os.ReadFile(filepath.Join(dir, identity.BundleFile))
-	if err != nil {
-		return nil, nil, err
-	}
-	var chain []*x509.Certificate
-	for rest := certPEM; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, nil, err
-		}
-		chain = append(chain, c)
-	}
-	if len(chain) == 0 {
-		return nil, nil, fmt.Errorf("no certificate in %s", identity.CertFile)
-	}
-	return &identity.SVID{Chain: chain}, bundle, nil
 }
 
 // TestDevIdentityRotationKeepsFilesVerifiable is kordon dev --ca-ttl 60s
@@ -143,12 +113,12 @@ func TestDevIdentityRotationKeepsFilesVerifiable(t *testing.T) {
 	roots := map[string]bool{}
 	for i := 0; i < 2400; i++ {
 		clk = clk.Add(250 * time.Millisecond)
-		if err := di.step(context.Background(), ws); err != nil {
+		if err := di.files.Step(context.Background(), ws); err != nil {
 			t.Fatalf("at %s: %v", clk, err)
 		}
 		roots[string(di.ca.ActiveCertificate().Raw)] = true
 		for _, w := range ws {
-			svid, bundle, err := readFiles(di.svidDir(w.Namespace, w.Name))
+			svid, bundle, err := identity.ReadSVIDFiles(di.svidDir(w.Namespace, w.Name))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -169,27 +139,27 @@ func TestDevIdentityRotationKeepsFilesVerifiable(t *testing.T) {
 // renewal.
 func TestDevIdentityRotationRealTime(t *testing.T) {
 	t.Parallel()
+	reg := workload.NewRegistry()
 	di, err := newDevIdentity(context.Background(), devIdentityConfig{StateDir: t.TempDir(), CATTL: 6 * time.Second, SVIDTTL: 2 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Workloads: reg.List, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := workload.NewRegistry()
 	web := &workload.Workload{Name: "web", Namespace: "shop", ServiceAccount: "web", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.10")}}
 	reg.Replace([]*workload.Workload{web})
-	if err := di.sync(reg.List()); err != nil {
+	if err := di.files.Sync(reg.List()); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	done := make(chan struct{})
-	go func() { defer close(done); di.run(ctx, reg) }()
+	go func() { defer close(done); _ = di.files.Run(ctx) }()
 	dir := di.svidDir("shop", "web")
 	roots := map[string]bool{}
 	checks := 0
 	for ctx.Err() == nil {
 		now := time.Now()
-		svid, bundle, err := readFiles(dir)
+		svid, bundle, err := identity.ReadSVIDFiles(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
