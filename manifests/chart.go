@@ -469,7 +469,9 @@ func wrap(s string, width int) []string {
 // valuesSchema is values.schema.json: every value's type, and no unknown
 // keys in the chart's own sections (a typo in --set fails the install).
 func valuesSchema(vals []chartValue) ([]byte, error) {
-	root := map[string]any{"$schema": "https://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": false, "properties": map[string]any{}}
+	// global is what a parent chart passes to its subcharts.
+	root := map[string]any{"$schema": "https://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": false,
+		"properties": map[string]any{"global": map[string]any{"type": "object"}}}
 	for _, v := range vals {
 		segs := strings.Split(v.path, ".")
 		cur := root
