@@ -24,11 +24,17 @@ import (
 // value is an error). It returns the objects by "Kind/namespace/name".
 func helmTemplate(t *testing.T, set map[string]any) (map[string]map[string]any, error) {
 	t.Helper()
+	return helmTemplateIn(t, Namespace, set)
+}
+
+// helmTemplateIn is helmTemplate with -n ns.
+func helmTemplateIn(t *testing.T, ns string, set map[string]any) (map[string]map[string]any, error) {
+	t.Helper()
 	ch, err := loader.Load(ChartDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals, err := chartutil.ToRenderValues(ch, set, chartutil.ReleaseOptions{Name: "kordon", Namespace: Namespace, IsInstall: true}, nil)
+	vals, err := chartutil.ToRenderValues(ch, set, chartutil.ReleaseOptions{Name: "kordon", Namespace: ns, IsInstall: true}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -184,8 +190,9 @@ func TestChartValues(t *testing.T) {
 	t.Parallel()
 	const ds, dep = "DaemonSet/kordon-system/kordon-node", "Deployment/kordon-system/kordon-controller"
 	objs, err := helmTemplate(t, map[string]any{
-		"image":      map[string]any{"repository": "registry.example/kordon", "tag": "v1.2.3", "pullPolicy": "IfNotPresent"},
-		"controller": map[string]any{"replicas": 3, "nodeSelector": map[string]any{"role": "infra"}, "priorityClassName": "system-cluster-critical"},
+		"rootNamespace": "mesh-root",
+		"image":         map[string]any{"repository": "registry.example/kordon", "tag": "v1.2.3", "pullPolicy": "IfNotPresent"},
+		"controller":    map[string]any{"replicas": 3, "nodeSelector": map[string]any{"role": "infra"}, "priorityClassName": "system-cluster-critical"},
 		"node": map[string]any{
 			"dns":            map[string]any{"address": "169.254.0.53", "upstream": "10.0.0.10:53", "blockRcode": "REFUSED"},
 			"egressFirewall": map[string]any{"podCIDR": "10.1.0.0/16", "serviceCIDR": "10.2.0.0/16", "extraInternalCIDRs": []any{"192.0.2.0/24"}, "ttlGrace": "2m"},
@@ -202,6 +209,9 @@ func TestChartValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if args := strs(container(t, objs[dep], "controller")["args"]); !strings.Contains(strings.Join(args, " "), "--root-namespace=mesh-root") {
+		t.Errorf("controller args %v", args)
+	}
 	if got := objs[dep]["spec"].(map[string]any)["replicas"]; got != float64(3) {
 		t.Errorf("replicas = %v", got)
 	}
@@ -216,7 +226,7 @@ func TestChartValues(t *testing.T) {
 	}
 	node := container(t, objs[ds], "node")
 	args := strings.Join(strs(node["args"]), " ")
-	for _, want := range []string{"--dns-listen=169.254.0.53:53", "--block-rcode=REFUSED", "--egress-firewall", "--internal-cidr=$(POD_CIDR) --internal-cidr=$(SERVICE_CIDR)", "--egress-ttl-grace=2m", "--internal-cidr=192.0.2.0/24", "--metrics-listen=:9082", "--alert-cooldown=30m"} {
+	for _, want := range []string{"--dns-listen=169.254.0.53:53", "--block-rcode=REFUSED", "--egress-firewall", "--internal-cidr=$(POD_CIDR) --internal-cidr=$(SERVICE_CIDR)", "--egress-ttl-grace=2m", "--internal-cidr=192.0.2.0/24", "--metrics-listen=:9082", "--alert-cooldown=30m", "--root-namespace=mesh-root"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("node args %q lack %q", args, want)
 		}
@@ -280,5 +290,32 @@ func TestChartSchemaRefusesTypos(t *testing.T) {
 		} else {
 			t.Logf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestChartOtherNamespace: installed with -n security, every namespaced
+// object is there and every reference (service addresses, flags, RBAC
+// subjects, the node-scope policy's service account) follows; only the
+// CRDs' documentation still says kordon-system.
+func TestChartOtherNamespace(t *testing.T) {
+	t.Parallel()
+	objs, err := helmTemplateIn(t, "security", map[string]any{"namespace": map[string]any{"create": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if objs["Namespace/<nil>/security"] == nil {
+		t.Error("no Namespace security")
+	}
+	for k, o := range objs {
+		if o["kind"] == "CustomResourceDefinition" {
+			continue
+		}
+		if b, _ := yaml.Marshal(o); strings.Contains(string(b), Namespace) {
+			t.Errorf("%s still mentions %s:\n%s", k, Namespace, b)
+		}
+	}
+	sa := fmt.Sprint(objs["ClusterRoleBinding/<nil>/kordon-node"]["subjects"])
+	if !strings.Contains(sa, "namespace:security") {
+		t.Errorf("kordon-node ClusterRoleBinding subjects %s", sa)
 	}
 }

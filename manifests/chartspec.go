@@ -33,6 +33,7 @@ func kordonChart() chartSpec {
 		},
 		values: []chartValue{
 			{path: "namespace.create", def: false, doc: "Create the release namespace with its Pod Security labels (enforce privileged: the node agent uses hostNetwork). Leave false with --create-namespace, and label the namespace yourself if your cluster enforces a Pod Security level by default."},
+			{path: "rootNamespace", def: "", doc: "Namespace whose AuthorizationPolicies and EgressPolicies are mesh-wide (--root-namespace of the controller and the node agents; empty: kordon-system). Set it when you install into another namespace and want the root there."},
 			{path: "image.repository", def: repo, doc: "Image repository."},
 			{path: "image.tag", def: tag, doc: "Image tag."},
 			{path: "image.pullPolicy", def: "", doc: "imagePullPolicy of every container (empty: Kubernetes' default)."},
@@ -73,6 +74,8 @@ func kordonChart() chartSpec {
 		},
 		edits: []edit{
 			{obj: ctrlDeploy, path: "spec.replicas", op: opSet, value: "controller.replicas"},
+			{obj: ctrlDeploy, path: ctrlC + ".args[^--namespace=]", op: opWith, format: "--root-namespace=%v", value: "rootNamespace"},
+			{obj: nodeDS, path: nodeC + ".args[^--namespace=]", op: opWith, format: "--root-namespace=%v", value: "rootNamespace"},
 			{obj: ctrlDeploy, path: ctrlC + ".resources", op: opSet, value: "controller.resources"},
 			{obj: ctrlDeploy, path: ctrlC, op: opInsert, key: "imagePullPolicy", value: "image.pullPolicy"},
 			{obj: ctrlDeploy, path: ctrlPod, op: opInsert, key: "nodeSelector", value: "controller.nodeSelector"},
