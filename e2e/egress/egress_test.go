@@ -597,6 +597,64 @@ func TestEgressFirewall(t *testing.T) {
 		}
 	})
 
+	t.Run("the console's flow summary: top destination by bytes and blocked attempts", func(t *testing.T) {
+		// What the runs above moved, as GET /v1/egress/flows/summary (fed
+		// the flow log) reports it for web: the 1 MiB upload to
+		// api.shop.example first, the refused IP literal as an attempt.
+		type dest struct {
+			Dst      string `json:"dst"`
+			Port     int    `json:"port"`
+			DNSName  string `json:"dnsName"`
+			BytesOut int64  `json:"bytesOut"`
+			BytesIn  int64  `json:"bytesIn"`
+			Blocked  int64  `json:"blocked"`
+			Reason   string `json:"reason"`
+		}
+		type workloadFlows struct {
+			Workload     string `json:"workload"`
+			Destinations []dest `json:"destinations"`
+			Attempts     []dest `json:"attempts"`
+		}
+		summary := func() workloadFlows {
+			var got struct {
+				Workloads []workloadFlows `json:"workloads"`
+			}
+			resp, err := k.httpClient().Get("http://" + k.http + "/v1/egress/flows/summary?namespace=shop&pod=web")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || len(got.Workloads) != 1 {
+				t.Fatalf("flow summary: %v %+v", err, got)
+			}
+			return got.Workloads[0]
+		}
+		ok := func(w workloadFlows) (top, attempt bool) {
+			top = len(w.Destinations) > 0 && w.Destinations[0].DNSName == "api.shop.example" && w.Destinations[0].Port == 443 &&
+				w.Destinations[0].BytesOut >= 1<<20 && w.Destinations[0].BytesIn >= 1<<20
+			for _, d := range w.Attempts {
+				attempt = attempt || d.Dst == "203.0.113.200" && d.Port == 6379 && d.Blocked >= 1 && d.Reason != ""
+			}
+			return top, attempt
+		}
+		// The summary reads the flow log right after the file is written:
+		// poll briefly for the records waitFlow saw in the file.
+		w := summary()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); w = summary() {
+			if top, attempt := ok(w); top && attempt {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		top, attempt := ok(w)
+		if !top {
+			t.Errorf("top destination of %s: %+v, want the 1 MiB exchange with api.shop.example:443", w.Workload, w.Destinations)
+		}
+		if !attempt {
+			t.Errorf("attempts of %s: %+v, want the refused 203.0.113.200:6379", w.Workload, w.Attempts)
+		}
+	})
+
 	t.Run("detection action Quarantine blocks the address for that workload", func(t *testing.T) {
 		dst := netip.MustParseAddrPort("203.0.113.201:6379")
 		c, err := dial(jobs, "tcp", dst)
