@@ -20,6 +20,9 @@ type memo struct {
 	prev, next map[string]memoEntry
 	// sums are the hashes known for this build's resources.
 	sums map[types.Resource]string
+	// shape is the consistencyShape of the last snapshot of the node that
+	// passed Snapshot.Consistent.
+	shape string
 }
 
 type memoEntry struct {
@@ -33,6 +36,7 @@ func newMemo(prev *memo) *memo {
 	m := &memo{next: map[string]memoEntry{}, sums: map[types.Resource]string{}}
 	if prev != nil {
 		m.prev = prev.next
+		m.shape = prev.shape
 		for _, e := range prev.next {
 			m.sums[e.r] = prev.sums[e.r]
 		}
@@ -61,6 +65,16 @@ func (m *memo) sum(r types.Resource) (string, bool) {
 	}
 	s, ok := m.sums[r]
 	return s, ok
+}
+
+// passed reports whether a snapshot of this shape passed the consistency
+// check already.
+func (m *memo) passed(shape string) bool { return m != nil && m.shape == shape }
+
+func (m *memo) pass(shape string) {
+	if m != nil {
+		m.shape = shape
+	}
 }
 
 func (m *memo) learn(r types.Resource, sum string) {

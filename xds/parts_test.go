@@ -393,3 +393,28 @@ func TestMemoAndClusterCache(t *testing.T) {
 		t.Fatal("new endpoints reused the old cluster")
 	}
 }
+
+// TestConsistencySkippedOnlyForTheSameShape: a rebuild whose Listeners,
+// Cluster EDS names and route and assignment names are those of a
+// snapshot that passed Snapshot.Consistent skips the check; one that drops
+// the route a Listener names is checked and refused.
+func TestConsistencySkippedOnlyForTheSameShape(t *testing.T) {
+	t.Parallel()
+	l := clientListener("echo.shop:8080")
+	route := clientRoute("echo.shop:8080", "c")
+	version := func(string) string { return "v" }
+	m := newMemo(nil)
+	if _, _, _, err := makeSnapshot(resources{resourcev3.ListenerType: {l}, resourcev3.RouteType: {route}}, m, version); err != nil {
+		t.Fatal(err)
+	}
+	if m.shape == "" {
+		t.Fatal("a passed check recorded no shape")
+	}
+	next := newMemo(m)
+	if !next.passed(consistencyShape(resources{resourcev3.ListenerType: {l}, resourcev3.RouteType: {route}})) {
+		t.Fatal("the same shape is not known as passed")
+	}
+	if _, _, _, err := makeSnapshot(resources{resourcev3.ListenerType: {l}}, next, version); err == nil {
+		t.Fatal("a Listener naming a missing route passed")
+	}
+}
