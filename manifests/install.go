@@ -181,13 +181,12 @@ func installObjects() []map[string]any {
 		}},
 		{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta("kordon-node", true, node), "spec": map[string]any{
 			"selector": map[string]any{"matchLabels": node},
-			// Not yet maxSurge 1 / maxUnavailable 0: the resolver hands over
-			// without losing a query (dnsguard drains on SIGTERM beside a
-			// successor bound with SO_REUSEPORT), but two node agents on one
-			// node would still share the HTTP port, the Workload API socket,
-			// the state directory and the nftables table, and the agent has
-			// no readiness probe yet: a surge rollout would never finish.
-			"updateStrategy": map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxUnavailable": 1}},
+			// Surge: the new agent starts beside the old one on the node
+			// (both hostNetwork: DNS, HTTP and the nftables table shared,
+			// see internal/handover), becomes ready, and only then is the
+			// old one sent SIGTERM: it stops taking datagrams and drains,
+			// so pods on the node never lose a DNS query in a rollout.
+			"updateStrategy": map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxSurge": 1, "maxUnavailable": 0}},
 			"template": map[string]any{
 				"metadata": map[string]any{"labels": merge(labels, node)},
 				"spec": map[string]any{
@@ -201,6 +200,12 @@ func installObjects() []map[string]any {
 					"dnsPolicy":         "Default",
 					"priorityClassName": "system-node-critical",
 					"tolerations":       []any{map[string]any{"operator": "Exists"}},
+					// SIGTERM comes only once the successor is ready, so no
+					// preStop wait is needed; the grace covers the drain:
+					// queued and in-flight DNS (5 s at most), HTTP requests
+					// in flight (10 s), then the flow log's and the alert
+					// log's flush.
+					"terminationGracePeriodSeconds": 30,
 					// /proc/sys is read-only in the agent's container: a privileged
 					// init container turns on conntrack accounting (byte counts in
 					// the flow log) and exits.
@@ -240,7 +245,15 @@ func installObjects() []map[string]any {
 							map[string]any{"name": "sockets", "mountPath": "/run/kordon/sockets"},
 							map[string]any{"name": "kordon-token", "mountPath": "/var/run/secrets/kordon", "readOnly": true},
 						},
-						"resources": map[string]any{"requests": map[string]any{"cpu": "50m", "memory": "64Mi"}, "limits": map[string]any{"memory": "512Mi"}},
+						// /readyz answers 200 once this agent serves DNS with
+						// the firewall programmed, and 503 while a newer agent
+						// runs beside it: with SO_REUSEPORT either agent may
+						// answer the probe, so a 200 always comes from the
+						// newest one, ready. The HTTP port is on loopback:
+						// the kubelet probes the node's 127.0.0.1.
+						"readinessProbe": map[string]any{"httpGet": map[string]any{"host": "127.0.0.1", "port": 9081, "path": "/readyz"}, "periodSeconds": 2, "failureThreshold": 3},
+						"livenessProbe":  map[string]any{"httpGet": map[string]any{"host": "127.0.0.1", "port": 9081, "path": "/healthz"}, "periodSeconds": 10, "failureThreshold": 6},
+						"resources":      map[string]any{"requests": map[string]any{"cpu": "50m", "memory": "64Mi"}, "limits": map[string]any{"memory": "512Mi"}},
 						"securityContext": map[string]any{
 							"allowPrivilegeEscalation": false,
 							"readOnlyRootFilesystem":   true,

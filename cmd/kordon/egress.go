@@ -92,6 +92,10 @@ type egressStack struct {
 	// errc has the error of the firewall's or the flow log's loop, if one
 	// fails (Run reports it).
 	errc chan error
+	// programmed is closed once the first policies are in the kernel
+	// (kordon node is ready only after).
+	programmed     chan struct{}
+	programmedOnce sync.Once
 }
 
 // errNoNetAdmin explains a missing capability instead of a netlink EPERM.
@@ -139,7 +143,7 @@ func startEgress(ctx context.Context, f *egressFlags, d egressDeps) (*egressStac
 	if err != nil {
 		return nil, fmt.Errorf("egress firewall: %w", err)
 	}
-	s := &egressStack{fw: fw, errc: make(chan error, 2)}
+	s := &egressStack{fw: fw, errc: make(chan error, 2), programmed: make(chan struct{})}
 	out, closeOut, err := openLog(f.flowLog)
 	if err != nil {
 		_ = fw.Close()
@@ -199,7 +203,11 @@ func (s *egressStack) Run(ctx context.Context) error {
 
 // SetPolicies hands the EgressPolicies in force to the firewall.
 func (s *egressStack) SetPolicies(set *policy.Set, rootNS, clusterDomain string) error {
-	return s.fw.SetPolicies(set, policy.EgressOptions{RootNamespace: rootNS, ClusterDomain: clusterDomain})
+	if err := s.fw.SetPolicies(set, policy.EgressOptions{RootNamespace: rootNS, ClusterDomain: clusterDomain}); err != nil {
+		return err
+	}
+	s.programmedOnce.Do(func() { close(s.programmed) })
+	return nil
 }
 
 // handle serves the firewall's address quarantines on mux, beside

@@ -225,6 +225,8 @@ func (n *nodeAgent) wireEgress(ctx context.Context) error {
 		return err
 	}
 	n.stack = stack
+	// Ready only with the firewall programmed (besides DNS served).
+	n.readyAfter = append(n.readyAfter, stack.programmed)
 	n.closers = append(n.closers, func() error { return stack.Stop(false) })
 	n.parts.Add("egress", stack)
 	stack.handle(n.mux)
