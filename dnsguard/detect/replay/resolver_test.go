@@ -23,7 +23,7 @@ import (
 // asks) on loopback and returns its address.
 func startAuth(t *testing.T) string {
 	t.Helper()
-	zones, err := authdns.ParseConfig("zones.yaml", []byte("zones:\n- origin: exfil.example\n  records:\n  - \"* A 203.0.113.7\"\n  - \"* TXT \\\"ok\\\"\"\n  - \"www A 203.0.113.8\"\n"))
+	zones, err := authdns.ParseConfig("zones.yaml", []byte("zones:\n- origin: exfil.example\n  records:\n  - \"* A 203.0.113.7\"\n  - \"* TXT \\\"ok\\\"\"\n  - \"www A 203.0.113.8\"\n- origin: probe.example\n  records:\n  - \"ready A 192.0.2.1\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
