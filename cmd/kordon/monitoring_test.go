@@ -50,12 +50,12 @@ func (r *collectorRecorder) MustRegister(cs ...prometheus.Collector) {
 
 func (r *collectorRecorder) Unregister(c prometheus.Collector) bool { return r.reg.Unregister(c) }
 
-var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+var descRE = regexp.MustCompile(`fqName: "([^"]+)".*variableLabels: \{([^}]*)\}\}$`)
 
 // series are the series names the registered collectors expose (a
-// histogram's _bucket, _sum and _count).
-func (r *collectorRecorder) series() map[string]bool {
-	out := map[string]bool{}
+// histogram's _bucket, _sum and _count) with their label names.
+func (r *collectorRecorder) series() map[string]map[string]bool {
+	out := map[string]map[string]bool{}
 	for _, c := range r.cs {
 		ch := make(chan *prometheus.Desc, 64)
 		go func() { c.Describe(ch); close(ch) }()
@@ -67,12 +67,21 @@ func (r *collectorRecorder) series() map[string]bool {
 			suffixes = []string{"_bucket", "_sum", "_count"}
 		}
 		for d := range ch {
-			m := fqName.FindStringSubmatch(d.String())
+			m := descRE.FindStringSubmatch(d.String())
 			if m == nil {
 				continue
 			}
 			for _, s := range suffixes {
-				out[m[1]+s] = true
+				labels := map[string]bool{}
+				for _, l := range strings.Split(m[2], ",") {
+					if l != "" {
+						labels[l] = true
+					}
+				}
+				if s == "_bucket" {
+					labels["le"] = true
+				}
+				out[m[1]+s] = labels
 			}
 		}
 	}
@@ -82,7 +91,7 @@ func (r *collectorRecorder) series() map[string]bool {
 // kordonRegistries builds the components the controller and the node
 // agent build, with their real constructors and the registerer the
 // commands give them, and returns the series they expose.
-func kordonRegistries(t *testing.T) map[string]bool {
+func kordonRegistries(t *testing.T) map[string]map[string]bool {
 	t.Helper()
 	rec := &collectorRecorder{reg: prometheus.NewRegistry()}
 	dir := t.TempDir()
@@ -146,12 +155,23 @@ func kordonRegistries(t *testing.T) map[string]bool {
 	return rec.series()
 }
 
-var kordonMetric = regexp.MustCompile(`\bkordon_[a-z0-9_]*[a-z0-9]\b`)
+var (
+	kordonMetric = regexp.MustCompile(`\bkordon_[a-z0-9_]*[a-z0-9]\b`)
+	// selector is a metric with label matchers: kordon_x{a="b",c=~"d"}.
+	selector = regexp.MustCompile(`\b(kordon_[a-z0-9_]*[a-z0-9])\{([^}]*)\}`)
+	matcher  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!=|!~|=)`)
+	byClause = regexp.MustCompile(`\b(?:by|without)\s*\(([^)]*)\)`)
+)
+
+// targetLabels are added by Prometheus (job, instance) or by the chart's
+// PodMonitor (node), not by kordon.
+var targetLabels = map[string]bool{"job": true, "instance": true, "node": true}
 
 // TestMonitoringMetricsExist: every kordon metric that the monitoring
 // pack's alerting rules and Grafana dashboard query (manifests/monitoring)
-// is exposed by kordon's own components, so no panel stays empty and no
-// alert can never fire because of a misspelt or renamed metric.
+// is exposed by kordon's own components, with the labels the queries
+// match on and aggregate by, so no panel stays empty and no alert can
+// never fire because of a misspelt or renamed metric or label.
 func TestMonitoringMetricsExist(t *testing.T) {
 	have := kordonRegistries(t)
 	rules, err := manifests.RuleQueries()
@@ -165,12 +185,27 @@ func TestMonitoringMetricsExist(t *testing.T) {
 	used := map[string][]string{}
 	for what, qs := range map[string][]string{"prometheusrule.yaml": rules, "kordon-dashboard.json": dash} {
 		for _, q := range qs {
+			// The labels of every metric the query reads.
+			labels := map[string]bool{}
 			for _, m := range kordonMetric.FindAllString(q, -1) {
-				// Recording-rule style names (kordon_x:y) are not metrics.
-				if strings.HasPrefix(q[strings.Index(q, m)+len(m):], ":") {
-					continue
-				}
 				used[m] = append(used[m], what)
+				for l := range have[m] {
+					labels[l] = true
+				}
+			}
+			for _, sel := range selector.FindAllStringSubmatch(q, -1) {
+				for _, mt := range matcher.FindAllStringSubmatch(sel[2], -1) {
+					if l := mt[1]; !targetLabels[l] && have[sel[1]] != nil && !have[sel[1]][l] {
+						t.Errorf("%s: %s has no label %s (query %q)", what, sel[1], l, q)
+					}
+				}
+			}
+			for _, by := range byClause.FindAllStringSubmatch(q, -1) {
+				for _, l := range strings.Split(by[1], ",") {
+					if l = strings.TrimSpace(l); l != "" && !targetLabels[l] && !labels[l] {
+						t.Errorf("%s: no metric of the query has label %s (query %q)", what, l, q)
+					}
+				}
 			}
 		}
 	}
@@ -183,9 +218,9 @@ func TestMonitoringMetricsExist(t *testing.T) {
 	}
 	sort.Strings(names)
 	for _, m := range names {
-		if !have[m] {
+		if have[m] == nil {
 			t.Errorf("%s (queried by %s) is exposed by no kordon component", m, strings.Join(used[m], ", "))
 		}
 	}
-	t.Logf("%d metrics queried by the monitoring pack, all among the %d series kordon exposes", len(names), len(have))
+	t.Logf("%d metrics queried by the monitoring pack, all among the %d series kordon exposes, with their labels", len(names), len(have))
 }
