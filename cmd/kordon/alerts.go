@@ -3,12 +3,12 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/kordon-dev/kordon/dnsguard/alert"
@@ -20,15 +20,28 @@ func newAlertsCmd() *cobra.Command {
 	var follow bool
 	var limit int
 	var auth feedClientFlags
+	var read clusterReadFlags
 	cmd := &cobra.Command{
-		Use:   "alerts [--follow] [--since D] [--namespace NS] [-o json|table]",
-		Short: "Show the egress alert feed (exfiltration, tunneling, blocked, quarantine)",
-		Example: `  kordon alerts --server http://127.0.0.1:9080 --since 1h
+		Use:   "alerts [-n NS | -A] [-o table|wide|json|yaml] [--watch] | --server URL [--follow]",
+		Short: "Show the cluster's EgressAlerts, or an alert feed (exfiltration, tunneling, blocked, quarantine)",
+		Example: `  # the cluster's EgressAlerts through the kubeconfig (kubectl's flags)
+  kordon alerts -A
+  kordon alerts -n shop -o wide --watch
+  kubectl kordon alerts --context prod -n shop -o yaml
+  # an alert feed: kordon dev, or a controller
+  kordon alerts --server http://127.0.0.1:9080 --since 1h
   kordon alerts --follow -o json | jq .
   # a cluster's controller: a token with list on egressalerts, the trust bundle
   kordon alerts --server https://127.0.0.1:9443 --ca-file bundle.pem --token-file token -n shop`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if server == "" {
+				read.kubeconfig, read.namespace, read.output, read.watch = auth.kubeconfig, namespace, output, read.watch || follow
+				return read.alerts(cmd, kind, severity, since, limit)
+			}
+			if read.context != "" || read.allNamespaces || read.watch {
+				return errors.New("--context, -A and --watch read the cluster: not with --server (use --follow)")
+			}
 			q := url.Values{}
 			for k, v := range map[string]string{"since": since, "namespace": namespace, "kind": kind, "severity": severity} {
 				if v != "" {
@@ -68,7 +81,7 @@ func newAlertsCmd() *cobra.Command {
 				return fmt.Errorf("alert feed: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 			}
 			out := cmd.OutOrStdout()
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			tw := newTable(out)
 			header := func() { fmt.Fprintln(tw, "ID\tTIME\tSEVERITY\tKIND\tWORKLOAD\tDOMAIN\tACTION\tMESSAGE") }
 			row := func(a alert.Alert) error {
 				if output == "json" {
@@ -137,14 +150,15 @@ func newAlertsCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&server, "server", "http://127.0.0.1:9080", "alert feed URL (kordon dev or the controller)")
+	f.StringVar(&server, "server", "", "alert feed URL (kordon dev: http://127.0.0.1:9080, or the controller); without it, the cluster's EgressAlerts through the kubeconfig")
 	f.BoolVarP(&follow, "follow", "f", false, "stream new alerts (Server-Sent Events)")
 	f.StringVar(&since, "since", "", "only alerts newer than a duration (1h) or an RFC 3339 time")
-	f.StringVarP(&namespace, "namespace", "n", "", "only alerts for workloads in this namespace")
+	f.StringVarP(&namespace, "namespace", "n", "", "only alerts for workloads in this namespace (reading the cluster: default the kubeconfig context's)")
 	f.StringVar(&kind, "kind", "", "exfiltration, tunneling, blocked, quarantine, direct-egress, resolver-bypass or egress-volume")
 	f.StringVar(&severity, "severity", "", "low, medium, high or critical")
 	f.IntVar(&limit, "limit", 0, "at most this many (the newest)")
 	auth.register(f)
-	addOutputFlag(cmd, &output, "table", "json")
+	read.registerKubectl(f)
+	addOutputFlag(cmd, &output, clusterFormats...)
 	return cmd
 }

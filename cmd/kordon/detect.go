@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/kordon-dev/kordon/dnsguard/alert"
@@ -124,7 +123,7 @@ func printAlertTable(w io.Writer, alerts []alert.Alert) error {
 		_, err := fmt.Fprintln(w, "No alerts.")
 		return err
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintln(tw, "TIME\tSEVERITY\tKIND\tWORKLOAD\tDOMAIN\tSCORE\tMESSAGE")
 	for _, a := range alerts {
 		who := a.Workload()

@@ -41,10 +41,13 @@ var subcommands = []func() *cobra.Command{
 	newControllerCmd,
 	newNodeCmd,
 	newDetectCmd,
+	newQuarantineCmd,
 }
 
 func main() {
-	if err := newRootCmd().Execute(); err != nil {
+	root := newRootCmd()
+	pluginName(root, os.Args[0])
+	if err := root.Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)

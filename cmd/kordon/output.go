@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
@@ -31,4 +33,17 @@ func printStructured(w io.Writer, format string, v any) error {
 		return err
 	}
 	return fmt.Errorf("unsupported output format %q", format)
+}
+
+// newTable is the table printer of every command: columns aligned with
+// two spaces between them, as kubectl prints. Flush after the rows (or
+// after each row while following a stream).
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+}
+
+// writeRow writes one row of cells to a newTable writer.
+func writeRow(w io.Writer, cells ...string) error {
+	_, err := io.WriteString(w, strings.Join(cells, "\t")+"\n")
+	return err
 }
