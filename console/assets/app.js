@@ -5,6 +5,7 @@
 const $ = (sel) => document.querySelector(sel);
 const maxAlerts = 200;
 let lastAlertID = "";
+let mode = "";
 
 // api calls a kordon HTTP API with the bearer token, if one is set.
 function api(path, opts = {}) {
@@ -162,7 +163,11 @@ async function refreshQuarantines() {
   const notes = [];
   try {
     const names = await getJSON("/v1/quarantines");
-    if (names.missing) notes.push("name quarantines are not served here");
+    if (names.missing) {
+      notes.push(mode === "controller"
+        ? "in a cluster quarantines are Quarantine objects: kubectl get quarantines -A, lift with kubectl delete quarantine -n NS NAME"
+        : "name quarantines are not served here");
+    }
     for (const q of names.quarantines || []) {
       const b = el("button", "lift", "lift");
       b.dataset.kind = "name";
@@ -329,7 +334,8 @@ async function start() {
   });
   try {
     const c = await (await fetch("config.json")).json();
-    $("#mode").textContent = c.mode || "";
+    mode = c.mode || "";
+    $("#mode").textContent = mode;
   } catch (e) { /* the header just has no mode */ }
   $("#explain").addEventListener("submit", explain);
   $("#refresh-quarantines").addEventListener("click", refreshQuarantines);
