@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // Kinds of alerts.
@@ -115,7 +116,12 @@ type Feed struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// dirLock is Dir/lock, flock'd around recovery and every append:
+	// two processes sharing Dir (the old and the new node agent during
+	// a rolling update) never interleave writes, never take the other's
+	// line in progress for a torn tail, and number alerts in one series.
+	dirLock  *os.File
 	seg      *os.File
 	segSize  int64
 	segIndex int
@@ -174,6 +180,7 @@ func NewFeed(cfg Config) (*Feed, error) {
 		return nil, fmt.Errorf("alert: %w", err)
 	}
 	f := &Feed{cfg: cfg, log: cfg.Logger, lastSeen: map[string]time.Time{}, subs: map[chan struct{}]struct{}{}}
+	var err error
 	f.metrics = feedMetrics{
 		published:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "published_total", Help: "Alerts written to the feed, by kind and severity."}, []string{"kind", "severity"}),
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kordon", Subsystem: "alert", Name: "suppressed_total", Help: "Alerts dropped as repeats within the cooldown."}),
@@ -187,7 +194,18 @@ func NewFeed(cfg Config) (*Feed, error) {
 			}
 		}
 	}
-	if err := f.recover(); err != nil {
+	if f.dirLock, err = os.OpenFile(filepath.Join(cfg.Dir, "lock"), os.O_CREATE|os.O_RDWR, 0o640); err != nil {
+		return nil, fmt.Errorf("alert: %w", err)
+	}
+	unlock, err := f.lockDir()
+	if err != nil {
+		f.dirLock.Close()
+		return nil, err
+	}
+	err = f.recover()
+	unlock()
+	if err != nil {
+		f.dirLock.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -197,6 +215,7 @@ func NewFeed(cfg Config) (*Feed, error) {
 		if err != nil {
 			cancel()
 			f.seg.Close()
+			f.dirLock.Close()
 			return nil, err
 		}
 		f.sinks = append(f.sinks, h)
@@ -206,6 +225,7 @@ func NewFeed(cfg Config) (*Feed, error) {
 		if err != nil {
 			cancel()
 			f.seg.Close()
+			f.dirLock.Close()
 			return nil, err
 		}
 		f.sinks = append(f.sinks, h)
@@ -315,6 +335,14 @@ func (f *Feed) Publish(_ context.Context, a Alert) (Alert, bool, error) {
 		f.metrics.suppressed.Inc()
 		return a, false, nil
 	}
+	unlock, err := f.lockDir()
+	if err != nil {
+		return a, false, err
+	}
+	defer unlock()
+	if err := f.catchUp(); err != nil {
+		return a, false, err
+	}
 	a.ID = f.lastID + 1
 	line, err := json.Marshal(&a)
 	if err != nil {
@@ -347,6 +375,71 @@ func (f *Feed) Publish(_ context.Context, a Alert) (Alert, bool, error) {
 		}
 	}
 	return a, true, nil
+}
+
+// lockDir takes the directory's lock (blocking: the other holder only
+// appends a line).
+func (f *Feed) lockDir() (func(), error) {
+	if err := unix.Flock(int(f.dirLock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("alert: lock %s: %w", f.dirLock.Name(), err)
+	}
+	return func() { _ = unix.Flock(int(f.dirLock.Fd()), unix.LOCK_UN) }, nil
+}
+
+// catchUp reads what another process sharing Dir appended since this
+// one last wrote (the rest of the current segment, and segments it
+// rotated to), so IDs go on after the highest one written by either and
+// this feed lists both. The directory lock is held: those are whole
+// lines.
+func (f *Feed) catchUp() error {
+	segs, err := f.segments()
+	if err != nil {
+		return fmt.Errorf("alert: %w", err)
+	}
+	last := f.segIndex
+	for _, name := range segs {
+		var idx int
+		if _, err := fmt.Sscanf(filepath.Base(name), "alerts-%06d.jsonl", &idx); err != nil || idx < f.segIndex {
+			continue
+		}
+		st, err := os.Stat(name)
+		if err != nil {
+			return fmt.Errorf("alert: %w", err)
+		}
+		from := int64(0)
+		if idx == f.segIndex {
+			from = f.segSize
+		}
+		if st.Size() <= from {
+			continue
+		}
+		data, err := os.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("alert: %w", err)
+		}
+		sc := bufio.NewScanner(bytes.NewReader(data[from:]))
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			var a Alert
+			if json.Unmarshal(sc.Bytes(), &a) != nil {
+				break
+			}
+			f.remember(a)
+			f.lastID = max(f.lastID, a.ID)
+		}
+		if idx == f.segIndex {
+			f.segSize = int64(len(data))
+		}
+		last = max(last, idx)
+	}
+	if last == f.segIndex {
+		return nil
+	}
+	// The other process rotated: append to its newest segment.
+	if err := f.seg.Close(); err != nil {
+		return fmt.Errorf("alert: %w", err)
+	}
+	return f.openSegment(last)
 }
 
 func (f *Feed) rotate() error {
@@ -467,7 +560,8 @@ func (f *Feed) Close() error {
 	defer f.mu.Unlock()
 	if err := f.seg.Sync(); err != nil {
 		f.seg.Close()
+		f.dirLock.Close()
 		return err
 	}
-	return f.seg.Close()
+	return errors.Join(f.seg.Close(), f.dirLock.Close())
 }
