@@ -53,19 +53,30 @@ func (e *env) udpRoundTrip(pod int, dst netip.AddrPort) error {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("ping")); err != nil {
-		return err
+	// UDP may lose a datagram (the first one waits for neighbour
+	// discovery in a queue the kernel bounds, and ICMPv6 errors are rate
+	// limited): send again on a timeout, a bounded number of times.
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err = c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 16)
+		var n int
+		n, err = c.Read(buf)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if string(buf[:n]) != "ping" {
+			return fmt.Errorf("echo %q", buf[:n])
+		}
+		return nil
 	}
-	buf := make([]byte, 16)
-	n, err := c.Read(buf)
-	if err != nil {
-		return err
-	}
-	if string(buf[:n]) != "ping" {
-		return fmt.Errorf("echo %q", buf[:n])
-	}
-	return nil
+	return err
 }
 
 // isProhibited: the ICMP administratively-prohibited error reached the
