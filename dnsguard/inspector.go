@@ -144,8 +144,10 @@ func (in *DetectionInspector) Quarantined(c *Client, qname string) (string, bool
 	in.mu.RLock()
 	q, ok := in.quarantines[key]
 	in.mu.RUnlock()
-	if !ok {
-		return in.clusterQuarantined(key)
+	// Once the cluster holds it too, only deleting the object lifts it:
+	// say so rather than name the local one.
+	if reason, held := in.clusterQuarantined(key); held || !ok {
+		return reason, held
 	}
 	return "quarantined by kordon: " + q.Reason + " (lift with DELETE /v1/quarantines/" + q.ID + ")", true
 }

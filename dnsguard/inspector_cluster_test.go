@@ -48,6 +48,9 @@ func TestClusterQuarantineBlocksAndItsDeletionLiftsTheLocalOne(t *testing.T) {
 	insp.quarantines["shop/checkout|api.example"] = &Quarantine{ID: "local", Workload: "shop/checkout", Domain: "api.example"}
 	insp.nq.Store(1)
 	insp.mu.Unlock()
+	if r := h.query(t, "127.0.0.11", "y.api.example.", dns.TypeA, "udp"); !strings.Contains(ede(r).ExtraText, "kubectl delete quarantine") {
+		t.Fatalf("held by the cluster and locally, the EDE should name the object: %v", r)
+	}
 	if err := insp.SetClusterQuarantines(nil); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/kordon-dev/kordon/policy"
 	corev1 "k8s.io/api/core/v1"
@@ -38,7 +39,7 @@ type QuarantineWatcher struct {
 	Clients *Clients
 	Node    string
 	// Apply receives the complete set after each change (from one
-	// goroutine). An error is logged; the next change applies again.
+	// goroutine). An error is logged and the set applied again 5 s later.
 	Apply  func([]QuarantinedPod) error
 	Logger *slog.Logger
 
@@ -205,6 +206,12 @@ func (w *QuarantineWatcher) apply() {
 		return
 	}
 	if err := w.Apply(w.Enforced()); err != nil {
-		w.Logger.Warn("quarantines not applied", "node", w.Node, "error", err)
+		// Fail closed as soon as the cause passes (a netlink error, say):
+		// applying again without waiting for the next change.
+		w.Logger.Warn("quarantines not applied, retrying", "node", w.Node, "error", err)
+		time.AfterFunc(quarantineRetry, func() { poke(w.kick) })
 	}
 }
+
+// quarantineRetry is how long after a failed Apply it is tried again.
+const quarantineRetry = 5 * time.Second
