@@ -96,6 +96,11 @@ type tracker struct {
 	det   *detector
 	flows map[flowKey]*flowState
 	block map[blockKey]time.Time
+	// ended holds the flows written final and forgotten since the last
+	// Dump began, and when: a Dump that began before a flow's Destroy
+	// still lists it, and must not start following it again (a second
+	// final record).
+	ended map[flowKey]time.Time
 
 	out    chunk
 	alerts []Alert
@@ -111,7 +116,7 @@ func newTracker(cfg *Config, m *metrics, get func(flowKey, conntrack.Tuple, uint
 	if get == nil {
 		get = func(flowKey, conntrack.Tuple, uint16) bool { return false }
 	}
-	return &tracker{cfg: cfg, m: m, det: newDetector(cfg), flows: map[flowKey]*flowState{}, block: map[blockKey]time.Time{}, get: get}
+	return &tracker{cfg: cfg, m: m, det: newDetector(cfg), flows: map[flowKey]*flowState{}, block: map[blockKey]time.Time{}, ended: map[flowKey]time.Time{}, get: get}
 }
 
 func isKordonMark(m uint32) bool { return m >= egress.MarkDNS && m <= egress.MarkBypass }
@@ -299,8 +304,14 @@ func (t *tracker) event(ev *conntrack.Event, now time.Time) {
 			}
 			t.write(st, end, true)
 		}
-		delete(t.flows, k)
+		t.forget(k, now)
 	}
+}
+
+// forget stops following flow k, which has ended.
+func (t *tracker) forget(k flowKey, now time.Time) {
+	delete(t.flows, k)
+	t.ended[k] = now
 }
 
 // errNotFound reports a Get for an entry that is gone.
@@ -329,7 +340,11 @@ func (t *tracker) dump(flows []conntrack.Flow, gen uint64, started, now time.Tim
 	half := t.cfg.Interval / 2
 	for i := range flows {
 		f := &flows[i]
-		st := t.follow(keyOf(f), f, now)
+		k := keyOf(f)
+		if _, gone := t.ended[k]; gone {
+			continue // ended while this Dump ran
+		}
+		st := t.follow(k, f, now)
 		if st == nil {
 			continue
 		}
@@ -359,7 +374,14 @@ func (t *tracker) dump(flows []conntrack.Flow, gen uint64, started, now time.Tim
 			if !st.done {
 				t.write(st, now, true)
 			}
-			delete(t.flows, k)
+			t.forget(k, now)
+		}
+	}
+	// A Dump that began after a flow ended cannot list it (conntrack IDs
+	// are not reused while an entry lives).
+	for k, at := range t.ended {
+		if at.Before(started) {
+			delete(t.ended, k)
 		}
 	}
 	t.det.prune(now)
