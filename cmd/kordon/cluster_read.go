@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kordon-dev/kordon/internal/kube"
 	"github.com/kordon-dev/kordon/policy"
@@ -187,6 +188,7 @@ type statePrinter struct {
 	w             io.Writer
 	tw            flushWriter
 	headerDone    bool
+	widths        []int // the widest cell of each column so far
 }
 
 type flushWriter interface {
@@ -270,11 +272,29 @@ func (p *statePrinter) object(u *unstructured.Unstructured) error {
 	}
 	if !p.headerDone {
 		p.headerDone = true
-		if err := writeRow(p.tw, p.header()...); err != nil {
+		if err := writeRow(p.tw, p.pad(p.header())...); err != nil {
 			return err
 		}
 	}
-	return writeRow(p.tw, p.row(u)...)
+	return writeRow(p.tw, p.pad(p.row(u))...)
+}
+
+// pad widens each cell but the last to the widest of its column so far,
+// so that rows flushed one by one while watching line up with the
+// header and the rows before them (within one flush the table aligns
+// them anyway).
+func (p *statePrinter) pad(cells []string) []string {
+	for i, c := range cells {
+		n := utf8.RuneCountInString(c)
+		if i == len(p.widths) {
+			p.widths = append(p.widths, 0)
+		}
+		p.widths[i] = max(p.widths[i], n)
+		if i < len(cells)-1 && n < p.widths[i] {
+			cells[i] = c + strings.Repeat(" ", p.widths[i]-n)
+		}
+	}
+	return cells
 }
 
 // get lists kind (filtered by keep when not nil) and, with -w, prints

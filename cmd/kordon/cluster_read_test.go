@@ -164,19 +164,25 @@ kind: List
 func TestStatePrinterWatch(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 12, 1, 23, 0, 0, 0, time.UTC)
-	a := stateObject("EgressAlert", "shop", "a", now, map[string]any{"kind": "tunneling", "count": int64(2)})
+	a := stateObject("EgressAlert", "shop", "exfiltration-report-worker-1", now, map[string]any{"kind": "exfiltration", "count": int64(12), "pod": "report-worker-1"})
+	later := stateObject("EgressAlert", "shop", "late", now, map[string]any{"kind": "tunneling", "count": int64(2)})
 	var b bytes.Buffer
 	p := newStatePrinter(&b, egressAlertKind, "table", false, func() time.Time { return now })
-	for range 2 {
-		if err := p.object(&a); err != nil {
+	for _, u := range []*unstructured.Unstructured{&a, &later, &later} {
+		if err := p.object(u); err != nil {
 			t.Fatal(err)
 		}
 		if err := p.tw.Flush(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if strings.Count(b.String(), "NAME") != 1 || strings.Count(b.String(), "tunneling") != 2 {
-		t.Errorf("table watch:\n%s", b.String())
+	want := `NAME                          KIND          SEVERITY  POD              DOMAIN  COUNT  LAST SEEN  AGE
+exfiltration-report-worker-1  exfiltration  <none>    report-worker-1  <none>  12     <unknown>  0s
+late                          tunneling     <none>    <none>           <none>  2      <unknown>  0s
+late                          tunneling     <none>    <none>           <none>  2      <unknown>  0s
+`
+	if b.String() != want {
+		t.Errorf("table watch, each row flushed alone:\n%s\nwant (aligned with the header):\n%s", b.String(), want)
 	}
 	b.Reset()
 	p = newStatePrinter(&b, egressAlertKind, "yaml", false, func() time.Time { return now })
