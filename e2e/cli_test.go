@@ -52,11 +52,12 @@ func cliKubeconfig(t *testing.T, nsA, nsB, nobodyToken string) string {
 	cfg := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters: [{name: e2e, cluster: {server: %q, insecure-skip-tls-verify: true}}]
-users: [{name: admin, user: {token: %q}}, {name: nobody, user: {token: %q}}]
+users: [{name: admin, user: {token: %q}}, {name: nobody, user: {token: %q}}, {name: bogus, user: {token: not-a-token}}]
 contexts:
 - {name: a, context: {cluster: e2e, user: admin, namespace: %s}}
 - {name: b, context: {cluster: e2e, user: admin, namespace: %s}}
 - {name: nobody, context: {cluster: e2e, user: nobody, namespace: %s}}
+- {name: bogus, context: {cluster: e2e, user: bogus}}
 current-context: a
 `, cluster.URL, cluster.AdminToken, nobodyToken, nsA, nsB, nsA)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
@@ -281,6 +282,10 @@ spec: {serviceAccount: billing, domains: [tunnel.example], reason: tunneling}
 			t.Errorf("kordon %v as nobody: exit %d, %q; want exit 4 and %q", c.args, code, errOut, c.want)
 		}
 		t.Logf("$ kordon %s   # exit %d\n%s", strings.Join(c.args, " "), code, errOut)
+	}
+	// A token the API server rejects: Unauthorized, exit 4.
+	if _, errOut, code := run("quarantine", "list", "--context", "bogus"); code != 4 || errOut != "kordon: Error from server (Unauthorized): Unauthorized\n" {
+		t.Errorf("quarantine list with a rejected token: exit %d, %q", code, errOut)
 	}
 }
 

@@ -24,6 +24,10 @@ func newAlertsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "alerts [-n NS | -A] [-o table|wide|json|yaml] [--watch] | --server URL [--follow]",
 		Short: "Show the cluster's EgressAlerts, or an alert feed (exfiltration, tunneling, blocked, quarantine)",
+		Long: `Without --server, the cluster's EgressAlerts through the kubeconfig, with kubectl's
+flags; with --server, an alert feed (kordon dev, or a controller's).
+
+Exit codes reading the cluster: 0 done, 1 error, 3 not found, 4 forbidden or unauthorized.`,
 		Example: `  # the cluster's EgressAlerts through the kubeconfig (kubectl's flags)
   kordon alerts -A
   kordon alerts -n shop -o wide --watch

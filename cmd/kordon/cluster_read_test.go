@@ -2,13 +2,17 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kordon-dev/kordon/manifests"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
 // TestStateColumnsAreTheCRDs checks the CLI's table columns against the
@@ -237,6 +241,43 @@ func TestClusterFlagErrors(t *testing.T) {
 		root.SetErr(new(bytes.Buffer))
 		if err := root.Execute(); err == nil || err.Error() != c.want {
 			t.Errorf("%v: error %v, want %q", c.args, err, c.want)
+		}
+	}
+}
+
+// TestAPIExit: errors from the API server print as kubectl's and exit
+// 3 (NotFound) or 4 (Forbidden, Unauthorized); others are returned.
+func TestAPIExit(t *testing.T) {
+	t.Parallel()
+	gr := schema.GroupResource{Group: "security.kordon.dev", Resource: "quarantines"}
+	for _, c := range []struct {
+		name   string
+		err    error
+		code   int
+		stderr string
+	}{
+		{name: "not found", err: fmt.Errorf("kube: delete: %w", apierrors.NewNotFound(gr, "q")), code: exitNotFound,
+			stderr: `kordon: Error from server (NotFound): quarantines.security.kordon.dev "q" not found` + "\n"},
+		{name: "forbidden", err: apierrors.NewForbidden(gr, "q", errors.New(`User "bob" cannot delete resource "quarantines"`)), code: exitForbidden,
+			stderr: `kordon: Error from server (Forbidden): quarantines.security.kordon.dev "q" is forbidden: User "bob" cannot delete resource "quarantines"` + "\n"},
+		{name: "unauthorized", err: apierrors.NewUnauthorized("Unauthorized"), code: exitForbidden,
+			stderr: "kordon: Error from server (Unauthorized): Unauthorized\n"},
+		{name: "conflict", err: apierrors.NewConflict(gr, "q", errors.New("changed")), code: 1,
+			stderr: `kordon: Error from server (Conflict): Operation cannot be fulfilled on quarantines.security.kordon.dev "q": changed` + "\n"},
+		{name: "not from the server", err: errors.New("dial tcp: refused"), code: -1},
+	} {
+		var stderr bytes.Buffer
+		cmd := newRootCmd()
+		cmd.SetErr(&stderr)
+		err := apiExit(cmd, c.err)
+		var ee exitError
+		switch {
+		case c.code < 0:
+			if err != c.err || stderr.Len() != 0 {
+				t.Errorf("%s: %v, printed %q; want the error returned", c.name, err, stderr.String())
+			}
+		case !errors.As(err, &ee) || ee.code != c.code || stderr.String() != c.stderr:
+			t.Errorf("%s: %v, printed %q; want exit %d and %q", c.name, err, stderr.String(), c.code, c.stderr)
 		}
 	}
 }
