@@ -135,6 +135,7 @@ type enforcement struct {
 	allowedOK, allowedFail   atomic.Int64
 	refusedOK, refusedFail   atomic.Int64
 	roundTrips, roundTripErr atomic.Int64
+	socketOK, socketFail     atomic.Int64
 	mu                       sync.Mutex
 	firstErr                 []string
 }
@@ -147,7 +148,7 @@ func (e *enforcement) note(format string, args ...any) {
 	}
 }
 
-func (e *enforcement) run(pod *netns.Pod, allowed, blocked netip.AddrPort, established net.Conn, stop <-chan struct{}) {
+func (e *enforcement) run(pod *netns.Pod, allowed, blocked netip.AddrPort, established net.Conn, socket string, stop <-chan struct{}) {
 	for {
 		select {
 		case <-stop:
@@ -176,6 +177,15 @@ func (e *enforcement) run(pod *netns.Pod, allowed, blocked netip.AddrPort, estab
 			e.note("established connection: %v", err)
 		} else {
 			e.roundTrips.Add(1)
+		}
+		// The workload's SPIFFE Workload API socket: always there and
+		// accepting (renamed over by each successor).
+		if c, err := net.DialTimeout("unix", socket, time.Second); err != nil {
+			e.socketFail.Add(1)
+			e.note("workload API socket: %v", err)
+		} else {
+			e.socketOK.Add(1)
+			c.Close()
 		}
 		time.Sleep(20 * time.Millisecond) // pacing of a probe, not synchronisation
 	}
@@ -271,7 +281,7 @@ func TestDevHandoverLosesNoQueries(t *testing.T) {
 	enfDone := make(chan struct{})
 	go func() {
 		defer close(enfDone)
-		enf.run(web, netip.AddrPortFrom(allowedIP, 443), netip.MustParseAddrPort("203.0.113.99:443"), established, stop)
+		enf.run(web, netip.AddrPortFrom(allowedIP, 443), netip.MustParseAddrPort("203.0.113.99:443"), established, filepath.Join(base, "state", "agent", "shop_web.sock"), stop)
 	}()
 
 	const handovers = 5
@@ -310,14 +320,17 @@ func TestDevHandoverLosesNoQueries(t *testing.T) {
 	sent := stream.sent.Load()
 	t.Logf("%d handovers in %s (each: %v); DNS: %d queries sent (%.0f qps), %d answered, %d lost, %d not NOERROR",
 		handovers, elapsed.Round(time.Millisecond), took, sent, float64(sent)/elapsed.Seconds(), stream.answered.Load(), lost, stream.failed.Load())
-	t.Logf("firewall: allowed address connected %d/%d, blocked IP literal refused %d/%d, established connection round trips %d ok, %d failed",
+	t.Logf("firewall: allowed address connected %d/%d, blocked IP literal refused %d/%d, established connection round trips %d ok, %d failed; workload API socket connected %d/%d",
 		enf.allowedOK.Load(), enf.allowedOK.Load()+enf.allowedFail.Load(), enf.refusedOK.Load(), enf.refusedOK.Load()+enf.refusedFail.Load(),
-		enf.roundTrips.Load(), enf.roundTripErr.Load())
+		enf.roundTrips.Load(), enf.roundTripErr.Load(), enf.socketOK.Load(), enf.socketOK.Load()+enf.socketFail.Load())
 	if lost != 0 || stream.failed.Load() != 0 {
 		t.Errorf("%d queries lost, %d failed across %d handovers", lost, stream.failed.Load(), handovers)
 	}
 	if enf.allowedFail.Load()+enf.refusedFail.Load()+enf.roundTripErr.Load() != 0 || enf.allowedOK.Load() == 0 || enf.roundTrips.Load() == 0 {
 		t.Errorf("enforcement lapsed: %v", enf.firstErr)
+	}
+	if enf.socketFail.Load() != 0 || enf.socketOK.Load() == 0 {
+		t.Errorf("workload API socket lapsed: %v", enf.firstErr)
 	}
 	if rate := float64(sent) / elapsed.Seconds(); rate < 1900 {
 		t.Errorf("the stream ran at %.0f qps, not 2,000", rate)
