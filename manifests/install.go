@@ -196,8 +196,15 @@ func installObjects() []map[string]any {
 					"hostNetwork": true,
 					// hostPID: SO_PEERCRED PIDs of Workload API callers must
 					// resolve in /proc to find their pod (as SPIRE's agent).
-					"hostPID":           true,
-					"dnsPolicy":         "Default",
+					"hostPID": true,
+					// ClusterFirstWithHostNet, as Cilium's agent: the agent dials
+					// kordon-controller.<ns>.svc (issuance, feed), which only
+					// the cluster DNS knows; with Default it would ask the
+					// node's resolv.conf. Where kubelet's --cluster-dns is
+					// this agent's own address, the agent's lookups are
+					// answered by the running agent (or retried until it
+					// serves), forwarded to the upstream like any pod's.
+					"dnsPolicy":         "ClusterFirstWithHostNet",
 					"priorityClassName": "system-node-critical",
 					"tolerations":       []any{map[string]any{"operator": "Exists"}},
 					// SIGTERM comes only once the successor is ready, so no
