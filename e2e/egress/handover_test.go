@@ -1,11 +1,13 @@
 package egress_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -287,6 +289,9 @@ func TestDevHandoverLosesNoQueries(t *testing.T) {
 	const handovers = 5
 	start := time.Now()
 	var took []time.Duration
+	// overlaps are the windows with two agents running: from a
+	// successor's start to its predecessor's exit.
+	var overlaps [][2]time.Time
 	for i := 1; i <= handovers; i++ {
 		time.Sleep(500 * time.Millisecond) // traffic on one generation between handovers
 		h := time.Now()
@@ -304,6 +309,7 @@ func TestDevHandoverLosesNoQueries(t *testing.T) {
 			t.Errorf("generation %d exited with %v", i-1, cur.cmd.ProcessState)
 		}
 		took = append(took, time.Since(h))
+		overlaps = append(overlaps, [2]time.Time{h, time.Now()})
 		cur = next
 		if code := readyz(cur); code != 200 {
 			t.Errorf("after handover %d /readyz = %d", i, code)
@@ -338,11 +344,51 @@ func TestDevHandoverLosesNoQueries(t *testing.T) {
 
 	// The last generation, alone, removes the table at exit.
 	cur.stop()
+	flowLogOverlap(t, base, handovers, established, overlaps)
 	c, err := nftables.New(nftables.WithNetNSFd(tp.Node.Fd(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tb, err := c.ListTableOfFamily("kordon", nftables.TableFamilyINet); err == nil && tb != nil {
 		t.Errorf("table inet kordon left after the last kordon dev exited")
+	}
+}
+
+// flowLogOverlap reports how the flow logs of the generations count the
+// established connection: both agents log it while they overlap.
+func flowLogOverlap(t *testing.T, base string, handovers int, c net.Conn, overlaps [][2]time.Time) {
+	t.Helper()
+	local := netip.MustParseAddrPort(c.LocalAddr().String())
+	type rec struct {
+		flowRecord
+		Time  time.Time `json:"time"`
+		SPort uint16    `json:"sport"`
+	}
+	total, inOverlap := 0, 0
+	perGen := make([]int, handovers+1)
+	for g := 0; g <= handovers; g++ {
+		b, err := os.ReadFile(filepath.Join(base, fmt.Sprintf("gen%d", g), "flows.log"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			var r rec
+			if json.Unmarshal([]byte(line), &r) != nil || r.SPort != local.Port() || r.Dport != 443 {
+				continue
+			}
+			perGen[g]++
+			total++
+			for _, o := range overlaps {
+				if !r.Time.Before(o[0]) && !r.Time.After(o[1]) {
+					inOverlap++
+					break
+				}
+			}
+		}
+	}
+	t.Logf("flow log: the established connection has %d interval records in the %d generations' logs (per generation %v), %d of them written while two agents ran (each such window is logged by both)",
+		total, handovers+1, perGen, inOverlap)
+	if total == 0 {
+		t.Errorf("no flow record of the established connection in any generation's log")
 	}
 }
