@@ -165,21 +165,26 @@ func (s *Summary) add(r *Record) {
 		return
 	}
 	fk := summaryFlow{r.Proto, r.Src, r.Dst, r.SPort, r.DPort}
-	last := s.open[fk]
+	last, known := s.open[fk]
+	// Counters that went backwards (a reused 5-tuple) add nothing; the
+	// new values become the flow's baseline below.
+	var addOut, addIn uint64
 	if r.BytesOut >= last[0] && r.BytesIn >= last[1] {
-		d.BytesOut += r.BytesOut - last[0]
-		d.BytesIn += r.BytesIn - last[1]
+		addOut, addIn = r.BytesOut-last[0], r.BytesIn-last[1]
 	}
+	d.BytesOut += addOut
+	d.BytesIn += addIn
 	switch {
 	case r.Final:
 		delete(s.open, fk)
 		d.Flows++
-	case len(s.open) < s.cfg.MaxOpenFlows:
+	case known || len(s.open) < s.cfg.MaxOpenFlows:
 		s.open[fk] = [2]uint64{r.BytesOut, r.BytesIn}
 	default:
-		// Not remembered: the final record would add these bytes again.
-		d.BytesOut -= r.BytesOut - last[0]
-		d.BytesIn -= r.BytesIn - last[1]
+		// Not remembered (so last was zero): the final record would add
+		// these bytes again.
+		d.BytesOut -= addOut
+		d.BytesIn -= addIn
 	}
 }
 

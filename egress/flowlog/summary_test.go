@@ -75,3 +75,49 @@ func TestSummaryReadsTheFlowLog(t *testing.T) {
 		t.Errorf("namespace other: %d workloads", n)
 	}
 }
+
+// TestSummaryOpenFlowsFull: with the open-flow table full, a flow already
+// in it still adds each periodic record's growth, a flow not in it adds its
+// bytes with its final record only, and counters that go backwards never
+// wrap the totals.
+func TestSummaryOpenFlowsFull(t *testing.T) {
+	t.Parallel()
+	s, err := NewSummary(SummaryConfig{MaxOpenFlows: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Client{IP: netip.MustParseAddr("10.0.0.5"), Namespace: "shop", Pod: "frontend"}
+	dst := netip.MustParseAddr("203.0.113.10")
+	bytesOut := func() (out, in uint64) {
+		t.Helper()
+		w := s.Workloads(workload.SummaryQuery{})
+		if len(w) != 1 {
+			t.Fatalf("%d workloads", len(w))
+		}
+		for _, d := range w[0].Destinations {
+			out, in = out+d.BytesOut, in+d.BytesIn
+		}
+		return out, in
+	}
+	steps := []struct {
+		name          string
+		sport         uint16
+		out, in       uint64
+		final         bool
+		wantOut, want uint64
+	}{
+		{name: "first flow remembered", sport: 1, out: 100, in: 1000, wantOut: 100, want: 1000},
+		{name: "second flow not remembered", sport: 2, out: 7, in: 70, wantOut: 100, want: 1000},
+		{name: "known flow grows with table full", sport: 1, out: 300, in: 5000, wantOut: 300, want: 5000},
+		{name: "known flow counters go backwards", sport: 1, out: 10, in: 20, wantOut: 300, want: 5000},
+		{name: "known flow grows from new baseline", sport: 1, out: 15, in: 30, wantOut: 305, want: 5010},
+		{name: "second flow's final adds all", sport: 2, out: 9, in: 90, final: true, wantOut: 314, want: 5100},
+	}
+	for _, st := range steps {
+		s.add(&Record{Client: c, Proto: "tcp", Src: c.IP, SPort: st.sport, Dst: dst, DPort: 443,
+			BytesOut: st.out, BytesIn: st.in, Verdict: VerdictAllowed, Final: st.final})
+		if out, in := bytesOut(); out != st.wantOut || in != st.want {
+			t.Fatalf("%s: bytes out/in %d/%d, want %d/%d", st.name, out, in, st.wantOut, st.want)
+		}
+	}
+}
