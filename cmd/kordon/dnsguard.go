@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kordon-dev/kordon/dnsguard"
+	"github.com/kordon-dev/kordon/internal/devconfig"
 	"github.com/kordon-dev/kordon/internal/run"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
@@ -136,7 +137,7 @@ func newDNSGuardCmd() *cobra.Command {
 			}
 			reg := workload.NewRegistry()
 			if workloadsFile != "" {
-				ws, err := workload.LoadFile(workloadsFile)
+				ws, err := devconfig.LoadWorkloads(workloadsFile)
 				if err != nil {
 					return err
 				}

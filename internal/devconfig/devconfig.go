@@ -73,7 +73,7 @@ func load(dir string, files []string, digest string, now time.Time) (*Snapshot, 
 	for _, f := range files {
 		path := filepath.Join(dir, f)
 		if isWorkloadsFile(f) {
-			ws, err := workload.LoadFile(path)
+			ws, err := LoadWorkloads(path)
 			if err != nil {
 				errs = append(errs, err)
 				continue

@@ -1,10 +1,11 @@
-package workload
+package devconfig
 
 import (
 	"fmt"
 	"net/netip"
 	"os"
 
+	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
 	"gopkg.in/yaml.v3"
 )
@@ -20,16 +21,16 @@ type fileEntry struct {
 	UID            string            `yaml:"uid"`
 }
 
-// LoadFile reads a workloads.yaml: a YAML list of
+// LoadWorkloads reads a workloads.yaml: a YAML list of
 // {name, namespace, serviceAccount, labels, ips, node, uid}. namespace
 // defaults to "default" and serviceAccount to "default". Errors name
 // file:line:col.
-func LoadFile(path string) ([]*Workload, error) {
+func LoadWorkloads(path string) ([]*workload.Workload, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("workload: %w", err)
 	}
-	return Parse(path, data)
+	return ParseWorkloads(path, data)
 }
 
 // fileList is the other form of workloads.yaml: {workloads: [...]}.
@@ -37,10 +38,10 @@ type fileList struct {
 	Workloads []fileEntry `yaml:"workloads"`
 }
 
-// Parse decodes workloads.yaml content; file names the source in errors.
+// ParseWorkloads decodes workloads.yaml content; file names the source in errors.
 // Decoding is policy's strict decoder (unknown fields with "did you
 // mean", duplicate keys, types, all with file:line:col and field path).
-func Parse(file string, data []byte) ([]*Workload, error) {
+func ParseWorkloads(file string, data []byte) ([]*workload.Workload, error) {
 	docs, err := policy.Documents(file, data)
 	if err != nil || len(docs) == 0 {
 		return nil, err
@@ -59,7 +60,7 @@ func Parse(file string, data []byte) ([]*Workload, error) {
 		return nil, err
 	}
 	var errs policy.ErrorList
-	var out []*Workload
+	var out []*workload.Workload
 	seenKey := map[string]policy.Position{}
 	seenIP := map[netip.Addr]string{}
 	for i, e := range entries {
@@ -77,7 +78,7 @@ func Parse(file string, data []byte) ([]*Workload, error) {
 		if e.ServiceAccount == "" {
 			e.ServiceAccount = "default"
 		}
-		w := &Workload{Name: e.Name, Namespace: e.Namespace, ServiceAccount: e.ServiceAccount, Labels: e.Labels, Node: e.Node, UID: e.UID}
+		w := &workload.Workload{Name: e.Name, Namespace: e.Namespace, ServiceAccount: e.ServiceAccount, Labels: e.Labels, Node: e.Node, UID: e.UID}
 		for j, s := range e.IPs {
 			ipPath := fmt.Sprintf("%s.ips[%d]", at, j)
 			ip, err := netip.ParseAddr(s)

@@ -1,4 +1,4 @@
-package workload
+package devconfig
 
 import (
 	"reflect"
@@ -9,12 +9,12 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-var errPos = regexp.MustCompile(`^fuzz\.yaml:(\d+:\d+:| line \d+:)`)
+var workloadsErrPos = regexp.MustCompile(`^fuzz\.yaml:(\d+:\d+:| line \d+:)`)
 
-// FuzzParse checks the workloads.yaml decoder: every error line names
+// FuzzParseWorkloads checks the workloads.yaml decoder: every error line names
 // fuzz.yaml and a position; accepted files have unique keys and IPs,
 // defaults filled in, and round-trip through YAML to the same workloads.
-func FuzzParse(f *testing.F) {
+func FuzzParseWorkloads(f *testing.F) {
 	for _, s := range []string{
 		"- name: frontend\n  namespace: shop\n  serviceAccount: frontend\n  labels: {app: frontend}\n  ips: [10.0.0.5, '2001:db8::5']\n  node: node-a\n  uid: 2c48913c-b29f-11e7-9350-020968147796\n",
 		"workloads:\n- {name: a}\n- {name: b, ips: ['::ffff:10.0.0.1']}\n",
@@ -31,13 +31,13 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ws, err := Parse("fuzz.yaml", data)
+		ws, err := ParseWorkloads("fuzz.yaml", data)
 		if err != nil {
 			if ws != nil {
 				t.Fatal("error with workloads")
 			}
 			for _, line := range strings.Split(err.Error(), "\n") {
-				if !errPos.MatchString(line) {
+				if !workloadsErrPos.MatchString(line) {
 					t.Fatalf("error line without a position: %q in\n%v", line, err)
 				}
 			}
@@ -71,7 +71,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		again, err := Parse("again.yaml", out)
+		again, err := ParseWorkloads("again.yaml", out)
 		if err != nil {
 			t.Fatalf("re-encoded workloads do not parse: %v\n%s", err, out)
 		}
@@ -89,7 +89,7 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-func TestParseRejects(t *testing.T) {
+func TestParseWorkloadsRejects(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name, in, want string
@@ -109,7 +109,7 @@ func TestParseRejects(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := Parse("f.yaml", []byte(tc.in))
+			_, err := ParseWorkloads("f.yaml", []byte(tc.in))
 			if err == nil || err.Error() != tc.want {
 				t.Fatalf("got %v, want %s", err, tc.want)
 			}
