@@ -154,9 +154,10 @@ func newPolicyExplainCmd() *cobra.Command {
 		Short: "Evaluate one request against the policies: ALLOW or DENY, and which rule decided",
 		Long: `Evaluate a request with Istio's semantics on the compiled Envoy RBAC (so the
 answer is exactly what a proxy enforces). Exit 0 for ALLOW, 2 for DENY, 1 on error.`,
-		Example: `  kordon policy explain -n shop -l app=payments \
-    --principal spiffe://cluster.local/ns/shop/sa/checkout --method POST --path /charge --port 8080 \
-    manifests/examples/`,
+		Example: `  # ALLOW by shop/payments-from-checkout (exit 0)
+  kordon policy explain -n shop -l app=payments \
+    --principal spiffe://cluster.local/ns/shop/sa/checkout --method POST \
+    --path /shop.payments.v1.Payments/Charge --port 8080 manifests/examples/`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target, opts, err := tf.target()

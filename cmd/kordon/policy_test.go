@@ -47,3 +47,26 @@ func TestPolicyDevFolder(t *testing.T) {
 		t.Fatalf("named workloads.yaml: %v %q", err, errOut)
 	}
 }
+
+// TestPolicyExplainExample runs explain's help example on
+// manifests/examples and gets the decision its comment states.
+func TestPolicyExplainExample(t *testing.T) {
+	t.Parallel()
+	lines := strings.Split(newPolicyExplainCmd().Example, "\n")
+	want := strings.TrimPrefix(strings.TrimSpace(lines[0]), "# ")
+	cmdline := strings.ReplaceAll(strings.Join(lines[1:], "\n"), "\\\n", " ")
+	args := strings.Fields(cmdline)
+	if len(args) < 3 || args[0] != "kordon" || args[1] != "policy" {
+		t.Fatalf("example %q is not a kordon policy command", cmdline)
+	}
+	args = args[2:]
+	args[len(args)-1] = "../../" + args[len(args)-1]
+	out, errOut, err := runPolicyCmd(t, args...)
+	if err != nil {
+		t.Fatalf("%v: %v\n%s%s", args, err, out, errOut)
+	}
+	decision, _, _ := strings.Cut(want, " (")
+	if !strings.HasPrefix(out, decision+" ") {
+		t.Errorf("example output %q, want it to start with %q", out, decision)
+	}
+}
