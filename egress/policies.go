@@ -80,7 +80,22 @@ func (f *Firewall) reconcile() error {
 	v := buildView(ix, f.cfg.Registry)
 	f.view.Store(v)
 	want := desiredStatic(v, quar)
+	// Why a second attempt: during a node agent handover two firewalls
+	// write the same table, and the diff of the second is against static
+	// sets the first already changed (a delete of what it deleted fails
+	// the whole transaction with ENOENT). The failed attempt reread the
+	// sets from the kernel, so the second diff is against the truth.
+	err := f.reconcileSend(v, want)
+	if err != nil {
+		err = f.reconcileSend(v, want)
+	}
+	return err
+}
 
+// reconcileSend diffs the static sets against want, drops learned grants
+// of addresses that changed hands, and sends it all in one batch; f.recMu
+// is held.
+func (f *Firewall) reconcileSend(v *view, want map[string]map[string]nftables.SetElement) error {
 	var b batch
 	// Grants before memberships: a source enters enforce4 in the same or
 	// a later Flush than its grants.
