@@ -22,10 +22,11 @@ func newAlertsCmd() *cobra.Command {
 	var auth feedClientFlags
 	var read clusterReadFlags
 	cmd := &cobra.Command{
-		Use:   "alerts [-n NS | -A] [-o table|wide|json|yaml] [--watch] | --server URL [--follow]",
+		Use:   "alerts [-n NS | -A] [-o table|wide|json|yaml] [--watch] | --server URL [-o table|json] [--follow]",
 		Short: "Show the cluster's EgressAlerts, or an alert feed (exfiltration, tunneling, blocked, quarantine)",
 		Long: `Without --server, the cluster's EgressAlerts through the kubeconfig, with kubectl's
-flags; with --server, an alert feed (kordon dev, or a controller's).
+flags; with --server, an alert feed (kordon dev, or a controller's), shown
+as a table or as one JSON object a line (-o table|json).
 
 Exit codes reading the cluster: 0 done, 1 error, 3 not found, 4 forbidden or unauthorized.`,
 		Example: `  # the cluster's EgressAlerts through the kubeconfig (kubectl's flags)
@@ -34,7 +35,7 @@ Exit codes reading the cluster: 0 done, 1 error, 3 not found, 4 forbidden or una
   kubectl kordon alerts --context prod -n shop -o yaml
   # an alert feed: kordon dev, or a controller
   kordon alerts --server http://127.0.0.1:9080 --since 1h
-  kordon alerts --follow -o json | jq .
+  kordon alerts --server http://127.0.0.1:9080 --follow -o json | jq .
   # a cluster's controller: a token with list on egressalerts, the trust bundle
   kordon alerts --server https://127.0.0.1:9443 --ca-file bundle.pem --token-file token -n shop`,
 		Args: cobra.NoArgs,
@@ -45,6 +46,9 @@ Exit codes reading the cluster: 0 done, 1 error, 3 not found, 4 forbidden or una
 			}
 			if read.context != "" || read.allNamespaces || read.watch {
 				return errors.New("--context, -A and --watch read the cluster: not with --server (use --follow)")
+			}
+			if output != "json" && output != "table" {
+				return fmt.Errorf("-o %q: with --server, want table or json", output)
 			}
 			q := url.Values{}
 			for k, v := range map[string]string{"since": since, "namespace": namespace, "kind": kind, "severity": severity} {
@@ -99,9 +103,6 @@ Exit codes reading the cluster: 0 done, 1 error, 3 not found, 4 forbidden or una
 				who := a.Workload()
 				_, err := fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Time.Local().Format(time.DateTime), a.Severity, a.Kind, who, a.Domain, a.Action, a.Message)
 				return err
-			}
-			if output != "json" && output != "table" {
-				return fmt.Errorf("unsupported output format %q (json or table)", output)
 			}
 			if !follow {
 				var body struct {
