@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 
 	"github.com/kordon-dev/kordon/dnsguard/alert"
 	"github.com/kordon-dev/kordon/policy"
@@ -189,6 +190,19 @@ func (s *ClusterSink) writeQuarantine(ctx context.Context, a *alert.Alert) error
 			sa = osa
 		}
 	}
+	if !ok {
+		// The pod is gone (its alerts were buffered, or it was deleted
+		// meanwhile): an earlier alert may have raised the quarantine of
+		// its owner already, which the service account would widen.
+		raised, err := s.raisedFor(ctx, a)
+		if err != nil {
+			return err
+		}
+		if raised {
+			s.writes.WithLabelValues("quarantines", "unchanged").Inc()
+			return nil
+		}
+	}
 	switch {
 	case ok && kind != "":
 		spec.Owner = &policy.QuarantineOwner{Kind: kind, Name: name}
@@ -215,4 +229,23 @@ func (s *ClusterSink) writeQuarantine(ctx context.Context, a *alert.Alert) error
 	s.writes.WithLabelValues("quarantines", "create").Inc()
 	s.cfg.Logger.Info("quarantine raised in the cluster", "namespace", a.Namespace, "name", qname, "domain", a.Domain)
 	return nil
+}
+
+// raisedFor reports whether a Quarantine raised for a's pod already
+// blocks a's domain or address.
+func (s *ClusterSink) raisedFor(ctx context.Context, a *alert.Alert) (bool, error) {
+	l, err := s.cfg.Dynamic.Resource(QuarantineGVR).Namespace(a.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return false, fmt.Errorf("kube: list Quarantines %s: %w", a.Namespace, err)
+	}
+	for i := range l.Items {
+		var q policy.QuarantineSpec
+		if specOf(&l.Items[i], &q) != nil || q.Pod != a.Pod {
+			continue
+		}
+		if slices.Contains(q.Domains, a.Domain) || slices.Contains(q.Addresses, a.Domain) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
