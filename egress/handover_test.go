@@ -39,6 +39,25 @@ func TestTwoLiveWriters(t *testing.T) {
 	// And back.
 	both(pol{pod: 0, allow: []string{"api.example.com"}}, pol{pod: 1, allow: []string{"api.example.com"}})
 	e.mustRefuse(1, other.addr)
+	// Pod 1's address changes hands (a new pod reuses it) with a learned
+	// grant in both firewalls: both drop it as stale, the second finds it
+	// gone.
+	for _, fw := range []*Firewall{old, next} {
+		e.fw = fw
+		e.admit(1, "api.example.com", 300, srv.addr.Addr())
+	}
+	e.mustConnect(1, srv.addr)
+	ws := e.reg.List()
+	for i, w := range ws {
+		if w.Name == "pod1" {
+			c := *w
+			c.Name = "pod1-reused"
+			ws[i] = &c
+		}
+	}
+	e.reg.Replace(ws)
+	both(pol{pod: 0, allow: []string{"api.example.com"}}, pol{pod: 1, allow: []string{"api.example.com"}})
+	e.mustRefuse(1, srv.addr)
 	if err := old.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/kordon-dev/kordon/policy"
@@ -85,17 +87,20 @@ func (f *Firewall) reconcile() error {
 	// sets the first already changed (a delete of what it deleted fails
 	// the whole transaction with ENOENT). The failed attempt reread the
 	// sets from the kernel, so the second diff is against the truth.
-	err := f.reconcileSend(v, want)
+	// The stale grants the other one may have deleted too are then
+	// deleted one by one, a missing one ignored.
+	err := f.reconcileSend(v, want, false)
 	if err != nil {
-		err = f.reconcileSend(v, want)
+		err = f.reconcileSend(v, want, true)
 	}
 	return err
 }
 
 // reconcileSend diffs the static sets against want, drops learned grants
-// of addresses that changed hands, and sends it all in one batch; f.recMu
+// of addresses that changed hands, and sends it all in one batch (with
+// staleApart, the grants each in its own, a missing one ignored); f.recMu
 // is held.
-func (f *Firewall) reconcileSend(v *view, want map[string]map[string]nftables.SetElement) error {
+func (f *Firewall) reconcileSend(v *view, want map[string]map[string]nftables.SetElement, staleApart bool) error {
 	var b batch
 	// Grants before memberships: a source enters enforce4 in the same or
 	// a later Flush than its grants.
@@ -120,7 +125,14 @@ func (f *Firewall) reconcileSend(v *view, want map[string]map[string]nftables.Se
 			}
 		}
 	}
+	var apart []batch
 	for _, k := range stale {
+		if staleApart {
+			var sb batch
+			sb.del(f.tsets[k.set].s, nftables.SetElement{Key: f.keyOf(k)})
+			apart = append(apart, sb)
+			continue
+		}
 		b.del(f.tsets[k.set].s, nftables.SetElement{Key: f.keyOf(k)})
 	}
 	f.mu.Unlock()
@@ -138,6 +150,13 @@ func (f *Firewall) reconcileSend(v *view, want map[string]map[string]nftables.Se
 		f.mu.Unlock()
 		f.progMu.Unlock()
 		return fmt.Errorf("egress: reconcile: %w", err)
+	}
+	for i := range apart {
+		// ENOENT: the other firewall on this table deleted it already.
+		if _, err := apart[i].send(f.conn); err != nil && !errors.Is(err, unix.ENOENT) {
+			f.m.errors.Inc()
+			f.log.Warn("stale egress grant not deleted; it expires with its timeout", "error", err)
+		}
 	}
 	f.progMu.Unlock()
 
