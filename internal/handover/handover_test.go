@@ -7,21 +7,25 @@ import (
 	"testing"
 )
 
+// join registers an agent in dir; it leaves at the end of the test.
+func join(t *testing.T, dir string) *Member {
+	t.Helper()
+	m, err := Join(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Leave() })
+	return m
+}
+
 func TestSupersededByANewerLiveAgent(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	old, err := Join(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Leave()
+	old := join(t, dir)
 	if old.Superseded() {
 		t.Fatal("the only agent is superseded")
 	}
-	next, err := Join(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	next := join(t, dir)
 	if !old.Superseded() {
 		t.Error("old agent not superseded while a newer one runs")
 	}
@@ -46,15 +50,7 @@ func TestSupersededByANewerLiveAgent(t *testing.T) {
 func TestDeadAgentDoesNotSupersede(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	old, err := Join(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Leave()
-	dead, err := Join(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	old, dead := join(t, dir), join(t, dir)
 	// As a killed process: the kernel drops the lock, the file stays.
 	dead.f.Close()
 	if old.Superseded() {
