@@ -168,6 +168,10 @@ type devServer struct {
 // startDev starts every component and returns once all listen and the
 // config is applied. On error everything already started is stopped.
 func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *devServer, err error) {
+	// Before any side effect (state folder, CA, SVIDs, nftables).
+	if err := o.checkListen(); err != nil {
+		return nil, err
+	}
 	log, err := newLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return nil, err
@@ -415,15 +419,9 @@ func (d *devServer) startEgress(ctx context.Context) error {
 	if !d.opts.egress.firewall {
 		return nil
 	}
-	ap, err := netip.ParseAddrPort(d.opts.dnsListen)
+	ap, err := netip.ParseAddrPort(d.opts.dnsListen) // checked in checkListen
 	if err != nil {
 		return fmt.Errorf("--dns-listen: %w", err)
-	}
-	if ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() {
-		return fmt.Errorf("--dns-listen %s: with --egress-firewall the workloads' DNS is redirected to this address, so it must be one they reach (this namespace's address on their network, e.g. 10.96.0.53:53), not loopback or unspecified", d.opts.dnsListen)
-	}
-	if ap.Port() == 0 {
-		return fmt.Errorf("--dns-listen %s: with --egress-firewall the port must be fixed (DNS is redirected to it)", d.opts.dnsListen)
 	}
 	st, err := startEgress(ctx, &d.opts.egress, egressDeps{
 		Registry: d.registry, Feed: d.feed, Node: "dev", TrustDomain: xdsTrustDomain,
@@ -440,11 +438,6 @@ func (d *devServer) startEgress(ctx context.Context) error {
 }
 
 func (d *devServer) startDNS() error {
-	if d.egress == nil {
-		if err := checkLoopback(d.opts.dnsListen); err != nil {
-			return fmt.Errorf("--dns-listen: %w", err)
-		}
-	}
 	pc, ln, err := dnsguard.ListenUDPTCP(d.opts.dnsListen)
 	if err != nil {
 		return fmt.Errorf("--dns-listen: %w", err)
@@ -453,6 +446,34 @@ func (d *devServer) startDNS() error {
 	// The resolver (and its query log) is closed only after Shutdown saw
 	// every part return, so after Serve's handlers are done.
 	d.parts.AddFunc("dns", func(ctx context.Context) error { return d.dns.Serve(ctx, pc, ln) })
+	return nil
+}
+
+// checkListen checks the listen flags: loopback only (dev mode serves
+// unauthenticated), except --dns-listen with --egress-firewall, which must
+// be an address the workloads reach on a fixed port.
+func (o *devOptions) checkListen() error {
+	for _, l := range []struct{ flag, addr string }{{"--http-listen", o.httpListen}, {"--xds-listen", o.xdsListen}} {
+		if err := checkLoopback(l.addr); err != nil {
+			return fmt.Errorf("%s: %w", l.flag, err)
+		}
+	}
+	if !o.egress.firewall {
+		if err := checkLoopback(o.dnsListen); err != nil {
+			return fmt.Errorf("--dns-listen: %w", err)
+		}
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(o.dnsListen)
+	if err != nil {
+		return fmt.Errorf("--dns-listen: %w", err)
+	}
+	if ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() {
+		return fmt.Errorf("--dns-listen %s: with --egress-firewall the workloads' DNS is redirected to this address, so it must be one they reach (this namespace's address on their network, e.g. 10.96.0.53:53), not loopback or unspecified", o.dnsListen)
+	}
+	if ap.Port() == 0 {
+		return fmt.Errorf("--dns-listen %s: with --egress-firewall the port must be fixed (DNS is redirected to it)", o.dnsListen)
+	}
 	return nil
 }
 

@@ -628,3 +628,42 @@ func decodeAlerts(t *testing.T, body string) []alert.Alert {
 	}
 	return out.Alerts
 }
+
+// TestDevListenFlagsCheckedFirst: a listen address kordon dev refuses is
+// refused before anything is written to the state folder (no CA, no SVIDs).
+func TestDevListenFlagsCheckedFirst(t *testing.T) {
+	t.Parallel()
+	const notLoopback = " is not a loopback address: kordon dev serves unauthenticated and listens on 127.0.0.0/8 or ::1 only"
+	for _, tc := range []struct {
+		name           string
+		http, xds, dns string
+		firewall       bool
+		wantErr        string
+	}{
+		{name: "http unspecified", http: "0.0.0.0:0", wantErr: "--http-listen: 0.0.0.0:0" + notLoopback},
+		{name: "xds unspecified", xds: "[::]:0", wantErr: "--xds-listen: [::]:0" + notLoopback},
+		{name: "dns not loopback", dns: "192.0.2.1:53", wantErr: "--dns-listen: 192.0.2.1:53" + notLoopback},
+		{name: "dns no port", dns: "127.0.0.1", wantErr: "--dns-listen: address 127.0.0.1: missing port in address"},
+		{name: "firewall dns loopback", firewall: true, wantErr: "--dns-listen 127.0.0.1:0: with --egress-firewall the workloads' DNS is redirected to this address, so it must be one they reach (this namespace's address on their network, e.g. 10.96.0.53:53), not loopback or unspecified"},
+		{name: "firewall dns port 0", firewall: true, dns: "10.96.0.53:0", wantErr: "--dns-listen 10.96.0.53:0: with --egress-firewall the port must be fixed (DNS is redirected to it)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			state := t.TempDir()
+			o := devOptions{configDir: "../../examples/dev", stateDir: state, httpListen: "127.0.0.1:0", xdsListen: "127.0.0.1:0", dnsListen: "127.0.0.1:0", upstreams: []string{"127.0.0.1:9"}, logLevel: "info"}
+			for dst, v := range map[*string]string{&o.httpListen: tc.http, &o.xdsListen: tc.xds, &o.dnsListen: tc.dns} {
+				if v != "" {
+					*dst = v
+				}
+			}
+			o.egress.firewall = tc.firewall
+			_, err := startDev(context.Background(), o, io.Discard, io.Discard)
+			if err == nil || err.Error() != tc.wantErr {
+				t.Fatalf("err = %v, want %q", err, tc.wantErr)
+			}
+			if ents, err := os.ReadDir(state); err != nil || len(ents) != 0 {
+				t.Errorf("state folder after refusal: %v %v", ents, err)
+			}
+		})
+	}
+}
