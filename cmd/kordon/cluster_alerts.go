@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/kordon-dev/kordon/dnsguard"
@@ -56,7 +55,11 @@ func (c *controller) wireClusterAlerts(context.Context) error {
 	c.alerts = h
 	if ca != nil {
 		c.parts.AddFunc("egress alert view", ca.view.Run)
-		c.leaderParts.AddFunc("cluster alerts", func(lctx context.Context) error { ca.lead(lctx, c.log); return nil })
+		// Two leader parts, so that an error of either ends the term (the
+		// replica releases the Lease and exits) instead of a leader that
+		// no longer delivers.
+		c.leaderParts.AddFunc("alert delivery", ca.whenSynced(ca.delivery.Run))
+		c.leaderParts.AddFunc("alert collection", ca.whenSynced(ca.gc.Run))
 	}
 	return nil
 }
@@ -120,24 +123,17 @@ func (c *clusterAlertFlags) start(clients *kube.Clients, namespace string, feed 
 	return mux, ca, nil
 }
 
-// lead delivers webhooks and Events and collects expired alerts while
-// this replica leads; it returns when lctx ends.
-func (ca *clusterAlerts) lead(lctx context.Context, log *slog.Logger) {
-	select {
-	case <-ca.view.Synced():
-	case <-lctx.Done():
-		return
-	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := ca.delivery.Run(lctx); err != nil {
-			log.Error("cluster alert delivery stopped", "error", err)
+// whenSynced runs f once the alert view has synced (it reads the view),
+// until lctx ends.
+func (ca *clusterAlerts) whenSynced(f func(context.Context) error) func(context.Context) error {
+	return func(lctx context.Context) error {
+		select {
+		case <-ca.view.Synced():
+			return f(lctx)
+		case <-lctx.Done():
+			return nil
 		}
-	}()
-	go func() { defer wg.Done(); _ = ca.gc.Run(lctx) }()
-	wg.Wait()
+	}
 }
 
 // registerClusterFlags adds the node agent's cluster-state flags.
