@@ -16,6 +16,7 @@ import (
 	"time"
 
 	dnstap "github.com/dnstap/golang-dnstap"
+	"github.com/kordon-dev/kordon/internal/testtool"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
@@ -193,9 +194,7 @@ func ldnsMessages(out string) []ldnsMessage {
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP: %s not installed (hack/install-deps.sh installs it)", tool)
-		}
+		testtool.Need(t, tool)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kordon-dev/kordon/internal/testtool"
 	"sigs.k8s.io/yaml"
 )
 
@@ -15,11 +16,7 @@ import (
 // installed by hack/install-deps.sh), or skips.
 func promtool(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skip("SKIP: promtool not installed (make deps installs Debian's prometheus package)")
-	}
-	return p
+	return testtool.Need(t, "promtool (Debian's prometheus package)", "promtool")
 }
 
 // rulesFile is the plain Prometheus rules file inside PrometheusRule:

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/kordon-dev/kordon/internal/demo/exfilsim"
+	"github.com/kordon-dev/kordon/internal/testtool"
 	"github.com/kordon-dev/kordon/policy"
 	"github.com/miekg/dns"
 )
@@ -24,13 +24,7 @@ var updateScreenshots = flag.Bool("update", false, "write the web console's scre
 // chromiumPath finds Debian's chromium (hack/install-deps.sh installs it).
 func chromiumPath(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Skip("SKIP: chromium not installed (hack/install-deps.sh installs it); the web console is not tested")
-	return ""
+	return testtool.Need(t, "chromium", "chromium", "chromium-browser")
 }
 
 // startBrowser starts a headless Chromium of its own (temporary profile)

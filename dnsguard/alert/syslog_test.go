@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kordon-dev/kordon/internal/testtool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -118,7 +119,7 @@ input(type="imtcp" address="127.0.0.1" port="` + strconv.Itoa(r.port) + `" liste
 		t.Fatal(err)
 	}
 	r.log.Reset()
-	r.cmd = exec.Command("rsyslogd", "-n", "-f", cfgPath, "-i", filepath.Join(r.dir, "rsyslogd.pid"))
+	r.cmd = exec.Command(needRsyslog(t), "-n", "-f", cfgPath, "-i", filepath.Join(r.dir, "rsyslogd.pid"))
 	r.cmd.Stdout, r.cmd.Stderr = &r.log, &r.log
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -204,11 +205,10 @@ func (r *rsyslog) waitFor(t *testing.T, ids uint64) map[uint64]int {
 	}
 }
 
-func needRsyslog(t *testing.T) {
+// needRsyslog returns the path of rsyslogd (testtool.Need).
+func needRsyslog(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("rsyslogd"); err != nil {
-		t.Skip("SKIP: rsyslogd not installed (hack/install-deps.sh installs rsyslog)")
-	}
+	return testtool.Need(t, "rsyslog", "rsyslogd", "/usr/sbin/rsyslogd")
 }
 
 func publishN(t *testing.T, f *Feed, from, to int) {
@@ -309,9 +309,7 @@ func writePKI(t *testing.T, dir string) (files []string, pool *x509.CertPool) {
 func TestSyslogTLSToRsyslog(t *testing.T) {
 	t.Parallel()
 	needRsyslog(t)
-	if m, _ := filepath.Glob("/usr/lib/*/rsyslog/lmnsd_gtls.so"); len(m) == 0 {
-		t.Skip("SKIP: rsyslog-gnutls not installed (hack/install-deps.sh installs it)")
-	}
+	testtool.Need(t, "rsyslog-gnutls", "/usr/lib/*/rsyslog/lmnsd_gtls.so")
 	dir := t.TempDir()
 	files, pool := writePKI(t, dir)
 	r := &rsyslog{dir: dir, out: filepath.Join(dir, "alerts.log"), tlsFiles: files}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+
+	"github.com/kordon-dev/kordon/internal/testtool"
 )
 
 // protocVersion matches the header lines naming the protoc version, which
@@ -18,9 +20,7 @@ var protocVersion = regexp.MustCompile(`(?m)^//\s+(- )?protoc\s+v?[0-9.]+\S*$`)
 // fails when the committed files differ: edit the .proto, run make
 // generate, commit both.
 func TestGeneratedCodeIsCurrent(t *testing.T) {
-	if _, err := exec.LookPath("protoc"); err != nil {
-		t.Skip("SKIP: protoc not installed (hack/install-deps.sh installs Debian's protobuf-compiler); the committed generated code is not checked")
-	}
+	testtool.Need(t, "protoc (Debian's protobuf-compiler)", "protoc")
 	if testing.Short() {
 		t.Skip("builds protoc-gen-go and protoc-gen-go-grpc")
 	}

@@ -15,6 +15,7 @@ import (
 
 	dnstap "github.com/dnstap/golang-dnstap"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/kordon-dev/kordon/internal/testtool"
 	"github.com/miekg/dns"
 )
 
@@ -22,18 +23,7 @@ import (
 // installed, unless KORDON_E2E_REQUIRED=1 makes that a failure.
 func findUnbound(t *testing.T) string {
 	t.Helper()
-	for _, p := range []string{"unbound", "/usr/sbin/unbound"} {
-		if path, err := exec.LookPath(p); err == nil {
-			return path
-		}
-	}
-	msg := "unbound is not installed (hack/install-deps.sh installs it): the dnstap test against a real unbound did not run"
-	if os.Getenv("KORDON_E2E_REQUIRED") == "1" {
-		t.Fatal(msg)
-	}
-	fmt.Fprintln(os.Stderr, "SKIP:", t.Name()+":", msg)
-	t.Skip(msg)
-	return ""
+	return testtool.Need(t, "unbound", "unbound", "/usr/sbin/unbound")
 }
 
 // freePort returns a loopback port free for UDP and TCP at the time asked.
