@@ -64,12 +64,25 @@ func bundleConfigMapExists(t *testing.T, ns string) bool {
 func TestLeaderRecampaignsAfterLosingLease(t *testing.T) {
 	bin := buildKordon(t)
 	ns := newNamespace(t)
-	out, _, _ := startController(t, bin, writeKubeconfig(t), ns, "controller-0")
+	// The leader republishes the bundle every second (30 s by default), so
+	// a replica that kept publishing after losing the Lease would do so
+	// several times within the observation window below.
+	const resync = time.Second
+	out, _, _ := startController(t, bin, writeKubeconfig(t), ns, "controller-0", "--bundle-resync", resync.String())
 	eventually(t, 30*time.Second, "controller-0 holds the Lease and published the bundle", func() bool {
 		return leaseHolder(t, ns) == "controller-0" && bundleConfigMapExists(t, ns)
 	})
 
 	ctx := context.Background()
+	// While leading, a deleted bundle ConfigMap is back within an interval
+	// or so: what the check after losing the Lease would see if the
+	// publisher had not stopped.
+	if err := clients.Kube.CoreV1().ConfigMaps(ns).Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*resync, "the leader republishes the deleted bundle within its resync interval", func() bool {
+		return bundleConfigMapExists(t, ns)
+	})
 	leases := clients.Kube.CoordinationV1().Leases(ns)
 	l, err := leases.Get(ctx, "kordon-controller", metav1.GetOptions{})
 	if err != nil {
@@ -86,9 +99,13 @@ func TestLeaderRecampaignsAfterLosingLease(t *testing.T) {
 	if err := clients.Kube.CoreV1().ConfigMaps(ns).Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Second)
-	if bundleConfigMapExists(t, ns) {
-		t.Fatal("a replica that lost the Lease still publishes the bundle")
+	// The observation window is three resync intervals (the thief's Lease
+	// lasts 15 s, so controller-0 cannot lead again within it); a
+	// publisher still running would recreate the ConfigMap in the first.
+	for end := time.Now().Add(3 * resync); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if bundleConfigMapExists(t, ns) {
+			t.Fatal("a replica that lost the Lease still publishes the bundle")
+		}
 	}
 	eventually(t, 60*time.Second, "controller-0 leads again and re-publishes the bundle", func() bool {
 		return leaseHolder(t, ns) == "controller-0" && bundleConfigMapExists(t, ns)

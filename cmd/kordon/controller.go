@@ -41,6 +41,9 @@ type controllerFlags struct {
 	kubeconfig, namespace, trustDomain, rootNamespace         string
 	xdsListen, issuanceListen, httpListen, alertsDir, podName string
 	caTTL, svidTTL                                            time.Duration
+	// bundleResync is the trust bundle ConfigMap's republish interval
+	// (hidden --bundle-resync; tests shorten it).
+	bundleResync time.Duration
 	// istioPolicies also watches Istio's security.istio.io/v1 objects.
 	istioPolicies bool
 	alerts        clusterAlertFlags
@@ -96,6 +99,8 @@ it when the leader rotates.`,
 	fl.StringVar(&f.alertsDir, "alerts-dir", "/var/lib/kordon/alerts", "durable alert log directory")
 	fl.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this replica's name (leader election identity)")
 	registerTTLFlags(fl, &f.caTTL, &f.svidTTL)
+	fl.DurationVar(&f.bundleResync, "bundle-resync", kube.DefaultPublishInterval, "how often the leader rewrites the trust bundle ConfigMap when nothing changed")
+	_ = fl.MarkHidden("bundle-resync")
 	fl.BoolVar(&f.istioPolicies, "istio-policies", false, "also watch Istio's AuthorizationPolicies and RequestAuthentications (security.istio.io/v1; their CRDs must be installed), as istiod would; kordon's own group is always watched")
 	f.alerts.register(fl)
 	f.syslog.register(fl)
@@ -278,7 +283,7 @@ func (c *controller) wireIssuance(context.Context) error {
 func (c *controller) wireLeader(context.Context) error {
 	// A new root is published as soon as it is prepared: node agents must
 	// trust it before it signs.
-	c.leaderParts.Add("trust bundle", &kube.BundlePublisher{Client: c.clients.Kube, Namespace: c.f.namespace, CA: c.ca, Logger: c.log})
+	c.leaderParts.Add("trust bundle", &kube.BundlePublisher{Client: c.clients.Kube, Namespace: c.f.namespace, CA: c.ca, Interval: c.f.bundleResync, Logger: c.log})
 	id := c.f.podName
 	if id == "" {
 		id, _ = os.Hostname()
