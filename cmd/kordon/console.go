@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -55,34 +54,12 @@ func tee(w, s io.Writer) io.Writer {
 	return io.MultiWriter(w, s)
 }
 
-// lineSink hands each whole line written to add; a line split across
-// writes waits for its end. One goroutine writes (the log's writer).
-type lineSink struct {
-	add     func(line []byte)
-	pending []byte
-}
-
-func (l *lineSink) Write(b []byte) (int, error) {
-	l.pending = append(l.pending, b...)
-	rest := l.pending
-	for {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 0 {
-			break
-		}
-		l.add(rest[:i])
-		rest = rest[i+1:]
-	}
-	l.pending = append(l.pending[:0], rest...)
-	return len(b), nil
-}
-
 // queryLog is the query log writer with the console's summary reading it.
 func (c *webConsole) queryLog(w io.Writer) io.Writer {
 	if c.queries == nil {
 		return w
 	}
-	return tee(w, &lineSink{add: c.queries.AddLine})
+	return tee(w, lineSink(c.queries.AddLine))
 }
 
 // flowSummary is the writer the flow log also goes to (nil without
@@ -92,7 +69,7 @@ func (c *webConsole) flowSummary() io.Writer {
 		return nil
 	}
 	c.flowsOn = true
-	return &lineSink{add: c.flows.AddLine}
+	return lineSink(c.flows.AddLine)
 }
 
 // setPolicies records the policies in force, for explain.

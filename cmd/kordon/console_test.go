@@ -262,7 +262,7 @@ func waitText(t *testing.T, ctx context.Context, sel, want string) {
 func TestLineSink(t *testing.T) {
 	t.Parallel()
 	var got []string
-	l := &lineSink{add: func(b []byte) { got = append(got, string(b)) }}
+	l := lineSink(func(b []byte) { got = append(got, string(b)) })
 	for _, w := range []string{`{"a":`, "1}\n{\"b\"", ":2}\n\n{\"c\":3}\n{"} {
 		if n, err := l.Write([]byte(w)); n != len(w) || err != nil {
 			t.Fatalf("Write(%q) = %d, %v", w, n, err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -298,41 +297,4 @@ func warnUnroutedCNI(log *slog.Logger) {
 			return
 		}
 	}
-}
-
-// lineWriter hands only whole lines to a writer it shares with other
-// lineWriters (the query log and the flow log both on stdout), so their
-// buffered writers never interleave halves of records. One lineWriter is
-// used by one goroutine at a time; mu serialises the shared writer.
-type lineWriter struct {
-	mu      *sync.Mutex
-	w       io.Writer
-	pending []byte
-}
-
-// sharedLines returns n lineWriters over w.
-func sharedLines(w io.Writer, n int) []*lineWriter {
-	mu := new(sync.Mutex)
-	out := make([]*lineWriter, n)
-	for i := range out {
-		out[i] = &lineWriter{mu: mu, w: w}
-	}
-	return out
-}
-
-func (l *lineWriter) Write(b []byte) (int, error) {
-	l.pending = append(l.pending, b...)
-	i := bytes.LastIndexByte(l.pending, '\n')
-	if i < 0 {
-		return len(b), nil
-	}
-	l.mu.Lock()
-	_, err := l.w.Write(l.pending[:i+1])
-	l.mu.Unlock()
-	n := copy(l.pending, l.pending[i+1:])
-	l.pending = l.pending[:n]
-	if err != nil {
-		return 0, err
-	}
-	return len(b), nil
 }
