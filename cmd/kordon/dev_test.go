@@ -163,6 +163,19 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// TestUnrelatedDevsStayReady: a second kordon dev on its own DNS address
+// (another test, a second demo) is not a successor of the first, which
+// stays ready; only a process serving the same DNS address supersedes.
+func TestUnrelatedDevsStayReady(t *testing.T) {
+	first := startDevHarness(t)
+	second := startDevHarness(t)
+	for i, h := range []*devHarness{first, second} {
+		if code, body := h.get(t, "/readyz"); code != http.StatusOK {
+			t.Errorf("dev %d /readyz: %d %q", i, code, body)
+		}
+	}
+}
+
 func TestDevStartsServesAndSummarises(t *testing.T) {
 	h := startDevHarness(t)
 	for _, path := range []string{"/healthz", "/readyz"} {

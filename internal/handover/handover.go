@@ -53,13 +53,24 @@ func Join(dir string) (*Member, error) {
 	// Zero-padded nanoseconds sort by start; the pid keeps two agents
 	// started in the same nanosecond apart.
 	name := fmt.Sprintf("%020d-%d%s", time.Now().UnixNano(), os.Getpid(), lockSuffix)
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_RDWR|os.O_EXCL, 0o600)
+	// Locked under a name the others ignore, then renamed into view (the
+	// lock stays on the inode): a lock file visible before it is locked
+	// would look like a dead agent's, and another agent's check would
+	// remove it.
+	tmp := filepath.Join(dir, name+".new")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_RDWR|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("handover: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("handover: lock %s: %w", f.Name(), err)
+		os.Remove(tmp)
+		return nil, fmt.Errorf("handover: lock %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("handover: %w", err)
 	}
 	return &Member{dir: dir, name: name, f: f}, nil
 }
