@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -198,6 +199,36 @@ func needTools(t *testing.T, tools ...string) {
 	}
 }
 
+// listeningPort waits (bounded) until process pid has a listening TCP
+// socket and returns its port: the socket inodes of /proc/pid/fd looked up
+// in /proc/pid/net/tcp (state 0A is LISTEN).
+func listeningPort(t *testing.T, pid int) int {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) { // polling for its socket, bounded
+		inodes := map[string]bool{}
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+			if inode, ok := strings.CutPrefix(link, "socket:["); err == nil && ok {
+				inodes[strings.TrimSuffix(inode, "]")] = true
+			}
+		}
+		table, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+		for _, line := range strings.Split(string(table), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
+				continue
+			}
+			_, port, _ := strings.Cut(f[1], ":")
+			if p, err := strconv.ParseUint(port, 16, 16); err == nil {
+				return int(p)
+			}
+		}
+	}
+	t.Fatalf("process %d has no listening TCP socket", pid)
+	return 0
+}
+
 func freePort(t *testing.T, network string) int {
 	t.Helper()
 	switch network {
@@ -348,16 +379,10 @@ func TestDnstapOverTCP(t *testing.T) {
 	t.Parallel()
 	needTools(t, "fstrm_capture", "dnstap-ldns")
 	dir := t.TempDir()
-	port := freePort(t, "tcp")
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	capture := startFstrmCapture(t, []string{"-a", "127.0.0.1", "-p", strconv.Itoa(port)}, filepath.Join(dir, "tcp.fstrm"), func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
+	// Port 0: the kernel picks the port, read back from /proc once
+	// fstrm_capture listens (it does not print it).
+	capture := startFstrmCapture(t, []string{"-a", "127.0.0.1", "-p", "0"}, filepath.Join(dir, "tcp.fstrm"), func() bool { return true })
+	addr := "127.0.0.1:" + strconv.Itoa(listeningPort(t, capture.cmd.Process.Pid))
 	h := newHarness(t, func(c *Config) { c.Dnstap = "tcp:" + addr })
 	h.query(t, "127.0.0.10", "img.cdn.example.", dns.TypeA, "udp")
 	h.srv.Close()
