@@ -151,6 +151,7 @@ cat <<EOF
   dig -b 127.0.0.10 @127.0.0.1 -p 5353 tracker.adnet.example   # ask as the frontend
   edit $CONFIG/egress.yaml                                     # applied live; a typo is reported with file:line:col
   kordon alerts --server http://127.0.0.1:9080 --follow           # the alert feed, live
+  open http://127.0.0.1:9080/ui/                                  # the web console: alerts, quarantines, egress, explain
   curl -s 127.0.0.1:9080/v1/quarantines                           # what is quarantined (DELETE /v1/quarantines/ID lifts it)
   curl -s 127.0.0.1:9080/metrics | grep '^kordon_'
 EOF
