@@ -21,6 +21,7 @@ import (
 
 	"github.com/kordon-dev/kordon/dnsguard"
 	"github.com/kordon-dev/kordon/dnsguard/alert"
+	"github.com/kordon-dev/kordon/identity"
 	"github.com/kordon-dev/kordon/internal/demo/authdns"
 	"github.com/kordon-dev/kordon/internal/devconfig"
 	"github.com/kordon-dev/kordon/internal/handover"
@@ -142,7 +143,7 @@ type devServer struct {
 	console      *webConsole
 	// stdoutLines share stdout between the query log and the flow log.
 	stdoutLines []*lineWriter
-	sockets     *devSockets
+	sockets     *identity.WorkloadSockets
 	runCtx      context.Context
 
 	// applied is the snapshot every component holds, for rollback when a
@@ -206,8 +207,10 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	if d.ident, err = newDevIdentity(ctx, devIdentityConfig{StateDir: d.stateDir, CATTL: o.caTTL, SVIDTTL: o.svidTTL, Workloads: d.registry.List, Logger: d.log, Metrics: d.reg}); err != nil {
 		return d, err
 	}
-	d.sockets = newDevSockets(d.stateDir, d.registry, d.ident.ca, d.log)
-	d.closers = append(d.closers, d.sockets.close)
+	if d.sockets, err = newDevSockets(d.stateDir, d.registry, d.ident.ca, d.log); err != nil {
+		return d, err
+	}
+	d.closers = append(d.closers, func(context.Context) error { d.sockets.Close(); return nil })
 	if err := d.newXDS(); err != nil {
 		return d, err
 	}
@@ -244,6 +247,7 @@ func startDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) (_ *d
 	}
 	d.parts.Add("config watcher", d.watcher)
 	d.parts.Add("identity", d.ident.files)
+	d.parts.Add("workload API", d.sockets)
 	if d.egress != nil {
 		d.parts.Add("egress", d.egress)
 	}
@@ -300,7 +304,7 @@ func (d *devServer) applyTo(s *devconfig.Snapshot) error {
 		return err
 	}
 	d.xds.SetPolicies(s.Policies)
-	if err := d.sockets.sync(d.runCtx, s.Workloads); err != nil {
+	if err := d.sockets.Sync(s.Workloads); err != nil {
 		return err
 	}
 	return nil
@@ -670,7 +674,7 @@ func (d *devServer) printSummary(w io.Writer) {
 	fmt.Fprintf(w, "  %-12s http://%s  (/healthz /readyz /metrics /v1/alerts /v1/quarantines /v1/config /v1/xds/status)\n", "http", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s http://%s/ui/ (web console)\n", "console", d.httpAddr)
 	fmt.Fprintf(w, "  %-12s %s (ADS, proxyless gRPC and Envoy; %d services)\n", "xds", d.xdsAddr, len(s.Services))
-	fmt.Fprintf(w, "  %-12s %s/<namespace>_<name>.sock (SPIFFE Workload API, one socket per workload)\n", "workload API", d.sockets.dir)
+	fmt.Fprintf(w, "  %-12s %s/<namespace>_<name>.sock (SPIFFE Workload API, one socket per workload)\n", "workload API", d.sockets.Dir())
 	fmt.Fprintf(w, "identity: CA for %s (root kept in %s, rotated every %s), SVIDs of %s in %s/<namespace>/<name>/\n",
 		d.ident.ca.TrustDomain().Name(), filepath.Join(d.stateDir, "ca.json"), d.ident.caTTL/2, d.ident.svidTTL, d.ident.dir)
 	fmt.Fprintf(w, "watching %s for changes every %s\n", s.Dir, d.opts.pollInterval)

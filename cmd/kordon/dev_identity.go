@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/kordon-dev/kordon/identity"
-	"github.com/kordon-dev/kordon/internal/handover"
 	"github.com/kordon-dev/kordon/internal/workload"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -86,115 +82,15 @@ func (di *devIdentity) svidDir(namespace, name string) string {
 	return di.files.WorkloadDir(namespace, name)
 }
 
-// devSockets serves the SPIFFE Workload API on one Unix socket per workload,
-// --state-dir/agent/<namespace>_<name>.sock. With no pods and no cgroups in
-// dev mode, the socket a process opens is what attests it: the state folder
-// is 0700, so only the user running kordon dev can connect.
-type devSockets struct {
-	dir      string
-	registry *workload.Registry
-	issuer   identity.Issuer
-	log      *slog.Logger
-
-	mu      sync.Mutex
-	serving map[string]devSocket // by workload key
-}
-
-type devSocket struct {
-	path   string
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func newDevSockets(stateDir string, reg *workload.Registry, ca *identity.CA, log *slog.Logger) *devSockets {
-	return &devSockets{
-		dir:      filepath.Join(stateDir, "agent"),
-		registry: reg,
-		issuer:   &identity.LocalIssuer{CA: ca},
-		log:      log,
-		serving:  map[string]devSocket{},
-	}
-}
-
-// socketPath is the Workload API socket of namespace/name.
-func (s *devSockets) socketPath(namespace, name string) string {
-	return filepath.Join(s.dir, namespace+"_"+name+".sock")
-}
-
-// sync opens a socket for each new workload and closes those of workloads
-// that are gone.
-func (s *devSockets) sync(ctx context.Context, ws []*workload.Workload) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return err
-	}
-	keep := map[string]bool{}
-	for _, w := range ws {
-		keep[w.Key()] = true
-		if _, ok := s.serving[w.Key()]; ok {
-			continue
-		}
-		if err := s.open(ctx, w.Namespace, w.Name); err != nil {
-			return err
-		}
-	}
-	for key, sock := range s.serving {
-		if !keep[key] {
-			sock.cancel()
-			<-sock.done // Serve closed the listener, which removed its path
-			delete(s.serving, key)
-		}
-	}
-	return nil
-}
-
-func (s *devSockets) open(ctx context.Context, namespace, name string) error {
-	key := namespace + "/" + name
-	api, err := identity.NewWorkloadAPI(identity.WorkloadAPIConfig{
-		Issuer: s.issuer,
-		Attestor: identity.AttestorFunc(func(context.Context, int32) (*workload.Workload, error) {
-			// Looked up per call: a workload removed from the folder gets nothing.
-			w, ok := s.registry.ByPod(namespace, name)
-			if !ok {
-				return nil, identity.ErrUnknownCaller
-			}
-			return w, nil
-		}),
-		Logger: s.log,
+// newDevSockets serves the SPIFFE Workload API on one Unix socket per
+// workload, --state-dir/agent/<namespace>_<name>.sock. With no pods and no
+// cgroups in dev mode, the socket a process opens is what attests it: the
+// state folder is 0700, so only the user running kordon dev can connect.
+func newDevSockets(stateDir string, reg *workload.Registry, ca *identity.CA, log *slog.Logger) (*identity.WorkloadSockets, error) {
+	return identity.NewWorkloadSockets(identity.WorkloadSocketsConfig{
+		Dir:      filepath.Join(stateDir, "agent"),
+		Registry: reg,
+		Issuer:   &identity.LocalIssuer{CA: ca},
+		Logger:   log,
 	})
-	if err != nil {
-		return err
-	}
-	path := s.socketPath(namespace, name)
-	// Bound beside a predecessor's socket and renamed over it (a socket
-	// left by a killed run is replaced the same way).
-	ln, err := handover.ListenUnix(path, 0o777)
-	if err != nil {
-		return fmt.Errorf("workload API socket for %s: %w", key, err)
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := api.Serve(sctx, ln); err != nil {
-			s.log.Error("workload API stopped", "workload", key, "err", err.Error())
-		}
-	}()
-	s.serving[key] = devSocket{path: path, cancel: cancel, done: done}
-	return nil
-}
-
-// close stops every socket.
-func (s *devSockets) close(context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for key, sock := range s.serving {
-		sock.cancel()
-		// Serve closed the listener, which removed its path unless a
-		// successor's socket replaced it.
-		<-sock.done
-		delete(s.serving, key)
-	}
-	return nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/kordon-dev/kordon/identity"
 	"github.com/kordon-dev/kordon/internal/demo/exfilsim"
 	"github.com/kordon-dev/kordon/internal/demo/meshdemo"
+	"github.com/kordon-dev/kordon/internal/testtool"
 	"github.com/kordon-dev/kordon/xds"
 	"github.com/miekg/dns"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -154,13 +155,7 @@ func (h *devHarness) config(t *testing.T) configStatus {
 // waitFor polls cond until it holds or 10 seconds pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testtool.WaitFor(t, what, cond)
 }
 
 // TestUnrelatedDevsStayReady: a second kordon dev on its own DNS address
@@ -536,7 +531,7 @@ func TestDevWorkloadAPI(t *testing.T) {
 	h := startDevHarness(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	path := h.d.sockets.socketPath("shop", "checkout")
+	path := h.d.sockets.Path("shop", "checkout")
 	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+path))
 	if err != nil {
 		t.Fatal(err)
@@ -569,7 +564,7 @@ func TestDevWorkloadAPI(t *testing.T) {
 	if err := os.WriteFile(wl, b[:i], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	gone := h.d.sockets.socketPath("shop", "catalog")
+	gone := h.d.sockets.Path("shop", "catalog")
 	waitFor(t, "the catalog's socket to go", func() bool {
 		_, err := os.Stat(gone)
 		return os.IsNotExist(err)

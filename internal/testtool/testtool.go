@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Required reports whether KORDON_E2E_REQUIRED=1: a missing tool is then a
@@ -58,4 +59,18 @@ func find(candidates []string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// WaitFor polls cond every 10ms until it holds, failing t after 10s with
+// "timed out waiting for <what>": the deadline-bounded poll tests use
+// instead of sleeping as synchronisation.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
