@@ -32,25 +32,7 @@ spec:
   selector: {matchLabels: {app: payments}}
   rules: [{from: [{source: {principals: [cluster.local/ns/%s/sa/checkout]}}]}]
 `, ns, ns))
-	c := feedClient(t, sysNS, nil)
-	base := "https://" + feedAddr
-	do := func(method, path, token, body string) (int, http.Header, string) {
-		t.Helper()
-		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, resp.Header, string(b)
-	}
+	do := feedRequester(t, sysNS, feedAddr)
 	if code, h, body := do(http.MethodGet, "/ui/", "", ""); code != http.StatusOK || !strings.Contains(body, `<script src="app.js"`) ||
 		!strings.Contains(h.Get("Content-Security-Policy"), "script-src 'self'") {
 		t.Fatalf("GET /ui/ without a token: %d %q %.100q", code, h.Get("Content-Security-Policy"), body)
@@ -92,4 +74,36 @@ spec:
 			t.Errorf("POST %s on --http-listen: %d, want it not served", path, resp.StatusCode)
 		}
 	}
+}
+
+// feedRequester returns a function making one request to the
+// controller's feed listener at addr (trusting sysNS's bundle) with
+// feedRequest.
+func feedRequester(t *testing.T, sysNS, addr string) func(method, path, token, body string) (int, http.Header, string) {
+	c := feedClient(t, sysNS, nil)
+	return func(method, path, token, body string) (int, http.Header, string) {
+		t.Helper()
+		code, h, b := feedRequest(t, c, method, "https://"+addr+path, token, body)
+		return code, h, string(b)
+	}
+}
+
+// feedRequest makes one request with c, with a bearer token unless it is
+// "", and returns its status, header and body.
+func feedRequest(t *testing.T, c *http.Client, method, url, token, body string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
 }

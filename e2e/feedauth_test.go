@@ -158,23 +158,12 @@ func TestAlertFeedAuthentication(t *testing.T) {
 	}
 	do := func(c *http.Client, method, url, token, body string) result {
 		t.Helper()
-		req, err := http.NewRequest(method, url, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, url, err)
-		}
-		defer resp.Body.Close()
+		code, h, b := feedRequest(t, c, method, url, token, body)
 		var out map[string]any
-		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-			t.Fatalf("%s %s: %d, body not JSON: %v", method, url, resp.StatusCode, err)
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatalf("%s %s: %d, body not JSON: %v", method, url, code, err)
 		}
-		return result{resp.StatusCode, resp.Header, out}
+		return result{code, h, out}
 	}
 	alertJSON := func(ns string) string {
 		return fmt.Sprintf(`{"severity":"high","kind":"exfiltration","node":"node-a","namespace":%q,"pod":"web-1","domain":"evil.example","action":"alerted"}`, ns)

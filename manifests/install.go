@@ -91,9 +91,10 @@ func installObjects() []map[string]any {
 			// Istio's own objects, read only with --istio-policies.
 			rule([]any{"security.istio.io"}, []any{"authorizationpolicies", "requestauthentications"}, read),
 			// The alert feed and webhooks read alerts; the leader deletes
-			// expired ones (retention, per-namespace cap).
+			// expired ones (retention, per-namespace cap); the feed's
+			// /v1/quarantines lifts quarantines for callers allowed to.
 			rule([]any{"security.kordon.dev"}, stateResources, read),
-			rule([]any{"security.kordon.dev"}, []any{"egressalerts"}, []any{"delete"}),
+			rule([]any{"security.kordon.dev"}, stateResources, []any{"delete"}),
 			rule([]any{"authentication.k8s.io"}, []any{"tokenreviews"}, []any{"create"}),
 			// The feed's callers: may this token's user list egressalerts?
 			rule([]any{"authorization.k8s.io"}, []any{"subjectaccessreviews"}, []any{"create"}),

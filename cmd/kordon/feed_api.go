@@ -21,7 +21,8 @@ type feedFlags struct {
 
 func (f *feedFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.listen, "feed-listen", ":9443", "HTTPS address of the alert feed (/v1/alerts): node agents post with their SVID (mTLS), "+
-		"people and tools read with a bearer token checked by TokenReview and SubjectAccessReview on egressalerts.security.kordon.dev")
+		"people and tools read with a bearer token checked by TokenReview and SubjectAccessReview on egressalerts.security.kordon.dev; "+
+		"also /v1/quarantines (list, and DELETE /v1/quarantines/NS/NAME to lift, by the same review on quarantines)")
 }
 
 // feedAPI is the controller's HTTPS API for people and node agents: the
@@ -49,6 +50,10 @@ func (c *controller) wireFeedAPI(context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/alerts", auth.Wrap(c.alerts, alert.FeedRule))
+	// The Quarantine objects, for the console's lift button and tools.
+	quarantines := auth.Wrap(alert.QuarantineHandler(kube.QuarantineStore{Dynamic: c.clients.Dynamic}), alert.QuarantineRule)
+	mux.Handle("/v1/quarantines", quarantines)
+	mux.Handle("/v1/quarantines/", quarantines)
 	ln, err := net.Listen("tcp", c.f.feed.listen)
 	if err != nil {
 		return err

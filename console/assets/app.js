@@ -163,18 +163,19 @@ async function refreshQuarantines() {
   const notes = [];
   try {
     const names = await getJSON("/v1/quarantines");
-    if (names.missing) {
-      notes.push(mode === "controller"
-        ? "in a cluster quarantines are Quarantine objects: kubectl get quarantines -A, lift with kubectl delete quarantine -n NS NAME"
-        : "name quarantines are not served here");
-    }
+    if (names.missing) notes.push("name quarantines are not served here");
     for (const q of names.quarantines || []) {
       const b = el("button", "lift", "lift");
       b.dataset.kind = "name";
       b.dataset.id = q.id;
       b.dataset.domain = q.domain;
       b.dataset.workload = q.workload;
-      b.addEventListener("click", () => lift(b, "/v1/quarantines/" + encodeURIComponent(q.id)));
+      // The controller's are Quarantine objects, lifted by namespace/name
+      // (deleting the object); dev mode's by id.
+      const path = q.name
+        ? "/v1/quarantines/" + encodeURIComponent(q.namespace) + "/" + encodeURIComponent(q.name)
+        : "/v1/quarantines/" + encodeURIComponent(q.id);
+      b.addEventListener("click", () => lift(b, path));
       const cell = td("");
       cell.appendChild(b);
       rows.push(row([td(fmtTime(q.since), "nowrap"), td(q.workload), td(q.domain), td(q.reason), cell]));
