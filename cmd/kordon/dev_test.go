@@ -569,9 +569,12 @@ func TestDevWorkloadAPI(t *testing.T) {
 		_, err := os.Stat(gone)
 		return os.IsNotExist(err)
 	})
-	if _, err := os.Stat(h.d.ident.svidDir("shop", "catalog")); !os.IsNotExist(err) {
-		t.Errorf("catalog's SVID files still there: %v", err)
-	}
+	// The socket follows the registry (identity.WorkloadSockets.Run), so
+	// it may go before the snapshot's apply reaches the SVID files.
+	waitFor(t, "the catalog's SVID files to go", func() bool {
+		_, err := os.Stat(h.d.ident.svidDir("shop", "catalog"))
+		return os.IsNotExist(err)
+	})
 }
 
 // TestDevExfiltrationAlertAndQuarantine is the end of make demo, in
