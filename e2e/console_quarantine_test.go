@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/kordon-dev/kordon/internal/kube"
+	"github.com/kordon-dev/kordon/internal/testtool/browser"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -19,12 +21,7 @@ import (
 // quarantines (not another's, not cluster-wide) and lifts one (the
 // object is deleted); a token without rights gets 403, none 401.
 func TestControllerQuarantineAPI(t *testing.T) {
-	bin := buildKordon(t)
-	kubeconfig := writeKubeconfig(t)
-	sysNS := newNamespace(t)
-	feedAddr := freeAddr(t)
-	startController(t, bin, kubeconfig, sysNS, "controller-0", "--feed-listen", feedAddr)
-	eventually(t, 30*time.Second, "the trust bundle published", func() bool { return bundleConfigMapExists(t, sysNS) })
+	sysNS, feedAddr := startFeedController(t)
 	ns, other := newNamespace(t), newNamespace(t)
 	createState(t, kube.QuarantineGVR, ns, `apiVersion: security.kordon.dev/v1
 kind: Quarantine
@@ -90,4 +87,46 @@ spec: {serviceAccount: billing, domains: [tunnel.example], reason: tunneling}
 	if code, _, body := do(http.MethodGet, list, viewer, ""); code != http.StatusOK || !strings.Contains(body, `"quarantines":[]`) {
 		t.Fatalf("list after the lift: %d %s", code, body)
 	}
+}
+
+// TestControllerConsoleLiftsQuarantineInChromium: the controller's web
+// console in a real headless Chromium lists a Quarantine object once the
+// viewer's token is typed into the page, and its lift button deletes
+// the object. Chromium is told to accept the controller's certificate:
+// an SVID names a SPIFFE ID, no host a browser could check.
+func TestControllerConsoleLiftsQuarantineInChromium(t *testing.T) {
+	_, feedAddr := startFeedController(t)
+	ns := newNamespace(t)
+	createState(t, kube.QuarantineGVR, ns, `apiVersion: security.kordon.dev/v1
+kind: Quarantine
+metadata: {name: report-worker-evil}
+spec: {owner: {kind: Deployment, name: report-worker}, domains: [evil.example], reason: exfiltration over DNS}
+`)
+	ensureSecurityViewer(t)
+	bindViewer(t, "", ns, "console-viewer") // cluster-wide: the page lists every namespace
+	viewer := saToken(t, ns, "console-viewer")
+	ctx := browser.Start(t, chromedp.Flag("ignore-certificate-errors", true))
+	browser.Do(t, ctx, "open the console", chromedp.Navigate("https://"+feedAddr+"/ui/"), chromedp.WaitVisible(chromedp.CSS("#token")))
+	browser.WaitText(t, ctx, "#mode", "controller")
+	// Typing the token and leaving the field stores it and refreshes.
+	lift := `#quarantines button.lift[data-domain="evil.example"]`
+	browser.Do(t, ctx, "type the token", chromedp.SendKeys(chromedp.CSS("#token"), viewer),
+		chromedp.Click(chromedp.CSS("#refresh-quarantines")), chromedp.WaitVisible(chromedp.CSS(lift)))
+	browser.WaitText(t, ctx, "#quarantines", ns+"/Deployment/report-worker")
+	browser.Do(t, ctx, "click lift", chromedp.Click(chromedp.CSS(lift)), chromedp.WaitNotPresent(chromedp.CSS(lift)))
+	browser.WaitText(t, ctx, "#quarantines-status", "lifted evil.example for "+ns+"/Deployment/report-worker")
+	if _, err := clients.Dynamic.Resource(kube.QuarantineGVR).Namespace(ns).Get(context.Background(), "report-worker-evil", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the Quarantine lifted from the page: %v, want NotFound", err)
+	}
+}
+
+// startFeedController starts one controller replica with its feed on a
+// free address and waits for its trust bundle; it returns the
+// controller's namespace and the feed's address.
+func startFeedController(t *testing.T) (sysNS, feedAddr string) {
+	t.Helper()
+	sysNS, feedAddr = newNamespace(t), freeAddr(t)
+	startController(t, buildKordon(t), writeKubeconfig(t), sysNS, "controller-0", "--feed-listen", feedAddr)
+	eventually(t, 30*time.Second, "the trust bundle published", func() bool { return bundleConfigMapExists(t, sysNS) })
+	return sysNS, feedAddr
 }

@@ -8,94 +8,17 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/kordon-dev/kordon/internal/demo/exfilsim"
-	"github.com/kordon-dev/kordon/internal/testtool"
+	"github.com/kordon-dev/kordon/internal/testtool/browser"
 	"github.com/kordon-dev/kordon/policy"
 	"github.com/miekg/dns"
 )
 
 var updateScreenshots = flag.Bool("update", false, "write the web console's screenshots to docs/img")
-
-// chromiumPath finds Debian's chromium (hack/install-deps.sh installs it).
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	return testtool.Need(t, "chromium", "chromium", "chromium-browser")
-}
-
-// startBrowser starts a headless Chromium of its own (temporary profile)
-// and returns a tab context; the browser is stopped, and its process
-// checked gone, at cleanup.
-func startBrowser(t *testing.T) context.Context {
-	t.Helper()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromiumPath(t)),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1360, 900),
-		chromedp.Flag("headless", "new"),
-		chromedp.Flag("lang", "en-US"),
-		chromedp.Flag("font-render-hinting", "none"),
-	)
-	if os.Geteuid() == 0 {
-		opts = append(opts, chromedp.NoSandbox)
-	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelTab := chromedp.NewContext(actx)
-	if err := chromedp.Do(ctx); err != nil { // starts the browser
-		cancelTab()
-		cancelAlloc()
-		t.Fatal(err)
-	}
-	pid := chromedp.FromContext(ctx).Browser.Process().Pid
-	t.Cleanup(func() {
-		cctx, c := context.WithTimeout(context.Background(), 10*time.Second)
-		defer c()
-		_ = chromedp.Cancel(ctx) // closes the browser over the protocol
-		cancelTab()
-		cancelAlloc() // waits for the process
-		for syscall.Kill(pid, 0) == nil {
-			if cctx.Err() != nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				t.Errorf("chromium pid %d still running after cancel: killed", pid)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-	return ctx
-}
-
-// do runs browser steps with a deadline.
-func do(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
-	t.Helper()
-	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	if err := chromedp.Do(rctx, steps...); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-}
-
-// get runs one browser action with a deadline and returns its value.
-func get[T any](t *testing.T, ctx context.Context, what string, a chromedp.Action[T]) T {
-	t.Helper()
-	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	v, err := chromedp.Run(rctx, a)
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	return v
-}
-
-// text is the visible text of the element sel selects.
-func text(t *testing.T, ctx context.Context, sel string) string {
-	t.Helper()
-	return get(t, ctx, "text of "+sel, chromedp.Text(chromedp.CSS(sel)))
-}
 
 // screenshot saves the page, or one element of it, as docs/img/NAME with -update.
 func screenshot(t *testing.T, ctx context.Context, name, sel string) {
@@ -104,7 +27,7 @@ func screenshot(t *testing.T, ctx context.Context, name, sel string) {
 	if sel != "" {
 		shot = chromedp.Screenshot(chromedp.CSS(sel))
 	}
-	png := get(t, ctx, "screenshot "+name, shot)
+	png := browser.Get(t, ctx, "screenshot "+name, shot)
 	if !*updateScreenshots {
 		return
 	}
@@ -125,7 +48,7 @@ func screenshot(t *testing.T, ctx context.Context, name, sel string) {
 // policy.Explain's decision.
 func TestWebConsoleInChromium(t *testing.T) {
 	h := startDevHarness(t)
-	ctx := startBrowser(t)
+	ctx := browser.Start(t)
 	base := "http://" + h.d.httpAddr.String()
 
 	// Traffic for the egress view: allowed and blocked names.
@@ -136,10 +59,10 @@ func TestWebConsoleInChromium(t *testing.T) {
 		h.query(t, q.from, q.name, dns.TypeA)
 	}
 
-	do(t, ctx, "open the console", chromedp.Navigate(base+"/ui/"),
+	browser.Do(t, ctx, "open the console", chromedp.Navigate(base+"/ui/"),
 		chromedp.WaitVisible(chromedp.CSS(`#feed-state[data-state="live"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#mode`)))
-	if mode := text(t, ctx, "#mode"); mode != "dev" {
+	if mode := browser.Text(t, ctx, "#mode"); mode != "dev" {
 		t.Errorf("mode %q, want dev", mode)
 	}
 
@@ -158,8 +81,8 @@ func TestWebConsoleInChromium(t *testing.T) {
 	}
 	// The alert arrives over the feed's event stream, with no reload.
 	row := `#alerts tbody tr[data-kind="exfiltration"]`
-	do(t, ctx, "the exfiltration alert on the page", chromedp.WaitVisible(chromedp.CSS(row)))
-	alertText := text(t, ctx, row)
+	browser.Do(t, ctx, "the exfiltration alert on the page", chromedp.WaitVisible(chromedp.CSS(row)))
+	alertText := browser.Text(t, ctx, row)
 	for _, want := range []string{"shop/report-worker", "telemetry-cdn.example", "exfiltration"} {
 		if !strings.Contains(alertText, want) {
 			t.Errorf("alert row %q lacks %q", alertText, want)
@@ -170,15 +93,15 @@ func TestWebConsoleInChromium(t *testing.T) {
 		t.Fatalf("quarantined worker: rcode %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
 	}
 	lift := `#quarantines button.lift[data-domain="telemetry-cdn.example"]`
-	do(t, ctx, "the quarantine on the page", chromedp.Click(chromedp.CSS(`#refresh-quarantines`)), chromedp.WaitVisible(chromedp.CSS(lift)))
-	do(t, ctx, "the worker's egress", chromedp.Click(chromedp.CSS(`#refresh-egress`)),
+	browser.Do(t, ctx, "the quarantine on the page", chromedp.Click(chromedp.CSS(`#refresh-quarantines`)), chromedp.WaitVisible(chromedp.CSS(lift)))
+	browser.Do(t, ctx, "the worker's egress", chromedp.Click(chromedp.CSS(`#refresh-egress`)),
 		chromedp.WaitReady(chromedp.CSS(`#workload option[value="shop/report-worker"]`)),
 		chromedp.SetValue(chromedp.CSS(`#workload`), "shop/report-worker"),
 		chromedp.Click(chromedp.CSS(`#refresh-egress`)),
 		chromedp.WaitVisible(chromedp.CSS(`#resolved tbody tr`)))
-	waitText(t, ctx, "#blocked tbody", "adnet.example")
-	waitText(t, ctx, "#blocked tbody", "telemetry-cdn.example")
-	waitText(t, ctx, "#resolved tbody", "analytics.example")
+	browser.WaitText(t, ctx, "#blocked tbody", "adnet.example")
+	browser.WaitText(t, ctx, "#blocked tbody", "telemetry-cdn.example")
+	browser.WaitText(t, ctx, "#resolved tbody", "analytics.example")
 	// The explain form: checkout may call payments, the batch worker may not.
 	set := h.d.watcher.Current().Policies
 	for _, c := range []struct {
@@ -188,15 +111,15 @@ func TestWebConsoleInChromium(t *testing.T) {
 		{"spiffe://cluster.local/ns/shop/sa/report-worker", "DENY", "kordon-system/deny-batch-to-pci"},
 	} {
 		// No earlier decision may be read as this one's.
-		get(t, ctx, "clear the decision", chromedp.Evaluate[string](`document.querySelector("#decision-verdict").textContent = ""`))
-		do(t, ctx, "explain "+c.principal,
+		browser.Get(t, ctx, "clear the decision", chromedp.Evaluate[string](`document.querySelector("#decision-verdict").textContent = ""`))
+		browser.Do(t, ctx, "explain "+c.principal,
 			chromedp.SetValue(chromedp.CSS(`#explain input[name="labels"]`), "app=payments,pci=true"),
 			chromedp.SetValue(chromedp.CSS(`#explain input[name="principal"]`), c.principal),
 			chromedp.SetValue(chromedp.CSS(`#explain input[name="method"]`), "POST"),
 			chromedp.SetValue(chromedp.CSS(`#explain input[name="path"]`), "/shop.payments.v1.Payments/Charge"),
 			chromedp.Click(chromedp.CSS(`#explain button[type="submit"]`)))
-		waitText(t, ctx, "#decision-verdict", c.verdict)
-		verdict, by := text(t, ctx, "#decision-verdict"), text(t, ctx, "#decision-by")
+		browser.WaitText(t, ctx, "#decision-verdict", c.verdict)
+		verdict, by := browser.Text(t, ctx, "#decision-verdict"), browser.Text(t, ctx, "#decision-by")
 		d, err := policy.Explain(set, policy.Target{Namespace: "shop", Labels: map[string]string{"app": "payments", "pci": "true"}},
 			policy.Request{Principal: c.principal, Method: "POST", Path: "/shop.payments.v1.Payments/Charge"}, policy.CompileOptions{TrustDomain: xdsTrustDomain})
 		if err != nil {
@@ -215,7 +138,7 @@ func TestWebConsoleInChromium(t *testing.T) {
 	// The page re-renders the list every 5 s; a click that lands on a
 	// button just replaced is clicked again (at most 3 times).
 	for i := 0; ; i++ {
-		do(t, ctx, "click lift", chromedp.Click(chromedp.CSS(lift)))
+		browser.Do(t, ctx, "click lift", chromedp.Click(chromedp.CSS(lift)))
 		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		err := chromedp.Do(wctx, chromedp.WaitNotPresent(chromedp.CSS(lift)))
 		cancel()
@@ -226,7 +149,7 @@ func TestWebConsoleInChromium(t *testing.T) {
 			t.Fatalf("the quarantine is still listed after 3 clicks on lift: %v", err)
 		}
 	}
-	waitText(t, ctx, "#quarantines-status", "lifted")
+	browser.WaitText(t, ctx, "#quarantines-status", "lifted")
 	for _, name := range []string{"www.telemetry-cdn.example", "cdn.telemetry-cdn.example"} {
 		r := h.query(t, "127.0.0.13", name, dns.TypeA)
 		if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
@@ -240,22 +163,6 @@ func TestWebConsoleInChromium(t *testing.T) {
 		t.Errorf("quarantines after lift: %+v", q)
 	}
 	screenshot(t, ctx, "console-lifted.png", "#quarantines-section")
-}
-
-// waitText waits until the element's text contains want.
-func waitText(t *testing.T, ctx context.Context, sel, want string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := text(t, ctx, sel)
-		if strings.Contains(got, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: text %q, want it to contain %q", sel, got, want)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // TestLineSink: records split across writes reach the summary whole.
