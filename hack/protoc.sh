@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generates the Go code of the project's .proto files with protoc (Debian's
-# protobuf-compiler) and the plugins pinned as tools in go.mod
-# (protoc-gen-go from google.golang.org/protobuf, protoc-gen-go-grpc).
+# protobuf-compiler) and protoc-gen-go (google.golang.org/protobuf), pinned
+# as a tool in go.mod. The gRPC binding is issuancepb/service.go (by hand).
 # Usage: hack/protoc.sh [OUTDIR]   (default: the repository; the staleness
 # test passes a temporary folder and compares).
 set -euo pipefail
@@ -11,12 +11,10 @@ command -v protoc >/dev/null || { echo "protoc not found: run hack/install-deps.
 bin="$(mktemp -d)"
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
-go build -o "$bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-grpc
 mkdir -p "$out"
 for proto in identity/issuancepb/issuance.proto; do
   protoc -I . -I /usr/include \
-    --plugin=protoc-gen-go="$bin/protoc-gen-go" --plugin=protoc-gen-go-grpc="$bin/protoc-gen-go-grpc" \
+    --plugin=protoc-gen-go="$bin/protoc-gen-go" \
     --go_out="$out" --go_opt=paths=source_relative \
-    --go-grpc_out="$out" --go-grpc_opt=paths=source_relative \
     "$proto"
 done

@@ -94,7 +94,6 @@ type IssuanceConfig struct {
 // unary method, Sign (an X.509-SVID for a CSR, or a JWT-SVID for
 // audiences).
 type Issuance struct {
-	issuancepb.UnimplementedIssuanceServer
 	cfg IssuanceConfig
 	log *slog.Logger
 }
