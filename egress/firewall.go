@@ -118,6 +118,10 @@ type Firewall struct {
 	// namesSwept rate-limits the sweeps of a full client's names.
 	namesSwept map[string]time.Time
 	quar       map[[2]netip.Addr]struct{}
+	// clusterQuar is the part of quar the cluster holds (last
+	// SetClusterQuarantines), under clusterMu.
+	clusterMu   sync.Mutex
+	clusterQuar map[[2]netip.Addr]struct{}
 	// egress is the compiled policy of the last SetPolicies; nil before.
 	egress *policy.EgressIndex
 	owner  map[netip.Addr]string // address -> workload key at the last reconcile

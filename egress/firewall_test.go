@@ -347,6 +347,43 @@ func TestQuarantine(t *testing.T) {
 	}
 }
 
+// TestClusterQuarantines: the cluster's set replaces the previous one in
+// one call: a pair it drops is lifted (a local quarantine of that pair
+// too), a pair it never held is left alone.
+func TestClusterQuarantines(t *testing.T) {
+	e := newEnv(t, 2, nil)
+	e.setPolicies() // both pods unmanaged: everything connects
+	a := e.tcpServer(e.tp.OutsideAddr(t, "198.51.100.70"), 8080)
+	b := e.tcpServer(e.tp.OutsideAddr(t, "198.51.100.71"), 8080)
+	p0, p1 := e.tp.Pods[0].IP4, e.tp.Pods[1].IP4
+	if err := e.fw.QuarantineAddr(p1, b.addr.Addr()); err != nil { // local, never the cluster's
+		t.Fatal(err)
+	}
+	if err := e.fw.SetClusterQuarantines([][2]netip.Addr{{p0, a.addr.Addr()}, {p0, b.addr.Addr()}}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRefuse(0, a.addr)
+	e.mustRefuse(0, b.addr)
+	e.mustConnect(1, a.addr)
+	if err := e.fw.QuarantineAddr(p0, a.addr.Addr()); err != nil { // local too
+		t.Fatal(err)
+	}
+	if err := e.fw.SetClusterQuarantines([][2]netip.Addr{{p0, b.addr.Addr()}}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustConnect(0, a.addr) // the object was deleted: lifted, the local one with it
+	e.mustRefuse(0, b.addr)
+	e.mustRefuse(1, b.addr) // local, untouched
+	if err := e.fw.SetClusterQuarantines(nil); err != nil {
+		t.Fatal(err)
+	}
+	e.mustConnect(0, b.addr)
+	e.mustRefuse(1, b.addr)
+	if got := len(e.fw.Quarantines()); got != 1 {
+		t.Errorf("%d quarantines left, want the local one", got)
+	}
+}
+
 // TestRestart: Close leaves the table; a new Firewall adopts it with its
 // elements, and established connections never notice.
 func TestRestart(t *testing.T) {

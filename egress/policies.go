@@ -390,24 +390,64 @@ func (f *Firewall) LiftAddr(client, dst netip.Addr) error {
 }
 
 func (f *Firewall) setQuarantine(client, dst netip.Addr, on bool) error {
-	if f.closed.Load() {
-		return ErrClosed
-	}
 	client, dst = client.Unmap(), dst.Unmap()
 	if !client.IsValid() || !dst.IsValid() {
 		return fmt.Errorf("egress: quarantine: invalid address")
+	}
+	k := [2]netip.Addr{client, dst}
+	return f.changeQuarantines(func(quar map[[2]netip.Addr]struct{}) {
+		if on {
+			quar[k] = struct{}{}
+		} else {
+			delete(quar, k)
+		}
+	})
+}
+
+// SetClusterQuarantines replaces the (client, destination) quarantines
+// the cluster holds (Quarantine objects), in one transaction: pairs of
+// the previous set that qs no longer holds are lifted, a local
+// QuarantineAddr of the same pair as well (deleting the object is how a
+// person lifts a quarantine in a cluster).
+func (f *Firewall) SetClusterQuarantines(qs [][2]netip.Addr) error {
+	want := make(map[[2]netip.Addr]struct{}, len(qs))
+	for _, q := range qs {
+		q = [2]netip.Addr{q[0].Unmap(), q[1].Unmap()}
+		if !q[0].IsValid() || !q[1].IsValid() {
+			return fmt.Errorf("egress: quarantine: invalid address")
+		}
+		want[q] = struct{}{}
+	}
+	f.clusterMu.Lock()
+	defer f.clusterMu.Unlock()
+	err := f.changeQuarantines(func(quar map[[2]netip.Addr]struct{}) {
+		for k := range f.clusterQuar {
+			if _, ok := want[k]; !ok {
+				delete(quar, k)
+			}
+		}
+		for k := range want {
+			quar[k] = struct{}{}
+		}
+	})
+	if err == nil {
+		f.clusterQuar = want
+	}
+	return err
+}
+
+// changeQuarantines edits the quarantine set and programs the kernel's;
+// the set is restored when the kernel refuses.
+func (f *Firewall) changeQuarantines(edit func(map[[2]netip.Addr]struct{})) error {
+	if f.closed.Load() {
+		return ErrClosed
 	}
 	f.recMu.Lock()
 	defer f.recMu.Unlock()
 	v := f.view.Load()
 	f.mu.Lock()
-	k := [2]netip.Addr{client, dst}
-	_, had := f.quar[k]
-	if on {
-		f.quar[k] = struct{}{}
-	} else {
-		delete(f.quar, k)
-	}
+	old := maps.Clone(f.quar)
+	edit(f.quar)
 	f.dirty = true
 	want := desiredStatic(v, f.quar)
 	f.mu.Unlock()
@@ -420,11 +460,7 @@ func (f *Firewall) setQuarantine(client, dst netip.Addr, on bool) error {
 	defer f.mu.Unlock()
 	if err != nil {
 		f.m.errors.Inc()
-		if had {
-			f.quar[k] = struct{}{}
-		} else {
-			delete(f.quar, k)
-		}
+		f.quar = old
 		return fmt.Errorf("egress: quarantine: %w", err)
 	}
 	f.commitStatic(&b)

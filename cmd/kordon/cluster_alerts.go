@@ -197,52 +197,32 @@ func newNodeClusterState(clients *kube.Clients, node, namespace string, reg prom
 	return &nodeClusterState{watcher: w, sink: sink}, nil
 }
 
-// quarantineApplier applies the watcher's sets to dnsguard and (when
-// on) the egress firewall, lifting what left the set.
+// quarantineApplier hands the watcher's sets to dnsguard and (when on)
+// the egress firewall, each of which replaces what the cluster held.
 func quarantineApplier(insp *dnsguard.DetectionInspector, fw addrQuarantiner) func([]kube.QuarantinedPod) error {
-	applied := map[[2]netip.Addr]bool{}
 	return func(pods []kube.QuarantinedPod) error {
 		var dns []dnsguard.ClusterQuarantine
-		want := map[[2]netip.Addr]bool{}
+		var addrs [][2]netip.Addr
 		for _, p := range pods {
 			for d, q := range p.Domains {
 				dns = append(dns, dnsguard.ClusterQuarantine{Namespace: p.Namespace, Pod: p.Pod, Domain: d, Name: q})
 			}
 			for dst := range p.Addresses {
 				for _, ip := range p.IPs {
-					want[[2]netip.Addr{ip.Unmap(), dst}] = true
+					addrs = append(addrs, [2]netip.Addr{ip, dst})
 				}
 			}
 		}
-		errs := []error{insp.SetClusterQuarantines(dns)}
-		if fw == nil {
-			return errors.Join(errs...)
+		err := insp.SetClusterQuarantines(dns)
+		if fw != nil {
+			err = errors.Join(err, fw.SetClusterQuarantines(addrs))
 		}
-		for k := range want {
-			if !applied[k] {
-				if err := fw.QuarantineAddr(k[0], k[1]); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				applied[k] = true
-			}
-		}
-		for k := range applied {
-			if !want[k] {
-				if err := fw.LiftAddr(k[0], k[1]); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				delete(applied, k)
-			}
-		}
-		return errors.Join(errs...)
+		return err
 	}
 }
 
 // addrQuarantiner is the egress firewall's quarantine of destination
-// addresses per workload address.
+// addresses per workload address, as the cluster holds them.
 type addrQuarantiner interface {
-	QuarantineAddr(client, dst netip.Addr) error
-	LiftAddr(client, dst netip.Addr) error
+	SetClusterQuarantines(qs [][2]netip.Addr) error
 }
